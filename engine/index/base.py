@@ -1,0 +1,114 @@
+"""The small protocol every key index of one transformer layer follows.
+
+One `LayerIndex` serves all query heads of a layer. Keys are shared per KV head (GQA): query head
+``h`` searches the keys of KV head ``h // (n_heads // n_kv_heads)``. Ids returned are positions into
+the layer's indexed keys (``0 .. n_keys-1``), never absolute token positions: the cache maps them.
+
+Shapes (numpy, float32 unless said):
+    keys           [H_kv, N, D]   post-RoPE keys of the indexed tokens
+    train_queries  [H, Nq, D]     prefill queries of each query head (attention-aware indexes use them)
+    queries        [H, m, D]      search queries, one batch of m per query head
+    ids            [H, m, k]      int64, best first by inner product, -1 where fewer than k were found
+    scanned        [H, m]         int64, number of q·k inner products computed for that search
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """Build and search knobs shared by all index kinds (each kind reads the ones it uses).
+
+    Attributes:
+        effort: the default search-effort knob: queue size for the graph, efSearch for HNSW,
+            nprobe for IVF; ignored by exact and flat.
+        n_neighbors_per_query: graph build: exact top-Nq keys per training query.
+        degree: graph build: out-degree M after projection.
+        build_queue: graph build: queue size of the connectivity-enhancement searches.
+        query_stride: graph build: use every `query_stride`-th training query.
+        hnsw_m: HNSW links per node.
+        ivf_lists_per_sqrt_n: IVF: number of lists = this x sqrt(N).
+        threads: worker threads for build/search (0 = library default).
+    """
+
+    effort: int = 64
+    n_neighbors_per_query: int = 64
+    degree: int = 24
+    build_queue: int = 128
+    query_stride: int = 1
+    hnsw_m: int = 32
+    ivf_lists_per_sqrt_n: float = 4.0
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """ids [H, m, k] int64 (best first, -1 padded); scanned [H, m] int64 inner products computed."""
+
+    ids: np.ndarray
+    scanned: np.ndarray
+
+
+class LayerIndex(Protocol):
+    """All query heads of one layer, searchable by inner product."""
+
+    method: ClassVar[str]
+    n_heads: int
+    n_kv_heads: int
+    n_keys: int
+
+    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D] float32 -> top-k ids per head and query (see module docstring)."""
+        ...
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything needed to restore the index except the keys (which the KV store holds)."""
+        ...
+
+
+IndexBuilder = Callable[[np.ndarray, np.ndarray, IndexParams], LayerIndex]
+IndexLoader = Callable[[dict[str, np.ndarray], np.ndarray, IndexParams], LayerIndex]
+
+_BUILDERS: dict[str, IndexBuilder] = {}
+_LOADERS: dict[str, IndexLoader] = {}
+
+
+def register_index(method: str, builder: IndexBuilder, loader: IndexLoader) -> None:
+    """Make `method` available to `build_layer_index` and `load_layer_index`."""
+    _BUILDERS[method] = builder
+    _LOADERS[method] = loader
+
+
+def index_methods() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_layer_index(
+    method: str, keys: np.ndarray, train_queries: np.ndarray, params: IndexParams | None = None
+) -> LayerIndex:
+    """Build a `method` index over keys [H_kv, N, D] trained on train_queries [H, Nq, D]."""
+    if method not in _BUILDERS:
+        raise ValueError(f"unknown index method {method!r}; choose one of {index_methods()}")
+    return _BUILDERS[method](keys, train_queries, params or IndexParams())
+
+
+def load_layer_index(
+    method: str, arrays: dict[str, np.ndarray], keys: np.ndarray, params: IndexParams | None = None
+) -> LayerIndex:
+    """Restore an index saved with `to_arrays()` over the same keys [H_kv, N, D]."""
+    if method not in _LOADERS:
+        raise ValueError(f"unknown index method {method!r}; choose one of {index_methods()}")
+    return _LOADERS[method](arrays, keys, params or IndexParams())
+
+
+def kv_head_of(n_heads: int, n_kv_heads: int) -> np.ndarray:
+    """[H] int: the KV head each query head reads (GQA grouping, as transformers' repeat_kv)."""
+    if n_heads % n_kv_heads:
+        raise ValueError(f"{n_heads} query heads cannot be grouped over {n_kv_heads} KV heads")
+    return np.arange(n_heads) // (n_heads // n_kv_heads)
