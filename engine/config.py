@@ -1,0 +1,57 @@
+"""Engine settings: one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTENTION_MODES = ("full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What model runs where, how attention is done, and how answers are generated.
+
+    model: "default" (the bundled SmolLM2-135M-Instruct), a local model folder, or a hub id.
+    attention: "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks + last
+        window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
+    n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
+    top_k: keys retrieved per query head and decode step from the offloaded set.
+    search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
+    """
+
+    model: str = "default"
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "full"
+    n_sink: int = 128
+    n_window: int = 512
+    top_k: int = 100
+    search_effort: int = 64
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    prefill_chunk: int = 512
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.attention not in ATTENTION_MODES:
+            problems.append(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {self.attention!r}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            problems.append(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        for name in ("n_sink", "n_window", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more")
+        for name in ("top_k", "search_effort", "max_new_tokens", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.temperature < 0:
+            problems.append("temperature must be 0 (greedy) or more")
+        if not 0 < self.top_p <= 1:
+            problems.append("top_p must be in (0, 1]")
+        if problems:
+            raise ValueError("Invalid settings: " + "; ".join(problems) + ".")

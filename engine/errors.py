@@ -1,0 +1,39 @@
+"""Errors a user or a file can cause. Each names the problem and the fix, in words for people."""
+
+from __future__ import annotations
+
+
+class FolioError(Exception):
+    """Base class: `str(error)` is a complete message for the user (problem, then what to do)."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} {fix}".strip())
+
+
+class DocumentError(FolioError):
+    """The document cannot be read (format, encoding, encryption, no text...)."""
+
+
+class ContextTooLongError(FolioError):
+    """The prompt does not fit the model's context window."""
+
+    def __init__(self, needed: int, maximum: int, prompt_tokens: int, reserved: int) -> None:
+        self.needed, self.maximum = needed, maximum
+        super().__init__(
+            f"This document and question need {needed:,} tokens ({prompt_tokens:,} for the prompt + "
+            f"{reserved:,} reserved for the answer) but the model handles at most {maximum:,}.",
+            "Use a shorter document, lower the answer length, or choose a model with a longer context.",
+        )
+
+
+class ModelError(FolioError):
+    """The model cannot be found, downloaded, converted or loaded."""
+
+
+class CancelledError(FolioError):
+    """The user cancelled the running job."""
+
+    def __init__(self) -> None:
+        super().__init__("Cancelled.")

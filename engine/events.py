@@ -1,0 +1,70 @@
+"""Events streamed by long-running engine work, and the cancel flag that stops it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.errors import CancelledError
+
+
+@dataclass(frozen=True)
+class Progress:
+    """`done` of `total` `unit`s of `stage` ("download", "convert", "prefill", "index", ...) are done."""
+
+    stage: str
+    done: int
+    total: int
+    unit: str = ""
+    eta_s: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def ignore_progress(_: Progress) -> None:
+    """A ProgressCallback that drops everything."""
+
+
+class ProgressMeter:
+    """Turns (done, total) updates of one stage into Progress events with an ETA."""
+
+    def __init__(self, stage: str, total: int, callback: ProgressCallback | None, unit: str = "") -> None:
+        self.stage, self.total, self.unit = stage, total, unit
+        self.callback = callback or ignore_progress
+        self.started = time.perf_counter()
+
+    def update(self, done: int) -> Progress:
+        """Report `done` units; returns the Progress event it sent."""
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / done * (self.total - done) if 0 < done <= self.total else None
+        event = Progress(self.stage, done, self.total, self.unit, eta)
+        self.callback(event)
+        return event
+
+
+class CancelToken:
+    """A thread-safe flag: the UI thread calls `cancel()`, engine loops call `raise_if_cancelled()`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def reset(self) -> None:
+        self._event.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise CancelledError()

@@ -1,0 +1,34 @@
+"""Integration tests with the real default model (SmolLM2-135M-Instruct). Slow: minutes on a CPU."""
+
+import pytest
+
+from engine.bench.haystack import DEFAULT_NEEDLE, needle_document
+from engine.config import EngineConfig
+from engine.generate import Finished
+from engine.ingest import Document
+from engine.session import DocumentSession
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    from engine.model import load_model
+
+    return load_model("default")
+
+
+def test_default_model_is_the_converted_smollm2(real_model):
+    config = real_model.model.config
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (30, 9, 3)
+    assert real_model.max_positions == 8192
+    assert (real_model.path / "model.safetensors").exists()
+
+
+def test_needle_at_half_depth_of_a_3500_token_document_is_found(real_model):
+    text = needle_document(real_model.tokenizer, 3500, depth=0.5)
+    session = DocumentSession(real_model, Document(text, "haystack", None, "0" * 64),
+                              EngineConfig(max_new_tokens=24))
+    assert 3300 < session.prefix_tokens < 4000
+    finished = [e for e in session.ask(DEFAULT_NEEDLE.question) if isinstance(e, Finished)][-1]
+    assert DEFAULT_NEEDLE.answer in finished.text
