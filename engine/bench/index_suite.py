@@ -1,0 +1,223 @@
+"""index: recall@100 vs fraction of keys scanned, build and search time of every key index.
+
+Protocol (design.md section 1): real post-RoPE vectors from a prefill of English text (pydoc's
+topics); per layer, index = keys outside the first 128 and last 512 positions; test queries = the
+last 64 positions' queries; training queries = prefill queries before the last 64 (or all of them,
+--train all). Recall@100 against the exact inner-product top-100 of the same keys, averaged over
+layers, query heads and test queries. scanned_fraction = q·k products / N (IVF: keys in the probed
+lists; its nlist centroid products are reported separately as centroid_fraction).
+
+    python -m engine.bench index [--tokens 4096] [--layers 0,5,10,15,20,25,29|all] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.bench.report import Report
+from engine.index import IndexParams, build_layer_index, index_methods
+from engine.index.exact import exact_topk
+
+N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
+DEFAULT_LAYERS = "0,5,10,15,20,25,29"
+METHODS = ("retrieval", "hnsw", "ivf", "flat", "exact")
+EFFORTS: dict[str, list[int | None]] = {
+    "retrieval": [16, 32, 64, 128, 256, 512],
+    "hnsw": [16, 32, 64, 128, 256, 512, 1024],
+    "ivf": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    "flat": [None],
+    "exact": [None],
+}
+EFFORT_NAME = {"retrieval": "queue", "hnsw": "efSearch", "ivf": "nprobe"}
+DECODE_CALLS = 8  # decode-shaped searches ([H, 1, D]) timed per layer and effort (median kept)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="/tmp/smol", help="HF model folder (default /tmp/smol)")
+    parser.add_argument("--tokens", type=int, default=4096, help="prompt length in tokens (default 4096)")
+    parser.add_argument("--layers", default=DEFAULT_LAYERS, help=f"comma list or 'all' ({DEFAULT_LAYERS})")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of index methods")
+    parser.add_argument(
+        "--train",
+        choices=("before-test", "all"),
+        default="before-test",
+        help="training queries: prefill positions before the last 64 (honest) or all of them",
+    )
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--torch-threads", type=int, default=2, help="torch threads of the prefill")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads of index build/search (IndexParams.threads, and torch's for exact); on a busy "
+        "2-core machine 2 threads made single-query searches 10-40x slower than 1",
+    )
+
+
+@dataclass
+class Curve:
+    """Per effort: recall, scanned fraction and timings of every measured layer."""
+
+    recall: dict[int | None, list[float]] = field(default_factory=lambda: defaultdict(list))
+    scanned: dict[int | None, list[float]] = field(default_factory=lambda: defaultdict(list))
+    batch_us: dict[int | None, list[float]] = field(default_factory=lambda: defaultdict(list))
+    decode_ms: dict[int | None, list[float]] = field(default_factory=lambda: defaultdict(list))
+    build_s: list[float] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """found [H, m, k] (-1 padded), truth [H, m, k] -> mean fraction of truth ids found."""
+    hits = (found[..., :, None] == truth[..., None, :]) & (found[..., :, None] >= 0)
+    return float(hits.any(axis=-2).sum() / truth.size)
+
+
+def smallest_scanned(points: list[tuple[float, float]], target: float) -> tuple[float | None, float | None, str]:
+    """points [(scanned, recall)] by increasing effort -> (scanned fraction, recall) where recall first
+    reaches target (linear interpolation between the efforts around it) and how it was obtained."""
+    for i, (scanned, recall) in enumerate(points):
+        if recall >= target:
+            if i == 0:
+                return scanned, recall, "lowest effort already"
+            s0, r0 = points[i - 1]
+            if recall <= r0:
+                return scanned, recall, "first effort reaching it"
+            return s0 + (target - r0) / (recall - r0) * (scanned - s0), target, "interpolated"
+    return None, None, "never reached"
+
+
+def load_vectors(model_dir: str, tokens: int) -> tuple[list, int, float]:
+    """Prefill the first `tokens` tokens of pydoc's topics; return (layers, T, prefill seconds)."""
+    from pydoc_data.topics import topics
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.bench.vectors import capture_qk
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = "\n\n".join(topics.values())
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][:tokens]
+    start = time.perf_counter()
+    layers = capture_qk(model, ids)
+    return layers, int(ids.shape[0]), time.perf_counter() - start
+
+
+def _parse_layers(spec: str, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    return sorted({min(int(x), n_layers - 1) for x in spec.split(",") if x.strip()})
+
+
+def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curve: Curve) -> None:
+    """Build one layer's index and search it at every effort. keys [H_kv, N, D], train [H, Nq, D],
+    test [H, 64, D], truth [H, 64, 100]."""
+    start = time.perf_counter()
+    index = build_layer_index(method, keys, train, params)
+    curve.build_s.append(time.perf_counter() - start)
+    n_keys = keys.shape[1]
+    if hasattr(index, "nlist"):
+        curve.extra["centroid_fraction"].append(index.nlist / n_keys)
+    for effort in EFFORTS[method]:
+        start = time.perf_counter()
+        result = index.search(test, TOP_K, effort)
+        curve.batch_us[effort].append((time.perf_counter() - start) / test.shape[0] / test.shape[1] * 1e6)
+        curve.recall[effort].append(recall_at_k(result.ids, truth))
+        curve.scanned[effort].append(float(result.scanned.mean()) / n_keys)
+        times = []
+        for i in range(DECODE_CALLS):
+            one = np.ascontiguousarray(test[:, i : i + 1])
+            start = time.perf_counter()
+            index.search(one, TOP_K, effort)
+            times.append(time.perf_counter() - start)
+        curve.decode_ms[effort].append(float(np.median(times)) * 1e3)
+
+
+def run(args: argparse.Namespace, report: Report) -> None:
+    torch.set_num_threads(args.torch_threads)
+    params = IndexParams(threads=args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    missing = [m for m in methods if m not in index_methods()]
+    for m in missing:
+        report.note(f"method {m!r} is not registered (yet): skipped")
+    methods = [m for m in methods if m not in missing]
+
+    print(f"prefill of {args.tokens} tokens with {args.model} ...", flush=True)
+    layers, n_tokens, prefill_s = load_vectors(args.model, args.tokens)
+    if n_tokens <= N_SINK + N_WINDOW + N_TEST:
+        raise SystemExit(f"need more than {N_SINK + N_WINDOW + N_TEST} tokens, got {n_tokens}")
+    torch.set_num_threads(args.threads)
+    layer_ids = _parse_layers(args.layers, len(layers))
+    n_keys = n_tokens - N_SINK - N_WINDOW
+    print(
+        f"{n_tokens} tokens, prefill {prefill_s:.2f} s, {len(layers)} layers, measuring {layer_ids}, "
+        f"N = {n_keys} indexed keys per layer",
+        flush=True,
+    )
+
+    curves = {m: Curve() for m in methods}
+    for layer_id in layer_ids:
+        vectors = layers[layer_id]
+        keys = np.ascontiguousarray(vectors.keys[:, N_SINK : n_tokens - N_WINDOW])
+        end_train = n_tokens if args.train == "all" else n_tokens - N_TEST
+        train = np.ascontiguousarray(vectors.queries[:, :end_train])
+        test = np.ascontiguousarray(vectors.queries[:, n_tokens - N_TEST :])
+        _, truth = exact_topk(torch.from_numpy(keys), torch.from_numpy(test), TOP_K)
+        truth = truth.numpy()
+        for method in methods:
+            _measure_layer(method, keys, train, test, truth, params, curves[method])
+            print(f"  layer {layer_id:2d} {method:9s} build {curves[method].build_s[-1]:7.3f} s", flush=True)
+
+    common = {"tokens": n_tokens, "n_keys": n_keys}
+    summaries = []
+    for method in methods:
+        curve = curves[method]
+        points = []
+        for effort in EFFORTS[method]:
+            recall = float(np.mean(curve.recall[effort]))
+            scanned = float(np.mean(curve.scanned[effort]))
+            points.append((scanned, recall))
+            report.add(
+                method=method,
+                param=f"{EFFORT_NAME[method]}={effort}" if effort is not None else "",
+                **common,
+                recall_at_100=recall,
+                recall_min_layer=float(np.min(curve.recall[effort])),
+                scanned_fraction=scanned,
+                search_us=float(np.mean(curve.batch_us[effort])),
+                decode_ms=float(np.mean(curve.decode_ms[effort])),
+            )
+        best, best_recall, how = smallest_scanned(points, args.target_recall)
+        build_layer = float(np.mean(curve.build_s))
+        summaries.append(
+            dict(
+                method=method,
+                param=f"recall>={args.target_recall:g} {how}",
+                **common,
+                recall_at_100=best_recall,
+                scanned_fraction=best,
+                build_s=build_layer,
+                build_total_s=build_layer * len(layers),
+                prefill_s=prefill_s,
+                build_vs_prefill=build_layer * len(layers) / prefill_s,
+                **{name: float(np.mean(values)) for name, values in curve.extra.items()},
+            )
+        )
+    for row in summaries:
+        report.add(**row)
+    if len(layer_ids) != len(layers):
+        report.note(
+            f"build_total_s extrapolated to all {len(layers)} layers from {len(layer_ids)} measured "
+            f"({layer_ids}); build_s is the mean per layer"
+        )
+    report.note(
+        "search_us: per query and head in one [H, 64, D] call; decode_ms: one [H, 1, D] call (a layer's "
+        f"decode step); build_s: one layer; index threads={args.threads}, prefill threads="
+        f"{args.torch_threads}; train={args.train}"
+    )
