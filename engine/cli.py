@@ -37,6 +37,7 @@ class ProgressPrinter:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = EngineConfig()
     parser = argparse.ArgumentParser(prog="python -m engine", description="Folio engine command line.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ask.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     ask.add_argument("--attention", default="full", choices=ATTENTION_MODES)
+    ask.add_argument("--top-k", type=int, default=defaults.top_k, help="keys retrieved per head and step")
+    ask.add_argument("--n-sink", type=int, default=defaults.n_sink, help="first tokens kept in the static set")
+    ask.add_argument("--n-window", type=int, default=defaults.n_window, help="last tokens kept in the static set")
+    ask.add_argument("--search-effort", type=int, default=defaults.search_effort,
+                     help="index search queue size (HNSW efSearch, IVF nprobe)")
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ask.add_argument("--top-p", type=float, default=1.0)
@@ -73,6 +79,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _scanned_fraction(session) -> float | None:
+    """Mean fraction of offloaded keys the index searches scanned (None without retrieval)."""
+    stats = getattr(session.cache, "stats", None)
+    return round(stats.scanned_fraction, 5) if stats and stats.searches else None
+
+
+def peak_memory(device) -> dict[str, float]:
+    """Peak resident memory of this process and, on CUDA, peak device memory allocated (GiB)."""
+    import resource
+
+    import torch
+
+    peaks = {"peak_process_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if device.type == "cuda":
+        peaks["peak_device_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return peaks
+
+
 def _setup() -> int:
     from engine.default_model import ensure_default_model
 
@@ -88,7 +112,9 @@ def _ask(args: argparse.Namespace) -> int:
     from engine.session import DocumentSession
 
     config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, attention=args.attention,
-                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+                          n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
+                          search_effort=args.search_effort, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p)
     progress = ProgressPrinter()
     document = read_document(args.document)  # fail on a bad file before loading any model
     load_started = time.perf_counter()
@@ -116,7 +142,9 @@ def _ask(args: argparse.Namespace) -> int:
             "prefill_s": round(stats.prefill_s, 3), "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),
             "ttft_s": round(stats.ttft_s, 3), "new_tokens": stats.new_tokens,
             "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "stop_reason": stats.stop_reason,
-            "model_load_s": round(load_s, 2),
+            "index_build_s": round(stats.index_build_s, 3), "model_load_s": round(load_s, 2),
+            "keys_scanned_fraction": _scanned_fraction(session),
+            **peak_memory(loaded.device),
         }, indent=2))
     else:
         print()

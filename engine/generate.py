@@ -43,6 +43,7 @@ class GenerationStats:
     new_tokens: int
     decode_s: float  # from the first answer token to the last
     stop_reason: str  # "stop_token", "max_new_tokens" or "context_full"
+    index_build_s: float = 0.0  # retrieval attention: building the key indexes (part of ttft_s)
 
     @property
     def prefill_tokens(self) -> int:
@@ -100,11 +101,13 @@ class IncrementalText:
 
 
 def prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: int,
-                  cancel: CancelToken | None = None) -> Generator[Progress, None, torch.Tensor]:
+                  cancel: CancelToken | None = None, forward_kwargs: dict | None = None
+                  ) -> Generator[Progress, None, torch.Tensor]:
     """Run ids [n] through the model into `cache`, `chunk` tokens at a time.
 
     Yields a Progress event after every chunk and returns the logits [vocab] after the last token
     (``logits = yield from prefill_steps(...)``). Checks `cancel` before every chunk.
+    forward_kwargs: extra keywords for every forward (e.g. folio_cache for the retrieval attention).
     """
     if len(ids) == 0:
         raise ValueError("prefill needs at least one token")
@@ -115,14 +118,16 @@ def prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk
             cancel.raise_if_cancelled()
         piece = ids[start : start + chunk].view(1, -1).to(model.device)
         with torch.inference_mode():
-            logits = model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=piece, cache=cache, use_cache=True, logits_to_keep=1,
+                           **(forward_kwargs or {})).logits
         yield meter.update(min(start + chunk, len(ids)))
     return logits[0, -1]
 
 
-def prefill(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: int = 512) -> torch.Tensor:
+def prefill(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: int = 512,
+            forward_kwargs: dict | None = None) -> torch.Tensor:
     """prefill_steps without events: returns the logits [vocab] after the last of ids [n]."""
-    steps = prefill_steps(model, ids, cache, chunk)
+    steps = prefill_steps(model, ids, cache, chunk, forward_kwargs=forward_kwargs)
     while True:
         try:
             next(steps)
@@ -145,7 +150,7 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
 def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
              decode_text: Callable[[list[int]], str], stop_ids: set[int], max_positions: int,
              options: SamplingOptions = SamplingOptions(), cancel: CancelToken | None = None,
-             prefill_chunk: int = 512) -> Iterator[Event]:
+             prefill_chunk: int = 512, forward_kwargs: dict | None = None) -> Iterator[Event]:
     """Prefill what `cache` does not hold yet of prompt_ids, then decode; yield events as they happen.
 
     The cache must hold exactly prompt_ids[:cache.get_seq_length()] (a reused prefix) or nothing.
@@ -155,7 +160,7 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
     started = time.perf_counter()
     reused = cache.get_seq_length()
     ids = torch.tensor(prompt_ids[reused:], dtype=torch.long)
-    logits = yield from prefill_steps(model, ids, cache, prefill_chunk, cancel)
+    logits = yield from prefill_steps(model, ids, cache, prefill_chunk, cancel, forward_kwargs)
     prefill_s = time.perf_counter() - started
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
 
@@ -179,7 +184,7 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
             if cancel:
                 cancel.raise_if_cancelled()
             step = torch.tensor([[token]], device=model.device)
-            logits = model(input_ids=step, cache=cache, use_cache=True).logits[0, -1]
+            logits = model(input_ids=step, cache=cache, use_cache=True, **(forward_kwargs or {})).logits[0, -1]
     finished_at = time.perf_counter()
     first_token_at = first_token_at or finished_at
     if rest := text.flush():

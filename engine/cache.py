@@ -1,0 +1,217 @@
+"""The RetrievalAttention KV cache: a static set on the device, everything else in CPU memory behind
+a per-layer key index.
+
+Life of a cache (one document prefix of T tokens):
+1. prefill: `update` writes each chunk's K/V into a preallocated CPU store [H_kv, T, D] (pinned when
+   the model is on CUDA) and hands attention the K/V so far; the prefill is exact full attention.
+   The attention hook records a sample of each layer's queries for training the index. Only one
+   layer's K/V is ever on the device at once.
+2. `build_indexes()`: per layer, the first n_sink and last n_window tokens go to the device (the
+   static set), the rest stays in CPU memory (offloaded set, contiguous per layer) and gets an index
+   built from that layer's recorded queries.
+3. decode: tokens after the prefix (question, answer) are appended to the static set; attention is
+   exact over the static set on the device, merged by log-sum-exp with exact attention over each
+   query head's top_k keys retrieved from the offloaded set (see engine.retrieval).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import Cache
+from transformers.cache_utils import CacheLayerMixin
+
+from engine.events import CancelToken, Progress, ProgressMeter
+from engine.index import IndexParams, LayerIndex, build_layer_index
+
+WINDOW_ONLY = "window"  # no index: the offloaded set is dropped (StreamingLLM)
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """method: an index method ("retrieval", "exact", "flat", "ivf", "hnsw") or "window".
+
+    max_train_queries: at most this many prefill queries per head train the index (evenly spaced).
+    """
+
+    method: str = "retrieval"
+    n_sink: int = 128
+    n_window: int = 512
+    top_k: int = 100
+    effort: int | None = None
+    index_params: IndexParams = field(default_factory=IndexParams)
+    max_train_queries: int = 2048
+
+
+@dataclass
+class SearchStats:
+    """Keys scanned by index searches, summed over layers, heads and steps."""
+
+    scanned: int = 0
+    indexed: int = 0  # keys in the searched indexes, summed the same way
+    searches: int = 0
+    search_s: float = 0.0
+
+    @property
+    def scanned_fraction(self) -> float:
+        return self.scanned / self.indexed if self.indexed else 0.0
+
+
+class RetrievalLayer(CacheLayerMixin):
+    """One transformer layer's K/V: prefill store, then static set + offloaded set + index."""
+
+    is_croppable = True
+
+    def __init__(self, prefix_len: int, device: torch.device, settings: RetrievalSettings) -> None:
+        super().__init__()
+        self.prefix_len, self.device, self.settings = prefix_len, device, settings
+        self.filled = 0  # prefill: tokens written into the store
+        self.indexed = False
+        self.train_stride = max(1, math.ceil(prefix_len / settings.max_train_queries))
+        self._train_queries: list[torch.Tensor] = []
+        self.n_static_prefix = 0  # static tokens that belong to the prefix (sinks + window)
+        self.n_static = 0  # all static tokens: prefix part + question/answer tail
+        self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] float32, CPU
+        self.off_values: torch.Tensor | None = None
+        self.index: LayerIndex | None = None
+
+    # -- transformers' cache layer protocol ---------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        _, n_kv, _, dim = key_states.shape
+        pin = self.device.type == "cuda"
+        self.store_k = torch.empty(n_kv, self.prefix_len, dim, dtype=key_states.dtype, pin_memory=pin)
+        self.store_v = torch.empty(n_kv, self.prefix_len, dim, dtype=value_states.dtype, pin_memory=pin)
+        self.dtype = key_states.dtype
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """key_states/value_states [1, H_kv, n, D] -> all keys/values attention should see now."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if not self.indexed:
+            return self._append_prefill(key_states, value_states)
+        return self._append_static(key_states, value_states)
+
+    def get_seq_length(self) -> int:
+        return self.prefix_len - self.n_static_prefix + self.n_static if self.indexed else self.filled
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last -tokens_to_remove tokens (transformers' convention: a negative count)."""
+        drop = -tokens_to_remove
+        if drop <= 0:
+            return
+        if not self.indexed:
+            self.filled = max(0, self.filled - drop)
+            return
+        if drop > self.n_static - self.n_static_prefix:
+            raise ValueError("a retrieval cache can only drop tokens added after the document prefix")
+        self.n_static -= drop
+
+    # -- prefill --------------------------------------------------------------------------------------
+    def _append_prefill(self, key_states, value_states):
+        n = key_states.shape[-2]
+        if self.filled + n > self.prefix_len:
+            raise ValueError(f"prefill of {self.filled + n} tokens overflows the {self.prefix_len}-token prefix")
+        self.store_k[:, self.filled : self.filled + n] = key_states[0]
+        self.store_v[:, self.filled : self.filled + n] = value_states[0]
+        self.filled += n
+        keys = self.store_k[None, :, : self.filled].to(key_states.device, non_blocking=True)
+        values = self.store_v[None, :, : self.filled].to(value_states.device, non_blocking=True)
+        return keys, values
+
+    def record_queries(self, query: torch.Tensor) -> None:
+        """query [H, m, D] of the tokens just prefilled: keep those on the training stride."""
+        m = query.shape[1]
+        first = self.filled - m
+        offset = (-first) % self.train_stride
+        if offset < m:
+            self._train_queries.append(query[:, offset :: self.train_stride].float().cpu())
+
+    # -- index build ----------------------------------------------------------------------------------
+    def build_index(self) -> None:
+        """Split the prefix into static and offloaded sets and index the offloaded keys."""
+        if self.filled != self.prefix_len:
+            raise ValueError(f"index build needs the whole prefix ({self.filled} of {self.prefix_len} tokens)")
+        s = self.settings
+        n_sink = min(s.n_sink, self.prefix_len)
+        window_start = max(n_sink, self.prefix_len - s.n_window)
+        static_k = torch.cat([self.store_k[:, :n_sink], self.store_k[:, window_start:]], dim=1)
+        static_v = torch.cat([self.store_v[:, :n_sink], self.store_v[:, window_start:]], dim=1)
+        self.n_static_prefix = self.n_static = static_k.shape[1]
+        self.static_k = static_k.to(self.device)
+        self.static_v = static_v.to(self.device)
+        self.off_keys = self.store_k[:, n_sink:window_start].float().contiguous()
+        self.off_values = self.store_v[:, n_sink:window_start].contiguous()
+        n_off = self.off_keys.shape[1]
+        if n_off and s.method != WINDOW_ONLY:
+            queries = torch.cat(self._train_queries, dim=1).numpy() if self._train_queries else None
+            if queries is None:
+                raise ValueError("no prefill queries were recorded: prefill with the retrieval attention")
+            self.index = build_layer_index(s.method, self.off_keys.numpy(), np.ascontiguousarray(queries),
+                                           s.index_params)
+        del self.store_k, self.store_v
+        self._train_queries = []
+        self.indexed = True
+
+    @property
+    def n_offloaded(self) -> int:
+        return 0 if self.off_keys is None else self.off_keys.shape[1]
+
+    # -- decode ---------------------------------------------------------------------------------------
+    def _append_static(self, key_states, value_states):
+        n = key_states.shape[-2]
+        if self.n_static + n > self.static_k.shape[1]:  # grow the device buffer geometrically
+            grow = max(n, self.static_k.shape[1] // 2, 64)
+            self.static_k = _grow(self.static_k, self.n_static, grow)
+            self.static_v = _grow(self.static_v, self.n_static, grow)
+        self.static_k[:, self.n_static : self.n_static + n] = key_states[0]
+        self.static_v[:, self.n_static : self.n_static + n] = value_states[0]
+        self.n_static += n
+        return self.static_k[None, :, : self.n_static], self.static_v[None, :, : self.n_static]
+
+
+def _grow(buffer: torch.Tensor, used: int, extra: int) -> torch.Tensor:
+    """buffer [H_kv, cap, D] -> [H_kv, cap + extra, D] with the first `used` rows kept."""
+    bigger = buffer.new_empty(buffer.shape[0], buffer.shape[1] + extra, buffer.shape[2])
+    bigger[:, :used] = buffer[:, :used]
+    return bigger
+
+
+class RetrievalCache(Cache):
+    """The model-wide cache: one RetrievalLayer per layer, plus search statistics."""
+
+    def __init__(self, n_layers: int, prefix_len: int, device: torch.device, settings: RetrievalSettings) -> None:
+        super().__init__(layers=[RetrievalLayer(prefix_len, device, settings) for _ in range(n_layers)])
+        self.settings = settings
+        self.prefix_len = prefix_len
+        self.stats = SearchStats()
+        self.index_build_s = 0.0
+
+    @property
+    def indexed(self) -> bool:
+        return all(layer.indexed for layer in self.layers)
+
+    def build_index_steps(self, cancel: CancelToken | None = None) -> Generator[Progress, None, None]:
+        """Build every layer's index, yielding Progress per layer; checks `cancel` between layers."""
+        started = time.perf_counter()
+        meter = ProgressMeter("index", len(self.layers), None, "layers")
+        yield meter.update(0)
+        for number, layer in enumerate(self.layers, start=1):
+            if cancel:
+                cancel.raise_if_cancelled()
+            if not layer.indexed:  # a cancelled build resumes where it stopped
+                layer.build_index()
+            yield meter.update(number)
+        self.index_build_s += time.perf_counter() - started

@@ -1,0 +1,609 @@
+"""The attention-aware graph index of RetrievalAttention (RoarGraph-style), method "retrieval".
+
+One graph per query head over the keys of its KV head (see `kv_head_of`). Build, per head:
+
+1. exact top-Nq keys of each training query (every `query_stride`-th prefill query) by inner product
+   (chunked torch matmul + topk);
+2. projection: each training query's nearest key is its pivot; the pivot links to the query's other
+   neighbours, pruned by the RNG/occlusion rule with **L2 between keys** (measured better than inner
+   product between keys for search by inner product), up to `degree`; reverse edges follow, and a list
+   that overflows ``2 * degree`` is pruned back to `degree`;
+3. connectivity: the exact L2 nearest keys of every key are merged into its list (pruned again), which
+   both joins the islands the projection leaves and makes the graph navigable between the query-hot
+   regions; then any key still unreachable from the entry point is linked from its nearest reached key;
+4. entry points: the key most often among the training queries' top-Nq (the "hottest" key), plus the
+   nearest keys of a few mutually distant training queries (farthest-point sampling), so that a query
+   aimed at a region far from the hottest key does not have to walk (or strand) to get there.
+
+Search: best-first search by inner product from the entry points with a sorted candidate list of
+size `effort`; the answer is the best k of *every* key scanned (a min-heap), so k may exceed effort
+(top-100 at effort 64 works). A visited array, no Python per visited node (numba); a call with many
+(head, query) searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids
+waking the thread pool (and stalls of milliseconds when the cores are busy).
+
+Storage: CSR per head, concatenated over heads: ``indptr [H, N+1]`` int64 offsets into the flat
+``indices`` int32; plus ``entries [H, E]`` int64 (-1 padded). `to_arrays()` returns exactly these.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
+
+METHOD = "retrieval"
+OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
+N_ENTRIES = 16  # search seeds per head (see _choose_entries)
+KNN_CHUNK = 1024  # queries per matmul chunk in the exact top-k
+PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
+
+
+# ----------------------------------------------------------------------------- numba kernels
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _l2(a: np.ndarray, b: np.ndarray) -> float:
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        d = a[i] - b[i]
+        s += d * d
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _prune(keys, cand, cand_d, n_cand, m, out):
+    """RNG/occlusion prune. cand[:n_cand] (int32) with L2 distances cand_d to the node, any order.
+
+    Keeps a candidate unless an already kept one is closer to it than the node is, up to m; then fills
+    up to m with the nearest remaining candidates. Writes out[:count], nearest first; returns count.
+    """
+    order = np.argsort(cand_d[:n_cand])
+    kept = np.zeros(n_cand, dtype=np.bool_)
+    count = 0
+    for t in range(n_cand):
+        if count >= m:
+            break
+        c = cand[order[t]]
+        dc = cand_d[order[t]]
+        ok = True
+        for s in range(count):
+            if _l2(keys[out[s]], keys[c]) < dc:
+                ok = False
+                break
+        if ok:
+            out[count] = c
+            kept[t] = True
+            count += 1
+    for t in range(n_cand):
+        if count >= m:
+            break
+        if not kept[t]:
+            out[count] = cand[order[t]]
+            count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def _add_edge(keys, adj, deg, src, dst, m, buf_i, buf_d):
+    """Add src -> dst unless present; an overflowing list is re-pruned to m (dst competes too)."""
+    d = deg[src]
+    for j in range(d):
+        if adj[src, j] == dst:
+            return
+    if d < adj.shape[1]:
+        adj[src, d] = dst
+        deg[src] = d + 1
+        return
+    for j in range(d):
+        buf_i[j] = adj[src, j]
+        buf_d[j] = _l2(keys[src], keys[buf_i[j]])
+    buf_i[d] = dst
+    buf_d[d] = _l2(keys[src], keys[dst])
+    out = np.empty(m, dtype=np.int32)
+    cnt = _prune(keys, buf_i, buf_d, d + 1, m, out)
+    for j in range(cnt):
+        adj[src, j] = out[j]
+    deg[src] = cnt
+
+
+@njit(cache=True, nogil=True)
+def _project(keys, knn, m, cap):
+    """Bipartite projection. keys [N, D], knn [n, Nq] int32 (best first) -> adj [N, cap], deg [N]."""
+    n_keys = keys.shape[0]
+    n, nq = knn.shape
+    adj = np.full((n_keys, cap), -1, dtype=np.int32)
+    deg = np.zeros(n_keys, dtype=np.int32)
+    order = np.argsort(knn[:, 0], kind="mergesort")
+    stamp = np.full(n_keys, -1, dtype=np.int32)
+    pool = np.empty(n_keys, dtype=np.int32)
+    pool_d = np.empty(n_keys, dtype=np.float32)
+    out = np.empty(m, dtype=np.int32)
+    i = 0
+    while i < n:
+        p = knn[order[i], 0]
+        cnt = 0
+        j = i
+        while j < n and knn[order[j], 0] == p:
+            for t in range(1, nq):
+                c = knn[order[j], t]
+                if c != p and stamp[c] != p:
+                    stamp[c] = p
+                    pool[cnt] = c
+                    pool_d[cnt] = _l2(keys[p], keys[c])
+                    cnt += 1
+            j += 1
+        kept = _prune(keys, pool, pool_d, cnt, m, out)
+        for t in range(kept):
+            adj[p, t] = out[t]
+        deg[p] = kept
+        i = j
+    fwd = adj.copy()
+    fwd_deg = deg.copy()
+    buf_i = np.empty(cap + 1, dtype=np.int32)
+    buf_d = np.empty(cap + 1, dtype=np.float32)
+    for p in range(n_keys):
+        for t in range(fwd_deg[p]):
+            _add_edge(keys, adj, deg, fwd[p, t], p, m, buf_i, buf_d)
+    return adj, deg
+
+
+@njit(cache=True, nogil=True)
+def _merge_knn(keys, adj, deg, knn, knn_d, m):
+    """Merge each key's exact L2 neighbours knn [N, K] (distances knn_d) into its list, prune to m,
+    then add the reverse edges of the merged lists."""
+    n_keys, cap = adj.shape
+    k = knn.shape[1]
+    cand = np.empty(cap + k, dtype=np.int32)
+    cand_d = np.empty(cap + k, dtype=np.float32)
+    out = np.empty(m, dtype=np.int32)
+    stamp = np.full(n_keys, -1, dtype=np.int32)
+    new_adj = np.full((n_keys, cap), -1, dtype=np.int32)
+    new_deg = np.zeros(n_keys, dtype=np.int32)
+    for x in range(n_keys):
+        cnt = 0
+        stamp[x] = x
+        for t in range(deg[x]):
+            c = adj[x, t]
+            if stamp[c] != x:
+                stamp[c] = x
+                cand[cnt] = c
+                cand_d[cnt] = _l2(keys[x], keys[c])
+                cnt += 1
+        for t in range(k):
+            c = knn[x, t]
+            if c >= 0 and stamp[c] != x:
+                stamp[c] = x
+                cand[cnt] = c
+                cand_d[cnt] = knn_d[x, t]
+                cnt += 1
+        kept = _prune(keys, cand, cand_d, cnt, m, out)
+        for t in range(kept):
+            new_adj[x, t] = out[t]
+        new_deg[x] = kept
+    fwd = new_adj.copy()
+    fwd_deg = new_deg.copy()
+    buf_i = np.empty(cap + 1, dtype=np.int32)
+    buf_d = np.empty(cap + 1, dtype=np.float32)
+    for x in range(n_keys):
+        for t in range(fwd_deg[x]):
+            _add_edge(keys, new_adj, new_deg, fwd[x, t], x, m, buf_i, buf_d)
+    return new_adj, new_deg
+
+
+@njit(cache=True, nogil=True)
+def _mark_reached(adj, deg, start, seen, queue):
+    """BFS from start over keys not yet seen, marking them in seen [N] bool (start included)."""
+    seen[start] = True
+    queue[0] = start
+    head, tail = 0, 1
+    while head < tail:
+        x = queue[head]
+        head += 1
+        for t in range(deg[x]):
+            c = adj[x, t]
+            if not seen[c]:
+                seen[c] = True
+                queue[tail] = c
+                tail += 1
+
+
+@njit(cache=True, nogil=True)
+def _connect(keys, adj, deg, entry, m):
+    """Link every key unreachable from entry from its nearest reached key that has a free slot (and
+    back); returns how many keys had to be linked. Edges are only added, so one pass suffices."""
+    n_keys, cap = adj.shape
+    buf_i = np.empty(cap + 1, dtype=np.int32)
+    buf_d = np.empty(cap + 1, dtype=np.float32)
+    seen = np.zeros(n_keys, dtype=np.bool_)
+    queue = np.empty(n_keys, dtype=np.int32)
+    _mark_reached(adj, deg, entry, seen, queue)
+    linked = 0
+    for x in range(n_keys):
+        if seen[x]:
+            continue
+        best, best_d = -1, np.float32(np.inf)
+        for i in range(n_keys):
+            if seen[i] and deg[i] < cap:
+                d = _l2(keys[x], keys[i])
+                if d < best_d:
+                    best, best_d = i, d
+        if best < 0:  # every reached list is full (never seen in practice): take over a last slot
+            best = entry
+            deg[best] -= 1
+        adj[best, deg[best]] = x
+        deg[best] += 1
+        _add_edge(keys, adj, deg, x, best, m, buf_i, buf_d)
+        _mark_reached(adj, deg, x, seen, queue)
+        linked += 1
+    return linked
+
+
+@njit(cache=True, nogil=True)
+def _to_csr(adj, deg):
+    """Padded adjacency -> (indptr [N+1] int64, indices [E] int32)."""
+    n_keys = adj.shape[0]
+    indptr = np.zeros(n_keys + 1, dtype=np.int64)
+    for x in range(n_keys):
+        indptr[x + 1] = indptr[x] + deg[x]
+    indices = np.empty(indptr[n_keys], dtype=np.int32)
+    for x in range(n_keys):
+        indices[indptr[x] : indptr[x + 1]] = adj[x, : deg[x]]
+    return indptr, indices
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _heap_push(heap_s, heap_i, n, cap, s, v):
+    """Keep the best `cap` (score, id) in a min-heap of n entries; returns the new n."""
+    if n == cap:
+        if s <= heap_s[0]:
+            return n
+        pos = 0  # replace the root and sift down
+        while True:
+            child = 2 * pos + 1
+            if child >= n:
+                break
+            if child + 1 < n and heap_s[child + 1] < heap_s[child]:
+                child += 1
+            if heap_s[child] >= s:
+                break
+            heap_s[pos] = heap_s[child]
+            heap_i[pos] = heap_i[child]
+            pos = child
+        heap_s[pos] = s
+        heap_i[pos] = v
+        return n
+    pos = n  # append and sift up
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if heap_s[parent] <= s:
+            break
+        heap_s[pos] = heap_s[parent]
+        heap_i[pos] = heap_i[parent]
+        pos = parent
+    heap_s[pos] = s
+    heap_i[pos] = v
+    return n + 1
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _search_one(q, keys, indptr, indices, entries, size, k, out_ids):
+    """Best-first search by inner product over one head's CSR graph; returns the q·k count.
+
+    q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded,
+    at least one valid) seed the search. The candidate list holds the
+    best `size` keys seen; the search ends when all of them are expanded. The answer is the best k of
+    every key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
+    """
+    visited = np.zeros(keys.shape[0], dtype=np.bool_)
+    ids = np.empty(size, dtype=np.int32)
+    scores = np.empty(size, dtype=np.float32)
+    expanded = np.zeros(size, dtype=np.bool_)
+    heap_s = np.empty(k, dtype=np.float32)
+    heap_i = np.empty(k, dtype=np.int32)
+    n = 0
+    n_heap = 0
+    scanned = 0
+    for t in range(entries.shape[0]):
+        v = entries[t]
+        if v < 0 or visited[v]:
+            continue
+        visited[v] = True
+        s = _dot(q, keys[v])
+        scanned += 1
+        n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
+        if n == size and s <= scores[n - 1]:
+            continue
+        pos = n - 1 if n == size else n
+        while pos > 0 and scores[pos - 1] < s:
+            ids[pos] = ids[pos - 1]
+            scores[pos] = scores[pos - 1]
+            pos -= 1
+        ids[pos] = v
+        scores[pos] = s
+        if n < size:
+            n += 1
+    cur = 0
+    while cur < n:
+        expanded[cur] = True
+        node = ids[cur]
+        lowest = n
+        for e in range(indptr[node], indptr[node + 1]):
+            v = indices[e]
+            if visited[v]:
+                continue
+            visited[v] = True
+            s = _dot(q, keys[v])
+            scanned += 1
+            n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
+            if n == size and s <= scores[n - 1]:
+                continue
+            pos = n - 1 if n == size else n
+            while pos > 0 and scores[pos - 1] < s:
+                ids[pos] = ids[pos - 1]
+                scores[pos] = scores[pos - 1]
+                expanded[pos] = expanded[pos - 1]
+                pos -= 1
+            ids[pos] = v
+            scores[pos] = s
+            expanded[pos] = False
+            if n < size:
+                n += 1
+            if pos < lowest:
+                lowest = pos
+        cur = lowest if lowest <= cur else cur + 1
+        while cur < n and expanded[cur]:
+            cur += 1
+    order = np.argsort(-heap_s[:n_heap])
+    for t in range(k):
+        out_ids[t] = heap_i[order[t]] if t < n_heap else -1
+    return scanned
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k):
+    """queries [H, m, D], keys [H_kv, N, D], kv_of [H], indptr [H, N+1], entries [H, E]
+    -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
+    n_heads, m, _ = queries.shape
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    for job in prange(n_heads * m):
+        h = job // m
+        i = job % m
+        scanned[h, i] = _search_one(
+            queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i]
+        )
+    return ids, scanned
+
+
+@njit(cache=True, nogil=True)
+def _search_serial(queries, keys, kv_of, indptr, indices, entries, size, k):
+    """As _search_parallel, on the calling thread (no thread-pool wake-up: best for decode steps)."""
+    n_heads, m, _ = queries.shape
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    for h in range(n_heads):
+        for i in range(m):
+            scanned[h, i] = _search_one(
+                queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i]
+            )
+    return ids, scanned
+
+
+# ----------------------------------------------------------------------------- build (python side)
+
+
+def exact_topk(keys: torch.Tensor, queries: torch.Tensor, k: int, metric: str = "ip") -> tuple:
+    """Exact top-k of each query. keys [N, D], queries [n, D] float32 tensors.
+
+    metric "ip": largest inner product; "l2": smallest squared L2 distance.
+    Returns (ids [n, k] int32 numpy, scores [n, k] float32 numpy: inner products or L2 distances).
+    """
+    k = min(k, keys.shape[0])
+    ids = np.empty((queries.shape[0], k), dtype=np.int32)
+    vals = np.empty((queries.shape[0], k), dtype=np.float32)
+    norms = (keys * keys).sum(1) if metric == "l2" else None
+    for start in range(0, queries.shape[0], KNN_CHUNK):
+        q = queries[start : start + KNN_CHUNK]
+        s = q @ keys.T  # [c, N]
+        if norms is not None:
+            s = 2 * s - norms  # larger = closer; ||q||^2 added back below
+        top = torch.topk(s, k, dim=1)
+        ids[start : start + len(q)] = top.indices.numpy()
+        v = top.values
+        if norms is not None:
+            v = ((q * q).sum(1, keepdim=True) - v).clamp_min(0)
+        vals[start : start + len(q)] = v.numpy()
+    return ids, vals
+
+
+def _choose_entries(knn: np.ndarray, queries: np.ndarray, n_keys: int, n_entries: int) -> np.ndarray:
+    """[n_entries] int64 seeds (-1 padded): the key most often in the training queries' top-Nq
+    (knn [n, Nq]), then the pivots of training queries (queries [n, D]) picked by farthest-point
+    sampling on their directions."""
+    entries = [int(np.bincount(knn.ravel(), minlength=n_keys).argmax())]
+    unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    nearest = np.full(len(unit), np.inf, dtype=np.float32)
+    pick = int(np.argmax(knn[:, 0] == entries[0]))
+    for _ in range(4 * n_entries):
+        if len(entries) >= n_entries:
+            break
+        nearest = np.minimum(nearest, 1.0 - unit @ unit[pick])
+        pick = int(np.argmax(nearest))
+        if nearest[pick] <= 0:
+            break
+        if int(knn[pick, 0]) not in entries:
+            entries.append(int(knn[pick, 0]))
+    return np.array(entries + [-1] * (n_entries - len(entries)), dtype=np.int64)
+
+
+def build_head_graph(
+    keys: np.ndarray,
+    train_queries: np.ndarray,
+    params: IndexParams,
+    key_knn: tuple[np.ndarray, np.ndarray] | None = None,
+    n_entries: int = N_ENTRIES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One head's graph. keys [N, D], train_queries [n, D] float32 (already strided).
+
+    key_knn: optional (ids [N, K] int32, L2 distances [N, K]) exact neighbours of each key among the
+    keys (shared by the query heads of one KV head); None skips that merge.
+    Returns (indptr [N+1] int64, indices [E] int32, entries [n_entries] int64 -1 padded).
+    """
+    n_keys = keys.shape[0]
+    m = max(1, min(params.degree, n_keys - 1))
+    cap = m * OVERFLOW_SLACK
+    entries = np.full(n_entries, -1, dtype=np.int64)
+    entries[0] = 0
+    if n_keys == 1:
+        return np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32), entries
+    if len(train_queries):
+        knn, _ = exact_topk(
+            torch.from_numpy(keys), torch.from_numpy(train_queries), params.n_neighbors_per_query
+        )
+        entries = _choose_entries(knn, train_queries, n_keys, n_entries)
+        adj, deg = _project(keys, knn, m, cap)
+    else:
+        adj, deg = np.full((n_keys, cap), -1, dtype=np.int32), np.zeros(n_keys, dtype=np.int32)
+    if key_knn is not None:
+        adj, deg = _merge_knn(keys, adj, deg, key_knn[0], key_knn[1], m)
+    _connect(keys, adj, deg, entries[0], m)
+    indptr, indices = _to_csr(adj, deg)
+    return indptr, indices, entries
+
+
+def key_neighbours(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact L2 neighbours of every key among the others. keys [N, D] -> (ids [N, k], dist [N, k]),
+    ids -1 padded where N - 1 < k."""
+    t = torch.from_numpy(keys)
+    ids, dist = exact_topk(t, t, min(k + 1, keys.shape[0]), metric="l2")
+    ids, dist = ids[:, 1:], dist[:, 1:]  # drop self (distance 0; ties are harmless, pruning dedupes)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    return np.ascontiguousarray(ids), np.ascontiguousarray(dist)
+
+
+class GraphIndex:
+    """RetrievalAttention's attention-aware index over all query heads of one layer."""
+
+    method: ClassVar[str] = METHOD
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        n_heads: int,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        entries: np.ndarray,
+        params: IndexParams,
+    ) -> None:
+        """keys [H_kv, N, D] float32, indptr [H, N+1] int64 (into indices), indices int32,
+        entries [H, E] int64 (-1 padded)."""
+        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
+        self.n_heads = n_heads
+        self.n_kv_heads, self.n_keys, _ = self.keys.shape
+        self.kv_of = kv_head_of(n_heads, self.n_kv_heads).astype(np.int64)
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.entries = np.ascontiguousarray(entries, dtype=np.int64).reshape(n_heads, -1)
+        self.params = params
+        if self.indptr.shape != (n_heads, self.n_keys + 1):
+            raise ValueError(
+                f"indptr {self.indptr.shape} does not match {n_heads} heads x {self.n_keys} keys"
+            )
+
+    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n_heads, m, _ = queries.shape
+        if n_heads != self.n_heads:
+            raise ValueError(f"expected queries for {self.n_heads} heads, got {n_heads}")
+        if self.n_keys == 0 or k <= 0 or m == 0:
+            return SearchResult(
+                np.full((n_heads, m, max(k, 0)), -1, dtype=np.int64), np.zeros((n_heads, m), dtype=np.int64)
+            )
+        size = max(effort or self.params.effort, 1)
+        kernel = _search_parallel if n_heads * m >= PARALLEL_MIN_SEARCHES else _search_serial
+        ids, scanned = kernel(
+            queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k
+        )
+        return SearchResult(ids, scanned)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """indptr [H, N+1] int64, indices int32, entries [H, E] int64 (the keys are not included)."""
+        return {"indptr": self.indptr, "indices": self.indices, "entries": self.entries}
+
+    def degree_stats(self) -> tuple[float, int]:
+        """(mean, max) out-degree over all heads."""
+        deg = np.diff(self.indptr, axis=1)
+        return float(deg.mean()) if deg.size else 0.0, int(deg.max()) if deg.size else 0
+
+
+def build_graph_index(
+    keys: np.ndarray,
+    train_queries: np.ndarray,
+    params: IndexParams,
+    key_knn_k: int | None = None,
+    n_entries: int = N_ENTRIES,
+) -> GraphIndex:
+    """Build the layer's index. keys [H_kv, N, D], train_queries [H, Nq, D] float32.
+
+    key_knn_k: exact L2 neighbours per key merged into the graph (default: `params.degree`; 0 = none).
+    """
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    n_heads = train_queries.shape[0]
+    n_kv, n_keys, _ = keys.shape
+    kv_of = kv_head_of(n_heads, n_kv)
+    stride = max(1, params.query_stride)
+    # The latest prefill queries resemble decode queries best: stride from the end.
+    train = np.ascontiguousarray(train_queries[:, ::-1][:, ::stride], dtype=np.float32)
+    k_nn = params.degree if key_knn_k is None else key_knn_k
+    workers = params.threads or numba.config.NUMBA_NUM_THREADS
+
+    def neighbours(g: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return key_neighbours(keys[g], k_nn) if k_nn > 0 and n_keys > 1 else None
+
+    def head(h: int, knn_of_kv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return build_head_graph(keys[kv_of[h]], train[h], params, knn_of_kv[kv_of[h]], n_entries)
+
+    if n_keys == 0:
+        return GraphIndex(
+            keys,
+            n_heads,
+            np.zeros((n_heads, 1), np.int64),
+            np.zeros(0, np.int32),
+            np.full((n_heads, 1), -1, np.int64),
+            params,
+        )
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        knn_of_kv = list(pool.map(neighbours, range(n_kv)))
+        heads = list(pool.map(lambda h: head(h, knn_of_kv), range(n_heads)))
+    offsets = np.cumsum([0] + [len(ind) for _, ind, _ in heads])
+    indptr = np.stack([ptr + off for (ptr, _, _), off in zip(heads, offsets[:-1], strict=True)])
+    indices = np.concatenate([ind for _, ind, _ in heads])
+    entries = np.stack([e for _, _, e in heads])
+    return GraphIndex(keys, n_heads, indptr, indices, entries, params)
+
+
+def load_graph_index(arrays: dict[str, np.ndarray], keys: np.ndarray, params: IndexParams) -> GraphIndex:
+    """Restore from `to_arrays()` over the same keys [H_kv, N, D]."""
+    indptr = np.asarray(arrays["indptr"])
+    return GraphIndex(keys, indptr.shape[0], indptr, arrays["indices"], arrays["entries"], params)
+
+
+register_index(METHOD, build_graph_index, load_graph_index)

@@ -1,0 +1,89 @@
+"""Partial attention, the log-sum-exp merge and retrieved attention against exact references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.attention import merge_attention_states, partial_attention, retrieved_attention
+
+H, H_KV, D = 6, 2, 16
+SCALE = D**-0.5
+
+
+def reference(q, k, v, mask=None):
+    """sdpa over keys repeated for GQA: q [H, m, D], k/v [H_kv, n, D] -> [H, m, D]."""
+    group = q.shape[0] // k.shape[0]
+    k_full, v_full = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    return F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=SCALE)
+
+
+def random_qkv(m=3, n=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(H, m, D, generator=g), torch.randn(H_KV, n, D, generator=g) * 2,
+            torch.randn(H_KV, n, D, generator=g))
+
+
+def test_partial_attention_over_everything_is_full_attention():
+    q, k, v = random_qkv()
+    o, lse = partial_attention(q, k, v, SCALE)
+    torch.testing.assert_close(o, reference(q, k, v), atol=1e-5, rtol=1e-5)
+    group = H // H_KV
+    expected_lse = torch.logsumexp(q @ k.repeat_interleave(group, 0).transpose(1, 2) * SCALE, -1)
+    torch.testing.assert_close(lse, expected_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_tail_lets_each_query_see_only_earlier_tail_keys():
+    m, n = 4, 20
+    q, k, v = random_qkv(m=m, n=n)
+    allowed = torch.ones(m, n, dtype=torch.bool)
+    allowed[:, n - m :] = torch.tril(torch.ones(m, m, dtype=torch.bool))
+    o, _ = partial_attention(q, k, v, SCALE, causal_tail=m)
+    torch.testing.assert_close(o, reference(q, k, v, mask=allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_merging_any_two_disjoint_parts_equals_attention_over_the_whole():
+    q, k, v = random_qkv(n=64)
+    part = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    a, b = part[:23], part[23:]
+    o_a, lse_a = partial_attention(q, k[:, a], v[:, a], SCALE)
+    o_b, lse_b = partial_attention(q, k[:, b], v[:, b], SCALE)
+    o, lse = merge_attention_states(o_a, lse_a, o_b, lse_b)
+    o_all, lse_all = partial_attention(q, k, v, SCALE)
+    torch.testing.assert_close(o, o_all, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_all, atol=1e-5, rtol=1e-5)
+
+
+def test_merging_with_an_empty_set_changes_nothing():
+    q, k, v = random_qkv()
+    o, lse = partial_attention(q, k, v, SCALE)
+    empty_o, empty_lse = torch.zeros_like(o), torch.full_like(lse, float("-inf"))
+    merged, merged_lse = merge_attention_states(o, lse, empty_o, empty_lse)
+    torch.testing.assert_close(merged, o)
+    torch.testing.assert_close(merged_lse, lse)
+    both_empty, _ = merge_attention_states(empty_o, empty_lse, empty_o, empty_lse)
+    assert torch.all(both_empty == 0)
+
+
+@pytest.mark.parametrize("top_k", [1, 7, 50])
+def test_retrieved_attention_equals_brute_force_top_k_attention(top_k):
+    q, k, v = random_qkv(m=2, n=50)
+    group = H // H_KV
+    scores = q @ k.repeat_interleave(group, 0).transpose(1, 2)  # [H, m, n]
+    ids = scores.topk(top_k, dim=-1).indices
+    o, lse = retrieved_attention(q, k, v, ids, SCALE)
+    for h in range(H):
+        for i in range(2):
+            sel = ids[h, i]
+            kv = h // group
+            o_ref, lse_ref = partial_attention(q[h : h + 1, i : i + 1], k[kv : kv + 1, sel], v[kv : kv + 1, sel], SCALE)
+            torch.testing.assert_close(o[h, i], o_ref[0, 0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(lse[h, i], lse_ref[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_retrieved_attention_ignores_padding_ids():
+    q, k, v = random_qkv(m=1, n=10)
+    ids = torch.tensor([[[3, 5, -1, -1]]]).expand(H, 1, 4)
+    o, lse = retrieved_attention(q, k, v, ids, SCALE)
+    o_ref, lse_ref = retrieved_attention(q, k, v, ids[..., :2].contiguous(), SCALE)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(lse, lse_ref)

@@ -1,0 +1,140 @@
+"""The attention-aware graph index ("retrieval") against exact top-k on attention-like data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
+from engine.index.graph import GraphIndex
+
+D = 32
+
+
+def attention_like(n_heads: int, n_kv: int, n_keys: int, n_train: int, n_test: int, seed: int = 0):
+    """Keys ~ clustered around +mu, queries ~ around -mu (out of distribution, as in attention), with
+    each query aimed at a few key clusters. Returns keys [H_kv, N, D], train [H, n, D], test [H, m, D]."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=D) * 1.5
+    centres = rng.normal(size=(n_kv, 24, D)) * 0.8
+    labels = rng.integers(0, 24, size=(n_kv, n_keys))
+    keys = mu + centres[np.arange(n_kv)[:, None], labels] + rng.normal(size=(n_kv, n_keys, D))
+    kv = kv_head_of(n_heads, n_kv)
+
+    def queries(m: int) -> np.ndarray:
+        aim = rng.integers(0, 24, size=(n_heads, m))
+        return -mu + 2.0 * centres[kv[:, None], aim] + rng.normal(size=(n_heads, m, D))
+
+    return keys.astype(np.float32), queries(n_train).astype(np.float32), queries(n_test).astype(np.float32)
+
+
+def exact_top(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """[H, m, k] exact ids by inner product (GQA mapping applied)."""
+    kv = kv_head_of(queries.shape[0], keys.shape[0])
+    scores = np.einsum("hmd,hnd->hmn", queries, keys[kv])
+    return np.argsort(-scores, axis=2, kind="stable")[:, :, :k]
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[-1]
+    pairs = zip(found.reshape(-1, k), exact.reshape(-1, k), strict=True)
+    return float(np.mean([len(np.intersect1d(f, e)) / k for f, e in pairs]))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return attention_like(n_heads=4, n_kv=2, n_keys=3000, n_train=1500, n_test=40)
+
+
+@pytest.fixture(scope="module")
+def index(data) -> GraphIndex:
+    keys, train, _ = data
+    return build_layer_index("retrieval", keys, train, IndexParams(query_stride=2))
+
+
+def test_registered() -> None:
+    assert "retrieval" in index_methods()
+
+
+def test_recall_high_while_scanning_few(data, index) -> None:
+    keys, _, test = data
+    res = index.search(test, 10, effort=64)
+    assert recall(res.ids, exact_top(keys, test, 10)) >= 0.9
+    assert res.scanned.mean() < 0.5 * keys.shape[1]
+    assert res.scanned.shape == (4, 40) and res.scanned.dtype == np.int64
+
+
+def test_recall_grows_with_effort(data, index) -> None:
+    keys, _, test = data
+    exact = exact_top(keys, test, 50)
+    results = [index.search(test, 50, effort=e) for e in (8, 32, 128)]
+    recalls = [recall(r.ids, exact) for r in results]
+    scans = [r.scanned.mean() for r in results]
+    assert recalls[0] <= recalls[1] <= recalls[2] and recalls[0] < recalls[2]
+    assert scans[0] < scans[1] < scans[2]
+
+
+def test_effort_at_least_n_is_exact(data, index) -> None:
+    keys, _, test = data
+    res = index.search(test, 20, effort=keys.shape[1])
+    np.testing.assert_array_equal(np.sort(res.ids, axis=2), np.sort(exact_top(keys, test, 20), axis=2))
+
+
+def test_ids_valid_unique_and_sorted(data, index) -> None:
+    keys, _, test = data
+    res = index.search(test, 30, effort=40)
+    assert res.ids.shape == (4, 40, 30) and res.ids.dtype == np.int64
+    assert (res.ids >= 0).all() and (res.ids < keys.shape[1]).all()
+    kv = kv_head_of(4, 2)
+    for h in range(4):
+        for i in range(test.shape[1]):
+            row = res.ids[h, i]
+            assert len(np.unique(row)) == len(row)
+            scores = keys[kv[h], row] @ test[h, i]
+            assert (np.diff(scores) <= 1e-5).all()
+
+
+def test_parallel_and_serial_paths_agree(data, index) -> None:
+    _, _, test = data
+    many = index.search(test, 10, effort=32)  # 160 searches: parallel kernel
+    for i in range(3):
+        one = index.search(np.ascontiguousarray(test[:, i : i + 1]), 10, effort=32)  # serial kernel
+        np.testing.assert_array_equal(one.ids[:, 0], many.ids[:, i])
+        np.testing.assert_array_equal(one.scanned[:, 0], many.scanned[:, i])
+
+
+def test_round_trip_gives_identical_results(data, index) -> None:
+    keys, _, test = data
+    arrays = {name: np.array(a) for name, a in index.to_arrays().items()}
+    assert all(isinstance(a, np.ndarray) and a.dtype != object for a in arrays.values())
+    restored = load_layer_index("retrieval", arrays, keys)
+    a, b = index.search(test, 25, effort=48), restored.search(test, 25, effort=48)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scanned, b.scanned)
+
+
+def test_gqa_head_searches_its_group_keys() -> None:
+    keys, train, test = attention_like(n_heads=4, n_kv=2, n_keys=400, n_train=300, n_test=8, seed=1)
+    keys[1] = -keys[1]  # make the two groups' answers clearly different
+    index = build_layer_index("retrieval", keys, train)
+    res = index.search(test, 5, effort=400)
+    np.testing.assert_array_equal(res.ids, exact_top(keys, test, 5))
+    assert not np.array_equal(exact_top(keys[[0, 0]], test, 5), exact_top(keys, test, 5))
+
+
+@pytest.mark.parametrize("n_keys", [1, 2, 7])
+def test_tiny_and_k_larger_than_n(n_keys: int) -> None:
+    keys, train, test = attention_like(n_heads=2, n_kv=1, n_keys=n_keys, n_train=5, n_test=3, seed=2)
+    index = build_layer_index("retrieval", keys, train)
+    res = index.search(test, 10, effort=4)
+    assert res.ids.shape == (2, 3, 10)
+    np.testing.assert_array_equal(res.ids[:, :, :n_keys], exact_top(keys, test, n_keys))
+    assert (res.ids[:, :, n_keys:] == -1).all()
+    assert (res.scanned == n_keys).all()
+
+
+def test_no_training_queries_still_searchable() -> None:
+    keys, _, test = attention_like(n_heads=2, n_kv=1, n_keys=300, n_train=1, n_test=5, seed=3)
+    index = build_layer_index("retrieval", keys, np.zeros((2, 0, D), np.float32))
+    res = index.search(test, 10, effort=300)
+    np.testing.assert_array_equal(res.ids, exact_top(keys, test, 10))

@@ -1,0 +1,120 @@
+"""RetrievalAttention end to end on the tiny Llama, against full attention as the exact reference."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalSettings
+from engine.config import EngineConfig
+from engine.errors import CancelledError
+from engine.events import CancelToken, Progress
+from engine.generate import Finished, prefill
+from engine.index import IndexParams
+from engine.ingest import Document
+from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.session import DocumentSession
+
+PREFIX, QUESTION = 300, 6
+ALL_METHODS = ["exact", "retrieval", "flat", "ivf", "hnsw"]
+
+
+@pytest.fixture
+def model(tiny_loaded):
+    yield tiny_loaded.model
+    tiny_loaded.model.set_attn_implementation("sdpa")
+
+
+def tokens(n, seed):
+    return torch.randint(3, 390, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+def full_attention_logits(model, ids, steps):
+    """Logits of the last prompt token and of `steps` greedy decode steps, with full attention."""
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache(config=model.config)
+    logits = [prefill(model, ids, cache, chunk=64)]
+    for _ in range(steps):
+        token = logits[-1].argmax().view(1, 1)
+        logits.append(model(input_ids=token, cache=cache).logits[0, -1])
+    return logits
+
+
+@torch.inference_mode()
+def retrieval_logits(model, prefix, question, steps, settings):
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), torch.device("cpu"), settings)
+    kwargs = {"folio_cache": cache}
+    prefill(model, prefix, cache, chunk=64, forward_kwargs=kwargs)
+    list(cache.build_index_steps())
+    logits = [prefill(model, question, cache, chunk=64, forward_kwargs=kwargs)]
+    for _ in range(steps):
+        token = logits[-1].argmax().view(1, 1)
+        logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
+    return logits, cache
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_top_k_covering_the_offloaded_set_equals_full_attention(model, method):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    reference = full_attention_logits(model, torch.cat([prefix, question]), steps=4)
+    settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX)
+    logits, cache = retrieval_logits(model, prefix, question, 4, settings)
+    assert cache.layers[0].n_offloaded == PREFIX - 48
+    for got, want in zip(logits, reference, strict=True):
+        assert (got - want).abs().max() <= 1e-4
+    assert cache.stats.searches > 0
+
+
+def test_small_top_k_is_approximate_and_window_only_differs_more(model):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    reference = full_attention_logits(model, torch.cat([prefix, question]), steps=3)[-1]
+    errors = {}
+    for name, method, top_k in (("top-8", "exact", 8), ("window", WINDOW_ONLY, 8)):
+        settings = RetrievalSettings(method=method, n_sink=4, n_window=16, top_k=top_k)
+        errors[name] = (retrieval_logits(model, prefix, question, 3, settings)[0][-1] - reference).abs().max()
+    assert 0 < errors["top-8"] < errors["window"]
+
+
+def test_graph_search_scans_a_fraction_of_the_keys(model):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    settings = RetrievalSettings(method="retrieval", n_sink=4, n_window=16, top_k=10, effort=16,
+                                 index_params=IndexParams(effort=16))
+    _, cache = retrieval_logits(model, prefix, question, 3, settings)
+    assert 0 < cache.stats.scanned_fraction < 0.9
+
+
+def document(text):
+    return Document(text=text, title="t", source=None, sha256="0" * 64)
+
+
+def ask(session, question, cancel=None):
+    return [e for e in session.ask(question, cancel) if isinstance(e, Finished)][-1]
+
+
+def test_session_with_covering_top_k_answers_like_full_attention(tiny_loaded):
+    text = "the keepers recorded the weather three times a day " * 30
+    full = ask(DocumentSession(tiny_loaded, document(text), EngineConfig(max_new_tokens=10)), "why?")
+    config = EngineConfig(attention="retrieval", n_sink=8, n_window=32, top_k=1000, search_effort=1000,
+                          max_new_tokens=10)
+    session = DocumentSession(tiny_loaded, document(text), config)
+    first = ask(session, "why?")
+    assert first.token_ids == full.token_ids
+    assert first.stats.reused_tokens == 0 and first.stats.index_build_s > 0
+    again = ask(session, "why?")  # new chat: back to the indexed prefix, question prefilled only
+    assert again.token_ids == full.token_ids
+    assert again.stats.reused_tokens == session.prefix_tokens
+
+
+def test_cancel_during_index_build_then_ask_again(tiny_loaded):
+    text = "the quick brown fox jumps over the lazy dog " * 30
+    config = EngineConfig(attention="exact", n_sink=8, n_window=32, max_new_tokens=4)
+    session = DocumentSession(tiny_loaded, document(text), config)
+    cancel = CancelToken()
+    with pytest.raises(CancelledError):
+        for event in session.ask("what?", cancel):
+            if isinstance(event, Progress) and event.stage == "index" and event.done == 1:
+                cancel.cancel()
+    assert not session.cache.indexed
+    finished = ask(session, "what?")
+    assert session.cache.indexed and finished.stats.new_tokens > 0
