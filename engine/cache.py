@@ -27,7 +27,7 @@ from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
 from engine.events import CancelToken, Progress, ProgressMeter
-from engine.index import IndexParams, LayerIndex, build_layer_index
+from engine.index import IndexParams, LayerIndex, build_layer_index, load_layer_index
 
 WINDOW_ONLY = "window"  # no index: the offloaded set is dropped (StreamingLLM)
 
@@ -37,6 +37,7 @@ class RetrievalSettings:
     """method: an index method ("retrieval", "exact", "flat", "ivf", "hnsw") or "window".
 
     max_train_queries: at most this many prefill queries per head train the index (evenly spaced).
+    kv_dtype: the dtype the prefix K/V are kept in after the prefill (in CPU memory and on disk).
     """
 
     method: str = "retrieval"
@@ -46,6 +47,17 @@ class RetrievalSettings:
     effort: int | None = None
     index_params: IndexParams = field(default_factory=IndexParams)
     max_train_queries: int = 2048
+    kv_dtype: torch.dtype = torch.float16
+
+
+@dataclass
+class PrefixArrays:
+    """One layer's document prefix, what is persisted: keys/values [H_kv, T, D] in kv_dtype and the
+    sampled prefill queries [H, Nq, D] float16 that train (or retrain) the index."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    queries: torch.Tensor
 
 
 @dataclass
@@ -67,9 +79,10 @@ class RetrievalLayer(CacheLayerMixin):
 
     is_croppable = True
 
-    def __init__(self, prefix_len: int, device: torch.device, settings: RetrievalSettings) -> None:
+    def __init__(self, prefix_len: int, device: torch.device, settings: RetrievalSettings,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.prefix_len, self.device, self.settings = prefix_len, device, settings
+        self.prefix_len, self.device, self.settings, self.dtype = prefix_len, device, settings, dtype
         self.filled = 0  # prefill: tokens written into the store
         self.indexed = False
         self.train_stride = max(1, math.ceil(prefix_len / settings.max_train_queries))
@@ -141,28 +154,45 @@ class RetrievalLayer(CacheLayerMixin):
 
     # -- index build ----------------------------------------------------------------------------------
     def build_index(self) -> None:
-        """Split the prefix into static and offloaded sets and index the offloaded keys."""
+        """After the prefill: split the prefix into static and offloaded sets and index the offloaded keys."""
         if self.filled != self.prefix_len:
             raise ValueError(f"index build needs the whole prefix ({self.filled} of {self.prefix_len} tokens)")
-        s = self.settings
-        n_sink = min(s.n_sink, self.prefix_len)
-        window_start = max(n_sink, self.prefix_len - s.n_window)
-        static_k = torch.cat([self.store_k[:, :n_sink], self.store_k[:, window_start:]], dim=1)
-        static_v = torch.cat([self.store_v[:, :n_sink], self.store_v[:, window_start:]], dim=1)
-        self.n_static_prefix = self.n_static = static_k.shape[1]
-        self.static_k = static_k.to(self.device)
-        self.static_v = static_v.to(self.device)
-        self.off_keys = self.store_k[:, n_sink:window_start].float().contiguous()
-        self.off_values = self.store_v[:, n_sink:window_start].contiguous()
-        n_off = self.off_keys.shape[1]
-        if n_off and s.method != WINDOW_ONLY:
-            queries = torch.cat(self._train_queries, dim=1).numpy() if self._train_queries else None
-            if queries is None:
-                raise ValueError("no prefill queries were recorded: prefill with the retrieval attention")
-            self.index = build_layer_index(s.method, self.off_keys.numpy(), np.ascontiguousarray(queries),
-                                           s.index_params)
+        if not self._train_queries:
+            raise ValueError("no prefill queries were recorded: prefill with the retrieval attention")
+        kv_dtype = self.settings.kv_dtype
+        prefix = PrefixArrays(self.store_k.to(kv_dtype), self.store_v.to(kv_dtype),
+                              torch.cat(self._train_queries, dim=1).to(torch.float16))
         del self.store_k, self.store_v
         self._train_queries = []
+        self.install(prefix)
+
+    def install(self, prefix: PrefixArrays, index_arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Make the layer ready to decode from a prefix's K/V, freshly prefilled or loaded from disk.
+
+        The K/V are used as given (kv_dtype rounding already applied), so a reopened cache answers
+        exactly like the session that made it. index_arrays: a saved index (skips the build).
+        """
+        s = self.settings
+        keys, values = prefix.keys, prefix.values
+        n_sink = min(s.n_sink, self.prefix_len)
+        window_start = max(n_sink, self.prefix_len - s.n_window)
+        model_dtype = self.dtype
+        static_k = torch.cat([keys[:, :n_sink], keys[:, window_start:]], dim=1)
+        static_v = torch.cat([values[:, :n_sink], values[:, window_start:]], dim=1)
+        self.n_static_prefix = self.n_static = static_k.shape[1]
+        self.static_k = static_k.to(self.device, model_dtype)
+        self.static_v = static_v.to(self.device, model_dtype)
+        self.off_keys = keys[:, n_sink:window_start].float().contiguous()
+        self.off_values = values[:, n_sink:window_start]
+        self.prefix = prefix
+        self.index = None
+        if self.n_offloaded and s.method != WINDOW_ONLY:
+            keys_np = self.off_keys.numpy()
+            if index_arrays is not None:
+                self.index = load_layer_index(s.method, index_arrays, keys_np, s.index_params)
+            else:
+                queries = np.ascontiguousarray(prefix.queries.float().numpy())
+                self.index = build_layer_index(s.method, keys_np, queries, s.index_params)
         self.indexed = True
 
     @property
@@ -192,8 +222,10 @@ def _grow(buffer: torch.Tensor, used: int, extra: int) -> torch.Tensor:
 class RetrievalCache(Cache):
     """The model-wide cache: one RetrievalLayer per layer, plus search statistics."""
 
-    def __init__(self, n_layers: int, prefix_len: int, device: torch.device, settings: RetrievalSettings) -> None:
-        super().__init__(layers=[RetrievalLayer(prefix_len, device, settings) for _ in range(n_layers)])
+    def __init__(self, n_layers: int, prefix_len: int, device: torch.device, settings: RetrievalSettings,
+                 dtype: torch.dtype = torch.float32) -> None:
+        """dtype: the model's compute dtype (the static set on the device is kept in it)."""
+        super().__init__(layers=[RetrievalLayer(prefix_len, device, settings, dtype) for _ in range(n_layers)])
         self.settings = settings
         self.prefix_len = prefix_len
         self.stats = SearchStats()
@@ -215,3 +247,15 @@ class RetrievalCache(Cache):
                 layer.build_index()
             yield meter.update(number)
         self.index_build_s += time.perf_counter() - started
+
+    @classmethod
+    def restore(cls, prefixes: list[PrefixArrays], device: torch.device, settings: RetrievalSettings,
+                dtype: torch.dtype, index_arrays: list[dict[str, np.ndarray]] | None = None) -> RetrievalCache:
+        """A ready-to-decode cache from saved per-layer prefixes (and indexes, when they match settings)."""
+        prefix_len = prefixes[0].keys.shape[1]
+        cache = cls(len(prefixes), prefix_len, device, settings, dtype)
+        for number, (layer, prefix) in enumerate(zip(cache.layers, prefixes, strict=True)):
+            layer.filled = prefix_len
+            layer.is_initialized = True
+            layer.install(prefix, index_arrays[number] if index_arrays else None)
+        return cache

@@ -19,6 +19,7 @@ class EngineConfig:
     n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
     top_k: keys retrieved per query head and decode step from the offloaded set.
     search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
+    kv_dtype: the dtype of the document's K/V after prefill (CPU memory and disk): float16 or float32.
     """
 
     model: str = "default"
@@ -29,6 +30,7 @@ class EngineConfig:
     n_window: int = 512
     top_k: int = 100
     search_effort: int = 64
+    kv_dtype: str = "float16"
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -41,6 +43,8 @@ class EngineConfig:
             problems.append(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {self.attention!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             problems.append(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
+        if self.kv_dtype not in ("float16", "float32"):
+            problems.append(f"kv_dtype must be float16 or float32, not {self.kv_dtype!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         for name in ("n_sink", "n_window", "threads"):

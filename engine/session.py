@@ -27,7 +27,8 @@ def retrieval_settings(config: EngineConfig) -> RetrievalSettings:
     """The cache settings for a retrieval-family attention mode of `config`."""
     method = WINDOW_ONLY if config.attention == "window" else config.attention
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
-                             effort=config.search_effort, index_params=IndexParams(effort=config.search_effort))
+                             effort=config.search_effort, index_params=IndexParams(effort=config.search_effort),
+                             kv_dtype=getattr(torch, config.kv_dtype))
 
 
 class DocumentSession:
@@ -120,7 +121,7 @@ class DocumentSession:
         if not self.uses_retrieval:
             return DynamicCache(config=config)
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.device,
-                              retrieval_settings(self.config))
+                              retrieval_settings(self.config), self.loaded.dtype)
 
 
 def _with_document_prefill(event: Finished, prepare_s: float, index_s: float) -> Finished:

@@ -58,7 +58,8 @@ def retrieval_logits(model, prefix, question, steps, settings):
 def test_top_k_covering_the_offloaded_set_equals_full_attention(model, method):
     prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
     reference = full_attention_logits(model, torch.cat([prefix, question]), steps=4)
-    settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX)
+    settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX,
+                                 kv_dtype=torch.float32)
     logits, cache = retrieval_logits(model, prefix, question, 4, settings)
     assert cache.layers[0].n_offloaded == PREFIX - 48
     for got, want in zip(logits, reference, strict=True):
@@ -96,7 +97,7 @@ def test_session_with_covering_top_k_answers_like_full_attention(tiny_loaded):
     text = "the keepers recorded the weather three times a day " * 30
     full = ask(DocumentSession(tiny_loaded, document(text), EngineConfig(max_new_tokens=10)), "why?")
     config = EngineConfig(attention="retrieval", n_sink=8, n_window=32, top_k=1000, search_effort=1000,
-                          max_new_tokens=10)
+                          max_new_tokens=10, kv_dtype="float32")
     session = DocumentSession(tiny_loaded, document(text), config)
     first = ask(session, "why?")
     assert first.token_ids == full.token_ids
@@ -118,3 +119,33 @@ def test_cancel_during_index_build_then_ask_again(tiny_loaded):
     assert not session.cache.indexed
     finished = ask(session, "what?")
     assert session.cache.indexed and finished.stats.new_tokens > 0
+
+
+def test_float16_kv_stays_close_to_full_attention(model):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    reference = full_attention_logits(model, torch.cat([prefix, question]), steps=2)
+    settings = RetrievalSettings(method="exact", n_sink=16, n_window=32, top_k=PREFIX, kv_dtype=torch.float16)
+    logits, _ = retrieval_logits(model, prefix, question, 2, settings)
+    for got, want in zip(logits, reference, strict=True):
+        assert (got - want).abs().max() <= 0.05
+        assert got.argmax() == want.argmax()
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_restored_cache_decodes_exactly_like_the_original(model, method):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    settings = RetrievalSettings(method=method, n_sink=8, n_window=16, top_k=20, effort=32)
+    original, cache = retrieval_logits(model, prefix, question, 3, settings)
+    prefixes = [layer.prefix for layer in cache.layers]
+    indexes = [layer.index.to_arrays() for layer in cache.layers]
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    for saved_indexes in (indexes, None):  # with the saved index, and rebuilt from the saved queries
+        restored = RetrievalCache.restore(prefixes, torch.device("cpu"), settings, torch.float32, saved_indexes)
+        kwargs = {"folio_cache": restored}
+        with torch.inference_mode():
+            logits = [prefill(model, question, restored, chunk=64, forward_kwargs=kwargs)]
+            for _ in range(3):
+                token = logits[-1].argmax().view(1, 1)
+                logits.append(model(input_ids=token, cache=restored, **kwargs).logits[0, -1])
+        for got, want in zip(logits, original, strict=True):
+            assert torch.equal(got, want)
