@@ -29,7 +29,7 @@ class EngineConfig:
     n_sink: int = 128
     n_window: int = 512
     top_k: int = 100
-    search_effort: int = 64
+    search_effort: int = 100
     kv_dtype: str = "float16"
     max_new_tokens: int = 256
     temperature: float = 0.0

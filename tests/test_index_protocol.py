@@ -18,7 +18,7 @@ from engine.index import (
 H, H_KV, D = 4, 2, 16
 N, NQ, M, K = 600, 400, 8, 20
 GENEROUS = 512  # effort at which approximate methods must reach recall 0.95
-PARAMS = IndexParams(effort=64, n_neighbors_per_query=32, degree=16, build_queue=64, hnsw_m=16, threads=1)
+PARAMS = IndexParams(effort=64, n_neighbors_per_query=32, degree=16, hnsw_m=16, threads=1)
 EXACT_METHODS = {EXACT, FLAT}
 
 

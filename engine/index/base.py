@@ -30,18 +30,16 @@ class IndexParams:
             nprobe for IVF; ignored by exact and flat.
         n_neighbors_per_query: graph build: exact top-Nq keys per training query.
         degree: graph build: out-degree M after projection.
-        build_queue: graph build: queue size of the connectivity-enhancement searches.
         query_stride: graph build: use every `query_stride`-th training query.
         hnsw_m: HNSW links per node.
         ivf_lists_per_sqrt_n: IVF: number of lists = this x sqrt(N).
         threads: worker threads for build/search (0 = library default).
     """
 
-    effort: int = 64
-    n_neighbors_per_query: int = 64
-    degree: int = 24
-    build_queue: int = 128
-    query_stride: int = 1
+    effort: int = 100
+    n_neighbors_per_query: int = 32
+    degree: int = 16
+    query_stride: int = 4
     hnsw_m: int = 32
     ivf_lists_per_sqrt_n: float = 4.0
     threads: int = 0

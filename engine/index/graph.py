@@ -383,9 +383,7 @@ def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k):
     for job in prange(n_heads * m):
         h = job // m
         i = job % m
-        scanned[h, i] = _search_one(
-            queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i]
-        )
+        scanned[h, i] = _search_one(queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i])
     return ids, scanned
 
 
@@ -471,9 +469,7 @@ def build_head_graph(
     if n_keys == 1:
         return np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32), entries
     if len(train_queries):
-        knn, _ = exact_topk(
-            torch.from_numpy(keys), torch.from_numpy(train_queries), params.n_neighbors_per_query
-        )
+        knn, _ = exact_topk(torch.from_numpy(keys), torch.from_numpy(train_queries), params.n_neighbors_per_query)
         entries = _choose_entries(knn, train_queries, n_keys, n_entries)
         adj, deg = _project(keys, knn, m, cap)
     else:
@@ -523,9 +519,7 @@ class GraphIndex:
         self.entries = np.ascontiguousarray(entries, dtype=np.int64).reshape(n_heads, -1)
         self.params = params
         if self.indptr.shape != (n_heads, self.n_keys + 1):
-            raise ValueError(
-                f"indptr {self.indptr.shape} does not match {n_heads} heads x {self.n_keys} keys"
-            )
+            raise ValueError(f"indptr {self.indptr.shape} does not match {n_heads} heads x {self.n_keys} keys")
 
     def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
         """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
@@ -539,9 +533,7 @@ class GraphIndex:
             )
         size = max(effort or self.params.effort, 1)
         kernel = _search_parallel if n_heads * m >= PARALLEL_MIN_SEARCHES else _search_serial
-        ids, scanned = kernel(
-            queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k
-        )
+        ids, scanned = kernel(queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k)
         return SearchResult(ids, scanned)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
