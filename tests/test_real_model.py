@@ -32,3 +32,13 @@ def test_needle_at_half_depth_of_a_3500_token_document_is_found(real_model):
     assert 3300 < session.prefix_tokens < 4000
     finished = [e for e in session.ask(DEFAULT_NEEDLE.question) if isinstance(e, Finished)][-1]
     assert DEFAULT_NEEDLE.answer in finished.text
+
+
+def test_needle_at_half_depth_survives_retrieval_attention(real_model):
+    """The paper's defaults: 128 sinks + 512 window on the device, top-100 retrieved by the graph index."""
+    text = needle_document(real_model.tokenizer, 3500, depth=0.5)
+    config = EngineConfig(attention="retrieval", n_sink=128, n_window=512, top_k=100, max_new_tokens=24)
+    session = DocumentSession(real_model, Document(text, "haystack", None, "0" * 64), config)
+    finished = [e for e in session.ask(DEFAULT_NEEDLE.question) if isinstance(e, Finished)][-1]
+    assert DEFAULT_NEEDLE.answer in finished.text
+    assert 0 < session.cache.stats.scanned_fraction < 0.5
