@@ -23,11 +23,12 @@ from engine.retrieval import RETRIEVAL_ATTENTION
 FULL_ATTENTION = "sdpa"
 
 
-def retrieval_settings(config: EngineConfig) -> RetrievalSettings:
-    """The cache settings for a retrieval-family attention mode of `config`."""
+def retrieval_settings(config: EngineConfig, device: torch.device | None = None) -> RetrievalSettings:
+    """The cache settings for a retrieval-family attention mode of `config` on a model on `device`."""
     method = WINDOW_ONLY if config.attention == "window" else config.attention
+    params = IndexParams(effort=config.search_effort, knn_device=device.type if device else "cpu")
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
-                             effort=config.search_effort, index_params=IndexParams(effort=config.search_effort),
+                             effort=config.search_effort, index_params=params,
                              kv_dtype=getattr(torch, config.kv_dtype))
 
 
@@ -121,7 +122,7 @@ class DocumentSession:
         if not self.uses_retrieval:
             return DynamicCache(config=config)
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.device,
-                              retrieval_settings(self.config), self.loaded.dtype)
+                              retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
 
 
 def _with_document_prefill(event: Finished, prepare_s: float, index_s: float) -> Finished:

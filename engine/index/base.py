@@ -34,6 +34,7 @@ class IndexParams:
         hnsw_m: HNSW links per node.
         ivf_lists_per_sqrt_n: IVF: number of lists = this x sqrt(N).
         threads: worker threads for build/search (0 = library default).
+        knn_device: where the graph build's exact nearest-neighbour matmuls run ("cpu", "cuda").
     """
 
     effort: int = 100
@@ -43,6 +44,7 @@ class IndexParams:
     hnsw_m: int = 32
     ivf_lists_per_sqrt_n: float = 4.0
     threads: int = 0
+    knn_device: str = "cpu"
 
 
 @dataclass(frozen=True)

@@ -420,11 +420,11 @@ def exact_topk(keys: torch.Tensor, queries: torch.Tensor, k: int, metric: str = 
         if norms is not None:
             s = 2 * s - norms  # larger = closer; ||q||^2 added back below
         top = torch.topk(s, k, dim=1)
-        ids[start : start + len(q)] = top.indices.numpy()
+        ids[start : start + len(q)] = top.indices.cpu().numpy()
         v = top.values
         if norms is not None:
             v = ((q * q).sum(1, keepdim=True) - v).clamp_min(0)
-        vals[start : start + len(q)] = v.numpy()
+        vals[start : start + len(q)] = v.cpu().numpy()
     return ids, vals
 
 
@@ -469,7 +469,9 @@ def build_head_graph(
     if n_keys == 1:
         return np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32), entries
     if len(train_queries):
-        knn, _ = exact_topk(torch.from_numpy(keys), torch.from_numpy(train_queries), params.n_neighbors_per_query)
+        device = torch.device(params.knn_device)
+        knn, _ = exact_topk(torch.from_numpy(keys).to(device), torch.from_numpy(train_queries).to(device),
+                            params.n_neighbors_per_query)
         entries = _choose_entries(knn, train_queries, n_keys, n_entries)
         adj, deg = _project(keys, knn, m, cap)
     else:
@@ -481,10 +483,10 @@ def build_head_graph(
     return indptr, indices, entries
 
 
-def key_neighbours(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def key_neighbours(keys: np.ndarray, k: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Exact L2 neighbours of every key among the others. keys [N, D] -> (ids [N, k], dist [N, k]),
-    ids -1 padded where N - 1 < k."""
-    t = torch.from_numpy(keys)
+    ids -1 padded where N - 1 < k. The matmul runs on `device` (a GPU when there is one)."""
+    t = torch.from_numpy(keys).to(device)
     ids, dist = exact_topk(t, t, min(k + 1, keys.shape[0]), metric="l2")
     ids, dist = ids[:, 1:], dist[:, 1:]  # drop self (distance 0; ties are harmless, pruning dedupes)
     if ids.shape[1] < k:
@@ -568,7 +570,7 @@ def build_graph_index(
     workers = params.threads or numba.config.NUMBA_NUM_THREADS
 
     def neighbours(g: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return key_neighbours(keys[g], k_nn) if k_nn > 0 and n_keys > 1 else None
+        return key_neighbours(keys[g], k_nn, params.knn_device) if k_nn > 0 and n_keys > 1 else None
 
     def head(h: int, knn_of_kv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return build_head_graph(keys[kv_of[h]], train[h], params, knn_of_kv[kv_of[h]], n_entries)
