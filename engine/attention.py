@@ -66,8 +66,8 @@ def merge_attention_states(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Te
     return w_a * o_a + w_b * o_b, lse
 
 
-def retrieved_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def retrieved_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float,
+                        return_weights: bool = False):
     """Exact attention of each query over its own retrieved keys.
 
     Args:
@@ -76,7 +76,8 @@ def retrieved_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: 
         ids: [H, m, top_k] int64 positions in 0..N-1, -1 for "no key" (ignored).
         scale: softmax scale.
     Returns:
-        o: [H, m, D], lse: [H, m] over the retrieved keys only.
+        o: [H, m, D], lse: [H, m] over the retrieved keys only; with return_weights also the softmax
+        weights [H, m, top_k] of each retrieved key (0 for padding).
     """
     n_heads, n_kv = q.shape[0], k.shape[0]
     kv_head = torch.arange(n_heads, device=q.device) // (n_heads // n_kv)
@@ -90,4 +91,4 @@ def retrieved_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: 
     lse = torch.logsumexp(scores, dim=-1)  # [H, m]
     weights = torch.exp(scores - _finite(lse).unsqueeze(-1))
     o = torch.einsum("hmk,hmkd->hmd", weights, v_sel)
-    return o, lse
+    return (o, lse, weights) if return_weights else (o, lse)

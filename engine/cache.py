@@ -74,6 +74,41 @@ class SearchStats:
         return self.scanned / self.indexed if self.indexed else 0.0
 
 
+class AttentionTrace:
+    """Per decode step, the document positions retrieved and the share of attention they got.
+
+    Summed over layers and heads; each step keeps its `top` heaviest positions. Feeds citations.
+    """
+
+    def __init__(self, prefix_len: int, top: int = 64) -> None:
+        self.top = top
+        self.steps: list[list[tuple[int, float]]] = []
+        self._mass = np.zeros(prefix_len, dtype=np.float32)
+        self._open = False
+
+    def add(self, layer_idx: int, positions: np.ndarray, mass: np.ndarray) -> None:
+        """positions [n] int prefix positions, mass [n] their attention share (a new step starts at layer 0)."""
+        if layer_idx == 0:
+            self._close_step()
+        np.add.at(self._mass, positions, mass)
+        self._open = True
+
+    def take(self) -> list[list[tuple[int, float]]]:
+        """The steps recorded so far (and forget them)."""
+        self._close_step()
+        steps, self.steps = self.steps, []
+        return steps
+
+    def _close_step(self) -> None:
+        if not self._open:
+            return
+        top = min(self.top, len(self._mass))
+        best = np.argpartition(-self._mass, top - 1)[:top]
+        self.steps.append([(int(p), float(self._mass[p])) for p in best if self._mass[p] > 0])
+        self._mass.fill(0)
+        self._open = False
+
+
 class RetrievalLayer(CacheLayerMixin):
     """One transformer layer's K/V: prefill store, then static set + offloaded set + index."""
 
@@ -182,6 +217,7 @@ class RetrievalLayer(CacheLayerMixin):
         self.n_static_prefix = self.n_static = static_k.shape[1]
         self.static_k = static_k.to(self.device, model_dtype)
         self.static_v = static_v.to(self.device, model_dtype)
+        self.off_start = n_sink  # offloaded id i is prefix position off_start + i
         self.off_keys = keys[:, n_sink:window_start].float().contiguous()
         self.off_values = values[:, n_sink:window_start]
         self.prefix = prefix
@@ -230,6 +266,7 @@ class RetrievalCache(Cache):
         self.prefix_len = prefix_len
         self.stats = SearchStats()
         self.index_build_s = 0.0
+        self.trace: AttentionTrace | None = None  # set to record what decoding retrieved (citations)
 
     @property
     def indexed(self) -> bool:

@@ -37,14 +37,21 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
                                       **kwargs)
     q = query[0]
     o_static, lse_static = partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
-    o_off, lse_off = offloaded_attention(layer, q, scale, folio_cache)
-    o, _ = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
+    o_off, lse_off, retrieved = offloaded_attention(layer, q, scale, folio_cache)
+    o, lse = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
+    if retrieved is not None and folio_cache.trace is not None:
+        ids, weights = retrieved  # [H, 1, k] each; weights are shares of the retrieved part only
+        share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)
+        valid = ids >= 0
+        folio_cache.trace.add(module.layer_idx, (ids[valid] + layer.off_start).numpy(), share[valid].numpy())
     return o.to(query.dtype).transpose(0, 1).unsqueeze(0), None
 
 
-def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, cache: RetrievalCache
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q [H, m, D] over the layer's offloaded set, on the CPU: (o [H, m, D], lse [H, m]).
+def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, cache: RetrievalCache):
+    """Attention of q [H, m, D] over the layer's offloaded set, on the CPU.
+
+    Returns (o [H, m, D], lse [H, m], retrieved): retrieved is (ids [H, m, k], weights [H, m, k]) when
+    an index was searched, else None.
 
     One query per head (decoding): exact attention over the top_k keys the index retrieves.
     Several (a question prefilled after the cached document): exact attention over all of them, as
@@ -52,11 +59,11 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ca
     """
     n_heads, m, dim = q.shape
     if layer.n_offloaded == 0 or layer.settings.method == WINDOW_ONLY:
-        return q.new_zeros(n_heads, m, dim, dtype=torch.float32), q.new_full((n_heads, m), float("-inf"),
-                                                                               dtype=torch.float32)
+        empty = torch.full((n_heads, m), float("-inf"))
+        return torch.zeros(n_heads, m, dim), empty, None
     q_cpu = q.detach().float().cpu()
     if m > 1:
-        return partial_attention(q_cpu, layer.off_keys, layer.off_values, scale)
+        return (*partial_attention(q_cpu, layer.off_keys, layer.off_values, scale), None)
     started = time.perf_counter()
     found = layer.index.search(q_cpu.numpy(), layer.settings.top_k, layer.settings.effort)
     stats = cache.stats
@@ -64,7 +71,9 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ca
     stats.scanned += int(found.scanned.sum())
     stats.indexed += layer.n_offloaded * n_heads
     stats.searches += n_heads
-    return retrieved_attention(q_cpu, layer.off_keys, layer.off_values, torch.from_numpy(found.ids), scale)
+    ids = torch.from_numpy(found.ids)
+    o, lse, weights = retrieved_attention(q_cpu, layer.off_keys, layer.off_values, ids, scale, return_weights=True)
+    return o, lse, (ids, weights)
 
 
 AttentionInterface.register(RETRIEVAL_ATTENTION, retrieval_attention)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalSettings
+from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.config import EngineConfig
 from engine.errors import CancelledError
 from engine.events import CancelToken, Progress
@@ -149,3 +149,26 @@ def test_restored_cache_decodes_exactly_like_the_original(model, method):
                 logits.append(model(input_ids=token, cache=restored, **kwargs).logits[0, -1])
         for got, want in zip(logits, original, strict=True):
             assert torch.equal(got, want)
+
+
+def test_trace_records_retrieved_positions_with_their_attention_share(model):
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    settings = RetrievalSettings(method="exact", n_sink=8, n_window=16, top_k=5)
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), settings)
+    kwargs = {"folio_cache": cache}
+    with torch.inference_mode():
+        prefill(model, prefix, cache, chunk=64, forward_kwargs=kwargs)
+        list(cache.build_index_steps())
+        prefill(model, question, cache, chunk=64, forward_kwargs=kwargs)
+        cache.trace = AttentionTrace(PREFIX)
+        for token in (5, 6, 7):
+            model(input_ids=torch.tensor([[token]]), cache=cache, **kwargs)
+    steps = cache.trace.take()
+    assert len(steps) == 3
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    for step in steps:
+        positions = [p for p, _ in step]
+        assert all(8 <= p < PREFIX - 16 for p in positions)  # only offloaded positions are retrieved
+        total = sum(w for _, w in step)
+        assert 0 < total <= n_layers * n_heads + 1e-4  # a share of each head's attention, summed
