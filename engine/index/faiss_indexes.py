@@ -37,8 +37,6 @@ _HNSW_DTYPES = {
     "levels": np.int32,
     "offsets": np.uint64,
     "neighbors": np.int32,
-    "assign_probas": np.float64,
-    "cum_nneighbor_per_level": np.int32,
 }
 
 
@@ -248,7 +246,8 @@ class HnswIndex(_PerKvHeadIndex):
                 index.storage.add(x)
                 index.ntotal = self.n_keys
                 hnsw = index.hnsw
-                for name in (*_HNSW_GRAPH_FIELDS, "assign_probas", "cum_nneighbor_per_level"):
+                # assign_probas / cum_nneighbor_per_level come from the constructor (they depend on M only)
+                for name in _HNSW_GRAPH_FIELDS:
                     saved = np.ascontiguousarray(graphs[j][name], dtype=_HNSW_DTYPES[name])
                     faiss.copy_array_to_vector(saved, getattr(hnsw, name))
                 hnsw.entry_point = int(graphs[j]["entry_point"])
@@ -279,16 +278,13 @@ class HnswIndex(_PerKvHeadIndex):
         out["neighbors"] = np.concatenate([g["neighbors"] for g in graphs])  # int32, all heads
         out["entry_point"] = np.array([g["entry_point"] for g in graphs], dtype=np.int64)
         out["max_level"] = np.array([g["max_level"] for g in graphs], dtype=np.int64)
-        out["assign_probas"] = graphs[0]["assign_probas"]
-        out["cum_nneighbor_per_level"] = graphs[0]["cum_nneighbor_per_level"]
         return out
 
     @staticmethod
     def _graph_arrays(hnsw: faiss.HNSW) -> dict[str, np.ndarray]:
-        arrays = {
-            name: faiss.vector_to_array(getattr(hnsw, name))
-            for name in (*_HNSW_GRAPH_FIELDS, "assign_probas", "cum_nneighbor_per_level")
-        }
+        # Only faiss's own MaybeOwnedVector fields: std::vector<double>/<int> fields can come back as
+        # another SWIG module's proxy (pymupdf registers std::vector<double> too) and fail to convert.
+        arrays = {name: faiss.vector_to_array(getattr(hnsw, name)) for name in _HNSW_GRAPH_FIELDS}
         arrays["entry_point"] = np.array(hnsw.entry_point)
         arrays["max_level"] = np.array(hnsw.max_level)
         return arrays
@@ -312,8 +308,6 @@ def load_hnsw(arrays: dict[str, np.ndarray], keys: np.ndarray, params: IndexPara
             "levels": arrays["levels"][j],
             "offsets": arrays["offsets"][j],
             "neighbors": arrays["neighbors"][starts[j] : ends[j]],
-            "assign_probas": arrays["assign_probas"],
-            "cum_nneighbor_per_level": arrays["cum_nneighbor_per_level"],
             "entry_point": arrays["entry_point"][j],
             "max_level": arrays["max_level"][j],
         }
