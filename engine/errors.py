@@ -37,3 +37,7 @@ class CancelledError(FolioError):
 
     def __init__(self) -> None:
         super().__init__("Cancelled.")
+
+
+class StoreError(FolioError):
+    """The document library cannot be read or written (disk full, permissions, a database problem)."""

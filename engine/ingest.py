@@ -1,4 +1,5 @@
-"""Turn a file (PDF, text, Markdown) into one string, remembering which page each character is on."""
+"""Turn a file (PDF, text, Markdown) into one string, remembering which page each character is on,
+and map the document's tokens back to pages and character ranges (for citations)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import bisect
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from engine.errors import DocumentError
 
@@ -117,3 +120,23 @@ def _read_pdf(data: bytes, name: str) -> tuple[str, tuple[int, ...], str]:
         raise DocumentError(f"{name} has no text layer (it is probably scanned images).",
                             "Folio does not do OCR: run OCR on it first (e.g. ocrmypdf) and open the result.")
     return PAGE_SEPARATOR.join(parts), tuple(page_starts), title
+
+
+def token_spans(document: Document, tokenizer) -> np.ndarray:
+    """[N, 3] int32 rows (page, char_start, char_end) for the N tokens of the document's text as the
+    prompt holds them (engine.prompt tokenises ``text.strip()`` on its own); character offsets index
+    `document.text`, pages are 1-based. Needs a fast tokenizer (offset mapping); otherwise the spans
+    are approximated from the decoded length of each token.
+    """
+    body = document.text.strip()
+    shift = len(document.text) - len(document.text.lstrip())
+    try:
+        encoded = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    except (NotImplementedError, ValueError, KeyError):
+        ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+        ends = np.cumsum([len(tokenizer.decode([i])) for i in ids]).clip(max=len(body))
+        offsets = np.stack([np.concatenate([[0], ends[:-1]]), ends], axis=1) if len(ids) else np.zeros((0, 2))
+    starts = offsets[:, 0] + shift
+    pages = np.searchsorted(np.asarray(document.page_starts), starts, side="right")
+    return np.stack([pages, starts, offsets[:, 1] + shift], axis=1).astype(np.int32)

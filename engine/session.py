@@ -11,14 +11,16 @@ from transformers import Cache, DynamicCache
 
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalSettings
 from engine.config import EngineConfig
-from engine.errors import CancelledError, ContextTooLongError
+from engine.errors import CancelledError, ContextTooLongError, StoreError
 from engine.events import CancelToken
 from engine.generate import Event, Finished, SamplingOptions, generate, prefill_steps
 from engine.index import IndexParams
-from engine.ingest import Document
+from engine.ingest import Document, token_spans
 from engine.model import LoadedModel
+from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
 from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.store import Store
 
 FULL_ATTENTION = "sdpa"
 
@@ -38,13 +40,29 @@ class DocumentSession:
     attention "full": ordinary attention with transformers' DynamicCache. Every other mode prefills
     the document with exact attention into a RetrievalCache, builds the key indexes, then answers with
     the static set + retrieved keys (engine.retrieval).
+
+    store: a document library (engine.store). With it, retrieval-family modes open the document's
+    saved K/V and index instead of prefilling (`cached` is then True), and save them after a prefill.
+    Full attention is never stored. `cache_notices` says why a stored cache was rebuilt or not saved.
     """
 
-    def __init__(self, loaded: LoadedModel, document: Document, config: EngineConfig) -> None:
-        self.loaded, self.document, self.config = loaded, document, config
+    def __init__(self, loaded: LoadedModel, document: Document, config: EngineConfig,
+                 store: Store | None = None) -> None:
+        self.loaded, self.document, self.config, self.store = loaded, document, config, store
         self.prompt: DocumentPrompt = build_document_prompt(loaded.tokenizer, document.text)
         self._cache: Cache | None = None
         self.check_fits(len(self.prompt.prefix_ids))
+        self.cached = False  # the document's prefill was skipped: its cache came from the store
+        self.cache_bytes = 0  # bytes of this document's cache (K/V + index) on disk, 0 when not stored
+        self.cache_notices: list[str] = []
+        self.cache_save_s = 0.0
+        self._saved = False
+        self._doc_id: int | None = None
+
+    @property
+    def cache_notice(self) -> str | None:
+        """E.g. "cache rebuilt: model changed"; None when nothing happened worth saying."""
+        return "; ".join(self.cache_notices) or None
 
     @property
     def prefix_tokens(self) -> int:
@@ -83,14 +101,19 @@ class DocumentSession:
         options = SamplingOptions(self.config.max_new_tokens, self.config.temperature, self.config.top_p)
         started = time.perf_counter()
         try:
+            load_s = 0.0
             if self._cache is None:
-                self._cache = self._make_cache()
+                self._cache = yield from self._open_cache()
+                load_s = time.perf_counter() - started if self.cached else 0.0
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
             prepare_s = index_s = 0.0
             if self.uses_retrieval and not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 prepare_s = time.perf_counter() - started
                 index_s = self._cache.index_build_s
+                yield from self._save_to_store(cancel)
+            elif load_s:
+                prepare_s, index_s = load_s, self._cache.index_build_s
             for event in generate(
                 model, prompt_ids, self._cache,
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -99,12 +122,30 @@ class DocumentSession:
                 forward_kwargs=forward_kwargs,
             ):
                 if isinstance(event, Finished) and prepare_s:
-                    event = _with_document_prefill(event, prepare_s, index_s)
+                    event = _with_document_prefill(event, prepare_s, index_s, self.cache_save_s, reused=bool(load_s))
                 yield event
         except CancelledError:
             raise  # cancelling happens between chunks/tokens/layers: the cache stays consistent
         except BaseException:
             self._cache = None  # a failure mid-forward may leave layers out of step: start over
+            raise
+
+    def prepare(self, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Open the document's stored cache, or prefill, index and store it, without asking anything
+        (`library add`). Full attention has nothing to prepare ahead of a question."""
+        if not self.uses_retrieval:
+            return
+        self.loaded.model.set_attn_implementation(RETRIEVAL_ATTENTION)
+        try:
+            if self._cache is None:
+                self._cache = yield from self._open_cache()
+            if not self._cache.indexed:
+                yield from self._prefill_document(cancel)
+                yield from self._save_to_store(cancel)
+        except CancelledError:
+            raise
+        except BaseException:
+            self._cache = None
             raise
 
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
@@ -117,6 +158,48 @@ class DocumentSession:
                                      {"folio_cache": cache})
         yield from cache.build_index_steps(cancel)
 
+    def _open_cache(self) -> Iterator[Event]:
+        """A restored cache from the store when there is a valid one (``cache = yield from ...``), else a new one."""
+        if self.store is None or not self.uses_retrieval:
+            return self._make_cache()
+        settings = retrieval_settings(self.config)
+        try:
+            self._doc_id = self.store.add_document(self.document, self.prompt.doc_token_end
+                                                   - self.prompt.doc_token_start)
+            identity = CacheIdentity.of(self.loaded, self.prompt.prefix_ids, settings)
+            result = yield from load_cache_steps(self.store, self._doc_id, identity, settings, self.loaded)
+        except StoreError as error:
+            self.cache_notices.append(f"library not used: {error.problem}")
+            self.store = None
+            return self._make_cache()
+        self.cache_notices += self.store.notices + result.notices
+        self.store.notices.clear()
+        if result.cache is None:
+            return self._make_cache()
+        self.cached = self._saved = True
+        self.cache_bytes = self.store.cache_bytes(identity.cache_id)
+        return result.cache
+
+    def _save_to_store(self, cancel: CancelToken | None) -> Iterator[Event]:
+        """Save the freshly indexed cache (progress stage "saving"); a failure becomes a notice."""
+        if self.store is None or self._saved or not self.uses_retrieval:
+            return
+        started = time.perf_counter()
+        identity = CacheIdentity.of(self.loaded, self.prompt.prefix_ids, self._cache.settings)
+        try:
+            if self.store.token_spans(self._doc_id, self.loaded.tokenizer_fingerprint) is None:
+                spans = token_spans(self.document, self.loaded.tokenizer)
+                if len(spans) == self.prompt.doc_token_end - self.prompt.doc_token_start:
+                    self.store.save_token_spans(self._doc_id, self.loaded.tokenizer_fingerprint, spans)
+            notices = yield from save_cache_steps(self.store, self._doc_id, identity, self.prompt.prefix_ids,
+                                                  self._cache, cancel)
+            self.cache_notices += notices
+            self.cache_bytes = self.store.cache_bytes(identity.cache_id)
+        except StoreError as error:
+            self.cache_notices.append(f"cache not saved: {error}")
+        self._saved = True
+        self.cache_save_s = time.perf_counter() - started
+
     def _make_cache(self) -> Cache:
         config = self.loaded.model.config
         if not self.uses_retrieval:
@@ -125,9 +208,14 @@ class DocumentSession:
                               retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
 
 
-def _with_document_prefill(event: Finished, prepare_s: float, index_s: float) -> Finished:
-    """Count the document prefill and index build (done before generate) in the answer's stats."""
+def _with_document_prefill(event: Finished, prepare_s: float, index_s: float, save_s: float = 0.0,
+                           reused: bool = False) -> Finished:
+    """Count the document prefill, index build and cache save (done before generate) in the answer's
+    stats; reused: the prefix came from the store (prepare_s is then the load time, not a prefill)."""
     stats = event.stats
-    stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - index_s,
-                                ttft_s=stats.ttft_s + prepare_s, index_build_s=index_s)
+    if reused:
+        stats = dataclasses.replace(stats, ttft_s=stats.ttft_s + prepare_s, index_build_s=index_s)
+    else:
+        stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - index_s,
+                                    ttft_s=stats.ttft_s + prepare_s + save_s, index_build_s=index_s)
     return dataclasses.replace(event, stats=stats)

@@ -77,3 +77,29 @@ def test_pdf_without_text_layer_says_no_ocr(tmp_path):
     path = make_pdf(tmp_path / "scan.pdf", ["", ""])
     with pytest.raises(DocumentError, match="no text layer.*OCR"):
         read_document(path)
+
+
+def test_every_document_token_maps_to_its_page_and_characters(tmp_path, tiny_loaded):
+    from engine.ingest import token_spans
+    from engine.prompt import build_document_prompt
+
+    path = make_pdf(tmp_path / "three.pdf", ["Alpha page one", "Beta page two", "Gamma page three"])
+    doc = read_document(path)
+    spans = token_spans(doc, tiny_loaded.tokenizer)
+    prompt = build_document_prompt(tiny_loaded.tokenizer, doc.text)
+    ids = prompt.prefix_ids[prompt.doc_token_start:prompt.doc_token_end]
+    assert spans.shape == (len(ids), 3) and spans.dtype.name == "int32"
+    for token, (page, start, end) in zip(ids, spans, strict=True):
+        assert tiny_loaded.tokenizer.decode([token]) == doc.text[start:end]
+        assert page == doc.page_of(start)
+    gamma = doc.text.index("Gamma")
+    assert {int(p) for p, s, e in spans if gamma <= s < gamma + 5} == {3}
+    assert spans[-1, 0] == 3 and spans[0, 0] == 1
+
+
+def test_spans_index_the_original_text_when_it_starts_with_whitespace(tiny_loaded):
+    from engine.ingest import Document, token_spans
+
+    doc = Document("\n\n  fox jumps", "t", None, "0" * 64)
+    spans = token_spans(doc, tiny_loaded.tokenizer)
+    assert "".join(doc.text[s:e] for _, s, e in spans) == "fox jumps"

@@ -1,0 +1,88 @@
+"""`python -m engine library list|add FILE|remove ID|path|budget [SIZE]`: the document library from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from engine.store import Store, format_bytes, parse_size
+
+
+def library_command(args: argparse.Namespace) -> int:
+    """Run one `library` verb; returns the exit code (FolioErrors are reported by engine.cli.main)."""
+    if args.verb == "path":
+        from engine.store import data_dir
+
+        print(data_dir())
+        return 0
+    with Store() as store:
+        for notice in store.notices:
+            print(notice, file=sys.stderr)
+        if args.verb == "list":
+            return _list(store, args.json)
+        if args.verb == "remove":
+            if not store.delete_document(args.id):
+                print(f"error: the library has no document {args.id}.", file=sys.stderr)
+                return 2
+            print(f"removed document {args.id} and its cache files")
+            return 0
+        if args.verb == "budget":
+            if args.size:
+                try:
+                    store.set_budget(parse_size(args.size))
+                except ValueError as error:
+                    print(f"error: {error}", file=sys.stderr)
+                    return 2
+                evicted = store.make_room(0)
+                if evicted:
+                    print(f"removed {len(evicted)} least recently used cache(s) to fit", file=sys.stderr)
+            print(f"disk budget {format_bytes(store.budget_bytes)}, used {format_bytes(store.used_bytes())}")
+            return 0
+        return _add(store, args)
+
+
+def _list(store: Store, as_json: bool) -> int:
+    documents = store.list_documents()
+    if as_json:
+        print(json.dumps({"data_dir": str(store.root), "budget_bytes": store.budget_bytes,
+                          "used_bytes": store.used_bytes(),
+                          "documents": [{**vars(d), "cached": d.cached} for d in documents]}, indent=2))
+        return 0
+    print(f"{'id':>4}  {'title':<32} {'pages':>5} {'tokens':>8}  {'cache':>12}  last used")
+    for d in documents:
+        cache = format_bytes(d.cache_bytes) if d.cached else "not cached"
+        used = dt.datetime.fromtimestamp(d.last_used_at).strftime("%Y-%m-%d %H:%M")
+        tokens = f"{d.tokens:,}" if d.tokens is not None else "?"
+        print(f"{d.id:>4}  {d.title[:32]:<32} {d.pages:>5} {tokens:>8}  {cache:>12}  {used}")
+    print(f"{len(documents)} document(s); caches use {format_bytes(store.used_bytes())} of a "
+          f"{format_bytes(store.budget_bytes)} budget; data in {store.root}")
+    return 0
+
+
+def _add(store: Store, args: argparse.Namespace) -> int:
+    from engine.cli import ProgressPrinter, config_from_args
+    from engine.ingest import read_document
+    from engine.model import load_model
+    from engine.session import DocumentSession
+
+    config = config_from_args(args)
+    document = read_document(args.document)
+    progress = ProgressPrinter()
+    loaded = load_model(config.model, config.device, config.dtype, progress)
+    session = DocumentSession(loaded, document, config)  # raises ContextTooLongError before storing anything
+    if not session.uses_retrieval:
+        doc_id = store.add_document(document, session.prompt.doc_token_end - session.prompt.doc_token_start)
+        print(f"added document {doc_id} (full attention: no cache is stored)")
+        return 0
+    session.store = store
+    for event in session.prepare():
+        progress(event)
+    if session.cache_notice:
+        print(session.cache_notice, file=sys.stderr)
+    doc_id = store.find_document(document.sha256)
+    state = "cached" if session.cache_bytes else "not cached"
+    print(f"added document {doc_id}: {session.prefix_tokens:,} tokens, {state} "
+          f"({format_bytes(session.cache_bytes)})")
+    return 0
