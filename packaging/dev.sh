@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Folio developer set-up, idempotent: virtual environment, torch (CPU build, installed first so no
 # open range pulls a multi-GB CUDA build), the project with its extras, and the default model.
-#   bash packaging/dev.sh run [ask options...]   set up, then answer the sample question
+#   bash packaging/dev.sh run [app options...]   set up, then launch the desktop app (python -m app)
+#   bash packaging/dev.sh cli [ask options...]   set up, then answer the sample question on the command line
 #   bash packaging/dev.sh test [pytest args...]  set up, then run the tests
 #   bash packaging/dev.sh setup                  set up only
 set -euo pipefail
@@ -31,10 +32,11 @@ fi
 command=${1:-run}
 shift || true
 case "$command" in
-  run)
+  run) exec "$py" -m app "$@" ;;
+  cli)
     exec "$py" -m engine ask resources/sample.md \
       "Who was the first head keeper of the lighthouse, and how long did he serve?" "$@" ;;
   test) exec "$py" -m pytest "$@" ;;
   setup) ;;
-  *) echo "usage: bash packaging/dev.sh {run|test|setup} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash packaging/dev.sh {run|cli|test|setup} [args...]" >&2; exit 2 ;;
 esac

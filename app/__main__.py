@@ -1,0 +1,64 @@
+"""`python -m app`: the Folio desktop window with the default model (or the settings' model)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Folio desktop app.")
+    parser.add_argument("documents", nargs="*", help="documents to open at start")
+    parser.add_argument("--model", help="use this model for this run ('default', a folder or a hub id)")
+    parser.add_argument("--fake-engine", action="store_true", help="a fake engine (UI demos, no model)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from PySide6.QtWidgets import QApplication
+
+    from app.resources import APP_NAME
+    from app.settings import load_settings
+    from app.theme import app_icon, apply_theme
+
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName(APP_NAME)
+    app.setDesktopFileName("folio")
+    app.setWindowIcon(app_icon())
+    apply_theme(app)
+    settings, warning = load_settings()
+    if args.model:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, model=args.model)
+    if args.fake_engine:
+        from app.fake_backend import FakeBackend
+
+        backend = FakeBackend(step_s=0.03)
+    else:
+        from app.backend import RealBackend
+
+        backend = RealBackend()
+    from app.main_window import MainWindow
+
+    window = MainWindow(backend, settings)
+    if warning:
+        window.error_banner.show_message(warning)
+
+    def show_unexpected(kind, value, trace) -> None:  # GUI-thread bugs: a message, never a traceback dialog
+        logging.getLogger("folio.app").error("".join(traceback.format_exception(kind, value, trace)))
+        window.error_banner.show_message(f"Something went wrong ({kind.__name__}: {value}). Folio keeps working.")
+
+    sys.excepthook = show_unexpected
+    window.show()
+    window.open_files(args.documents)
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

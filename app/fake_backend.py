@@ -1,0 +1,134 @@
+"""A fake EngineBackend for tests and demos: same events and timings shape as the engine, no model.
+
+Documents are read with the real engine.ingest (so bad files fail with the real messages); one "token"
+is one word; answers are canned text streamed word by word; citations point at the paragraph sharing
+the most words with the question, through the real engine.citations.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from app.backend import Answer, ModelInfo, OpenedDocument, PreparedDocument, TokenCallback
+from app.fit import ModelShape, estimate_fit
+from app.settings import AppSettings
+from engine.citations import SpanMap, top_passages
+from engine.errors import ModelError
+from engine.events import CancelToken, Progress, ProgressCallback, ProgressMeter
+from engine.ingest import Document, read_document
+
+WORD = re.compile(r"\S+")
+DEFAULT_ANSWER = ("According to the document, **the answer** is on the cited page. "
+                  "It explains the point in detail:\n\n- first, the main fact;\n- second, its context.")
+
+
+class FakeBackend:
+    """step_s: sleep per prefill chunk / answer token; answer: the text streamed for every question."""
+
+    def __init__(self, step_s: float = 0.01, answer: str = DEFAULT_ANSWER, context: int = 8192,
+                 fail_load: str | None = None) -> None:
+        self.step_s, self.answer, self.context, self.fail_load = step_s, answer, context, fail_load
+        self.settings = AppSettings()
+        self.documents: dict[str, Document] = {}
+        self.spans: dict[str, SpanMap] = {}
+        self.prepared: set[str] = set()
+        self.turns: dict[str, int] = {}
+        self.loaded = False
+
+    def load_model(self, settings: AppSettings, progress: ProgressCallback) -> ModelInfo:
+        self.settings = settings
+        self.documents.clear()
+        self.prepared.clear()
+        meter = ProgressMeter("load", 4, progress, "parts")
+        for done in range(5):
+            time.sleep(self.step_s)
+            meter.update(done)
+        if self.fail_load:
+            raise ModelError(self.fail_load, "Choose another model in Settings (Ctrl+,).")
+        self.loaded = True
+        return ModelInfo("FakeLM-1B", "cpu", "float32", self.context, 5 * self.step_s)
+
+    def apply_settings(self, settings: AppSettings) -> None:
+        self.settings = settings
+
+    def _shape(self) -> ModelShape:
+        return ModelShape(layers=16, kv_heads=4, query_heads=16, head_dim=64, max_positions=self.context)
+
+    def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:
+        progress(Progress("extract", 0, 1, "file"))
+        document = read_document(path)
+        progress(Progress("extract", 1, 1, "file"))
+        cancel.raise_if_cancelled()
+        progress(Progress("tokenize", 0, 1, "document"))
+        spans = [(m.start(), m.end()) for m in WORD.finditer(document.text)]
+        progress(Progress("tokenize", 1, 1, "document"))
+        doc_id = document.sha256
+        settings = self.settings
+        fit = estimate_fit(self._shape(), len(spans) + 40, settings.max_new_tokens, settings.attention,
+                           settings.n_sink, settings.n_window, True, settings.data_folder,
+                           int(settings.disk_budget_gb * 1e9), available_ram=0)
+        if fit.fits:
+            self.documents[doc_id] = document
+            self.spans[doc_id] = SpanMap(20, spans)
+        return OpenedDocument(doc_id, document.title, document.pages, len(spans) + 40, str(path), fit,
+                              cached=doc_id in self.prepared)
+
+    def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
+        started = time.perf_counter()
+        tokens = len(self.spans[doc_id]) + 40
+        if doc_id in self.prepared:
+            return PreparedDocument(doc_id, tokens * 4096, time.perf_counter() - started, True)
+        for stage, total, unit in (("prefill", tokens, "tokens"), ("index", 16, "layers"), ("saving", 4, "files")):
+            meter = ProgressMeter(stage, total, progress, unit)
+            steps = 10
+            meter.update(0)
+            for step in range(1, steps + 1):
+                cancel.raise_if_cancelled()
+                time.sleep(self.step_s)
+                meter.update(total * step // steps)
+        self.prepared.add(doc_id)
+        return PreparedDocument(doc_id, tokens * 4096, time.perf_counter() - started, False)
+
+    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+            cancel: CancelToken) -> Answer:
+        if doc_id not in self.prepared:
+            self.prepare(doc_id, progress, cancel)
+        started = time.perf_counter()
+        pieces = re.findall(r"\S+\s*", self.answer)
+        first = None
+        for piece in pieces:
+            cancel.raise_if_cancelled()
+            time.sleep(self.step_s)
+            first = first or time.perf_counter()
+            on_token(piece)
+        decode_s = max(time.perf_counter() - (first or started), 1e-6)
+        document, spans = self.documents[doc_id], self.spans[doc_id]
+        prompt_tokens = len(spans) + 40 + self.turns.get(doc_id, 0) + len(question.split())
+        self.turns[doc_id] = self.turns.get(doc_id, 0) + len(question.split()) + len(pieces)
+        steps = self._attention_steps(document.text, spans, question, len(pieces))
+        citations = top_passages(steps, spans, document.text, document.page_of, top_n=3)
+        return Answer(self.answer, prompt_tokens, len(pieces), self.context, (first or started) - started,
+                      len(pieces) / decode_s, "stop_token", tuple(citations))
+
+    @staticmethod
+    def _attention_steps(text: str, spans: SpanMap, question: str, n_steps: int) -> list[list[tuple[int, float]]]:
+        """Each answer token attends to document words that also appear in the question."""
+        wanted = {w.lower().strip("?.,!") for w in question.split() if len(w) > 3}
+        hits = [spans.first_position + i for i, (s, e) in enumerate(spans.spans)
+                if text[s:e].lower().strip("?.,!*") in wanted]
+        hits = hits or [spans.first_position]
+        return [[(p, 1.0) for p in hits] for _ in range(max(1, n_steps))]
+
+    def new_chat(self, doc_id: str) -> None:
+        self.turns.pop(doc_id, None)
+
+    def forget(self, doc_id: str) -> None:
+        self.documents.pop(doc_id, None)
+        self.prepared.discard(doc_id)
+
+    def library_entries(self) -> list:
+        return []
+
+    def memory_in_use(self) -> str:
+        return "1.2 GB RAM"

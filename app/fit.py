@@ -1,0 +1,113 @@
+"""The fit check done before any heavy work on a document: context, RAM, device memory and disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.library import format_bytes
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the cache size depends on."""
+
+    layers: int
+    kv_heads: int
+    query_heads: int
+    head_dim: int
+    max_positions: int
+    weight_bytes_per_value: int = 4  # model dtype on the device
+    kv_bytes_per_value: int = 2  # kv_dtype of the offloaded document K/V
+
+
+@dataclass(frozen=True)
+class FitReport:
+    tokens: int
+    context: int
+    reserved: int  # answer tokens kept free
+    ram_bytes: int
+    device_bytes: int
+    disk_bytes: int
+    device_is_cpu: bool
+    problems: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        context = f"{self.tokens:,} tokens of {self.context:,} context" if self.context else f"{self.tokens:,} tokens"
+        memory = f"≈ {format_bytes(self.ram_bytes)} RAM"
+        if not self.device_is_cpu:
+            memory += f", {format_bytes(self.device_bytes)} device memory"
+        return f"{context} · cache {memory}, {format_bytes(self.disk_bytes)} disk"
+
+
+def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, n_sink: int, n_window: int,
+                 device_is_cpu: bool, data_folder: str | Path, disk_budget_bytes: int,
+                 used_disk_bytes: int = 0, available_ram: int | None = None,
+                 available_device: int | None = None) -> FitReport:
+    """Estimate what a document of `tokens` tokens costs, and whether it fits."""
+    per_token_kv = 2 * shape.layers * shape.kv_heads * shape.head_dim  # K and V values per token
+    document_kv = per_token_kv * tokens * shape.kv_bytes_per_value
+    train_queries = shape.layers * shape.query_heads * min(tokens, 2048) * shape.head_dim * 2
+    index = shape.layers * shape.query_heads * tokens * 32 * 4 if attention not in ("full", "window") else 0
+    if attention == "full":
+        on_device = per_token_kv * (tokens + reserved) * shape.weight_bytes_per_value
+        ram = on_device if device_is_cpu else 0
+        disk = document_kv
+    else:
+        static = min(tokens, n_sink + n_window) + reserved
+        on_device = per_token_kv * static * shape.weight_bytes_per_value
+        ram = document_kv + index + train_queries + (on_device if device_is_cpu else 0)
+        disk = document_kv + index + train_queries
+    problems: list[str] = []
+    warnings: list[str] = []
+    if shape.max_positions and tokens + reserved > shape.max_positions:
+        problems.append(f"This document has {tokens:,} tokens; with {reserved:,} kept for the answer it needs "
+                        f"{tokens + reserved:,}, but the model handles at most {shape.max_positions:,}. "
+                        "Use a shorter document, lower the answer length, or choose a model with a longer context.")
+    available_ram = available_ram if available_ram is not None else _available_ram()
+    if available_ram and ram > available_ram:
+        problems.append(f"Its cache needs ≈ {format_bytes(ram)} of RAM but only {format_bytes(available_ram)} "
+                        "is free. Close other programs or use a shorter document.")
+    if available_device and not device_is_cpu and on_device > available_device:
+        problems.append(f"It needs ≈ {format_bytes(on_device)} of device memory but only "
+                        f"{format_bytes(available_device)} is free.")
+    free_disk = _free_disk(data_folder)
+    if free_disk is not None and disk > free_disk:
+        warnings.append(f"The cache (≈ {format_bytes(disk)}) does not fit on the disk ({format_bytes(free_disk)} "
+                        "free): it will be kept in memory only.")
+    elif used_disk_bytes + disk > disk_budget_bytes:
+        warnings.append(f"Keeping this cache would exceed the disk budget ({format_bytes(disk_budget_bytes)}): "
+                        "delete documents from the library or raise the budget in Settings.")
+    return FitReport(tokens, shape.max_positions, reserved, ram, on_device, disk, device_is_cpu,
+                     tuple(problems), tuple(warnings))
+
+
+def _available_ram() -> int | None:
+    """MemAvailable on Linux (free + reclaimable), else the free physical pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _free_disk(folder: str | Path) -> int | None:
+    path = Path(folder).expanduser()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

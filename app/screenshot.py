@@ -1,0 +1,88 @@
+"""Dev tool: `python -m app.screenshot OUT.png [--fake-engine]` opens the sample document in the real window,
+asks the sample question, waits for the answer and its citations, expands the first one, and saves a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+QUESTION = "Who was the first head keeper of the lighthouse, and how long did he serve?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.screenshot")
+    parser.add_argument("output")
+    parser.add_argument("--fake-engine", action="store_true")
+    parser.add_argument("--attention", default="full", help="full attention gives citations today")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.chat_view import CitationItem
+    from app.main_window import MainWindow
+    from app.resources import resource_path
+    from app.settings import AppSettings
+    from app.theme import app_icon, apply_theme
+
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("Folio")
+    app.setWindowIcon(app_icon())
+    apply_theme(app)
+    if args.fake_engine:
+        from app.fake_backend import FakeBackend
+
+        backend = FakeBackend(step_s=0.01)
+    else:
+        from app.backend import RealBackend
+
+        backend = RealBackend()
+    settings = AppSettings(attention=args.attention, max_new_tokens=80,
+                           data_folder=tempfile.mkdtemp(prefix="folio-screenshot-"))
+    window = MainWindow(backend, settings, settings_path=None)
+    window.resize(1360, 860)
+    window.show()
+    clock = QElapsedTimer()
+    clock.start()
+    state = {"step": "load"}
+
+    def poll() -> None:
+        if clock.elapsed() > args.timeout * 1000:
+            print("timed out in step", state["step"], file=sys.stderr)
+            app.exit(1)
+        busy = window.controller.busy
+        if state["step"] == "load" and window.model_info and not busy:
+            state["step"] = "open"
+            window.open_files([str(resource_path("sample.md"))])
+        elif state["step"] == "open" and window.current_doc and not busy:
+            state["step"] = "ask"
+            window.prompt.setPlainText(QUESTION)
+            window.send()
+        elif state["step"] == "ask" and not busy and window.chats[window.current_doc].last_card.done:
+            state["step"] = "shot"
+            card = window.chats[window.current_doc].last_card
+            items = card.findChildren(CitationItem)
+            if items:
+                items[0].button.setChecked(True)
+            QTimer.singleShot(800, shoot)
+            return
+        QTimer.singleShot(200, poll)
+
+    def shoot() -> None:
+        chat = window.chats[window.current_doc]
+        chat.verticalScrollBar().setValue(chat.verticalScrollBar().maximum())
+        app.processEvents()
+        ok = window.grab().save(args.output)
+        print("saved" if ok else "failed", args.output, file=sys.stderr)
+        app.exit(0 if ok else 1)
+
+    QTimer.singleShot(200, poll)
+    code = app.exec()
+    window.controller.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

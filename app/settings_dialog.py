@@ -1,0 +1,183 @@
+"""The settings panel (Ctrl+,): edit AppSettings, validate with clear messages, warn before rebuilds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import ATTENTION_CHOICES, AppSettings, change_impact
+from engine.config import DTYPES
+
+DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
+
+
+def _combo(choices: tuple[tuple[str, str], ...], editable: bool = False) -> QComboBox:
+    combo = QComboBox()
+    combo.setEditable(editable)
+    for value, label in choices:
+        combo.addItem(label, value)
+    return combo
+
+
+def _set_combo(combo: QComboBox, value: str) -> None:
+    index = combo.findData(value)
+    if index < 0:
+        combo.addItem(value, value)
+        index = combo.count() - 1
+    combo.setCurrentIndex(index)
+
+
+def _spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setSingleStep(step)
+    spin.setGroupSeparatorShown(True)
+    return spin
+
+
+class SettingsDialog(QDialog):
+    """Shows `settings`; `result_settings` holds the accepted, validated settings."""
+
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None, confirm: bool = True) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Folio settings")
+        self.original = settings
+        self.result_settings: AppSettings | None = None
+        self.confirm = confirm
+
+        self.model = QLineEdit()
+        self.model.setPlaceholderText("default, a model folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
+        browse = QPushButton("Folder…")
+        browse.clicked.connect(self._browse_model)
+        use_default = QPushButton("Default")
+        use_default.setToolTip("The bundled SmolLM2-135M-Instruct")
+        use_default.clicked.connect(lambda: self.model.setText("default"))
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(browse)
+        model_row.addWidget(use_default)
+        self.device = _combo(DEVICE_CHOICES, editable=True)
+        self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
+        self.attention = _combo(ATTENTION_CHOICES)
+        self.n_sink = _spin(0, 65536)
+        self.n_window = _spin(0, 1 << 20, 64)
+        self.top_k = _spin(1, 100000, 10)
+        self.search_effort = _spin(1, 100000, 10)
+        self.max_new_tokens = _spin(1, 32768, 64)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 5.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setDecimals(2)
+        self.temperature.setSpecialValueText("0 (greedy)")
+        self.data_folder = QLineEdit()
+        data_browse = QPushButton("Folder…")
+        data_browse.clicked.connect(self._browse_data)
+        data_row = QHBoxLayout()
+        data_row.addWidget(self.data_folder, 1)
+        data_row.addWidget(data_browse)
+        self.disk_budget = QDoubleSpinBox()
+        self.disk_budget.setRange(0.0, 100000.0)
+        self.disk_budget.setSuffix(" GB")
+        self.disk_budget.setDecimals(1)
+
+        model_box = QGroupBox("Model")
+        model_form = QFormLayout(model_box)
+        model_form.addRow("Model:", model_row)
+        model_form.addRow("Device:", self.device)
+        model_form.addRow("Precision:", self.dtype)
+        attention_box = QGroupBox("Attention")
+        attention_form = QFormLayout(attention_box)
+        attention_form.addRow("Mode:", self.attention)
+        attention_form.addRow("Sink tokens:", self.n_sink)
+        attention_form.addRow("Window size:", self.n_window)
+        attention_form.addRow("Top-k retrieved:", self.top_k)
+        attention_form.addRow("Index search effort:", self.search_effort)
+        answer_box = QGroupBox("Answers and storage")
+        answer_form = QFormLayout(answer_box)
+        answer_form.addRow("Max new tokens:", self.max_new_tokens)
+        answer_form.addRow("Temperature:", self.temperature)
+        answer_form.addRow("Data folder:", data_row)
+        answer_form.addRow("Disk budget:", self.disk_budget)
+        self.error = QLabel()
+        self.error.setObjectName("settingsError")
+        self.error.setWordWrap(True)
+        self.error.hide()
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+                                   | QDialogButtonBox.StandardButton.RestoreDefaults)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
+            lambda: self.show_settings(AppSettings()))
+        layout = QVBoxLayout(self)
+        for widget in (model_box, attention_box, answer_box, self.error, buttons):
+            layout.addWidget(widget)
+        self.show_settings(settings)
+
+    def show_settings(self, settings: AppSettings) -> None:
+        self.model.setText(settings.model)
+        _set_combo(self.device, settings.device)
+        _set_combo(self.dtype, settings.dtype)
+        _set_combo(self.attention, settings.attention)
+        self.n_sink.setValue(settings.n_sink)
+        self.n_window.setValue(settings.n_window)
+        self.top_k.setValue(settings.top_k)
+        self.search_effort.setValue(settings.search_effort)
+        self.max_new_tokens.setValue(settings.max_new_tokens)
+        self.temperature.setValue(settings.temperature)
+        self.data_folder.setText(settings.data_folder)
+        self.disk_budget.setValue(settings.disk_budget_gb)
+
+    def edited_settings(self) -> AppSettings:
+        """The values in the form (not validated)."""
+        index = self.device.findText(self.device.currentText())
+        device = self.device.itemData(index) if index >= 0 else self.device.currentText().strip()
+        return dataclasses.replace(
+            self.original, model=self.model.text().strip(), device=device or "auto",
+            dtype=self.dtype.currentData(), attention=self.attention.currentData(), n_sink=self.n_sink.value(),
+            n_window=self.n_window.value(), top_k=self.top_k.value(), search_effort=self.search_effort.value(),
+            max_new_tokens=self.max_new_tokens.value(), temperature=self.temperature.value(),
+            data_folder=self.data_folder.text().strip(), disk_budget_gb=self.disk_budget.value(),
+        )
+
+    def accept(self) -> None:
+        settings = self.edited_settings()
+        try:
+            settings.validate()
+        except ValueError as error:
+            self.error.setText(str(error))
+            self.error.show()
+            return
+        impact = change_impact(self.original, settings)
+        if self.confirm and (message := impact.message()):
+            answer = QMessageBox.question(self, "Apply settings?", message + "\n\nApply the new settings now?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.result_settings = settings
+        super().accept()
+
+    def _browse_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (with config.json)")
+        if folder:
+            self.model.setText(folder)
+
+    def _browse_data(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose the data folder", self.data_folder.text())
+        if folder:
+            self.data_folder.setText(folder)

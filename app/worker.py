@@ -1,0 +1,242 @@
+"""The engine thread: one EngineWorker QObject on a QThread owns the backend; the GUI talks to it by signals.
+
+EngineController (GUI thread) queues jobs, one at a time, and cancels the running one through its
+CancelToken (thread-safe: set from the GUI thread, checked by the engine between chunks and tokens).
+EngineWorker (worker thread) runs each job on the EngineBackend and reports through typed signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import deque
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.backend import EngineBackend
+from app.settings import AppSettings
+from engine.errors import CancelledError, FolioError
+from engine.events import CancelToken, Progress
+
+log = logging.getLogger("folio.app")
+
+LOAD, OPEN, REOPEN, ASK, SETTINGS = "load", "open", "reopen", "ask", "settings"
+
+
+def user_message(error: BaseException) -> str:
+    """A readable one-paragraph message for any error (FolioError and ValueError are already readable)."""
+    if isinstance(error, FolioError | ValueError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "Folio ran out of memory. Close other programs, or use a smaller model or a shorter document."
+    name = type(error).__name__
+    if "OutOfMemory" in name:
+        return "The device ran out of memory. Use a smaller model, a shorter document, or the CPU device."
+    return f"Something went wrong ({name}: {error}). Folio keeps working; details are in the log."
+
+
+class EngineWorker(QObject):
+    """Lives on the engine thread. Slots run jobs; signals report them. Never touched by widgets directly."""
+
+    model_loaded = Signal(object)  # ModelInfo
+    progress = Signal(str, int, int, str, float)  # stage, done, total, unit, eta_s (-1: unknown)
+    document_opened = Signal(object)  # OpenedDocument: its fit check passed, heavy work follows
+    document_ready = Signal(object)  # PreparedDocument
+    token = Signal(str, str)  # document id, text
+    finished = Signal(str, object)  # document id, Answer
+    failed = Signal(str, str)  # job, message
+    cancelled = Signal(str)  # job
+    memory = Signal(str)  # memory in use, e.g. "1.2 GB RAM"
+    library_listed = Signal(list)  # [LibraryEntry] of the persistent library
+    idle = Signal(str)  # the job ended, however it ended
+
+    def __init__(self, backend: EngineBackend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def _progress(self, event: Progress) -> None:
+        self.progress.emit(event.stage, event.done, event.total, event.unit,
+                           -1.0 if event.eta_s is None else float(event.eta_s))
+
+    def _run(self, job: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except CancelledError:
+            self.cancelled.emit(job)
+        except Exception as error:  # every error becomes a message; the worker keeps running
+            log.error("%s failed:\n%s", job, traceback.format_exc())
+            self.failed.emit(job, user_message(error))
+        finally:
+            try:
+                self.memory.emit(self.backend.memory_in_use())
+            except Exception:
+                log.exception("memory_in_use failed")
+            self.idle.emit(job)
+
+    def _list_library(self) -> None:
+        try:
+            self.library_listed.emit(self.backend.library_entries())
+        except Exception as error:
+            log.error("listing the library failed:\n%s", traceback.format_exc())
+            self.failed.emit("library", user_message(error))
+
+    @Slot(object, object)
+    def load_model(self, settings: AppSettings, _cancel: CancelToken) -> None:
+        def work() -> None:
+            self.model_loaded.emit(self.backend.load_model(settings, self._progress))
+            self._list_library()
+
+        self._run(LOAD, work)
+
+    @Slot(object, object)
+    def apply_settings(self, settings: AppSettings, _cancel: CancelToken) -> None:
+        def work() -> None:
+            self.backend.apply_settings(settings)
+            self._list_library()
+
+        self._run(SETTINGS, work)
+
+    @Slot(str, object)
+    def open_document(self, path: str, cancel: CancelToken) -> None:
+        def work() -> None:
+            opened = self.backend.open_document(path, self._progress, cancel)
+            if not opened.fit.fits:
+                raise FolioErrorFromFit(" ".join(opened.fit.problems))
+            self.document_opened.emit(opened)
+            self.document_ready.emit(self.backend.prepare(opened.id, self._progress, cancel))
+            self._list_library()
+
+        self._run(OPEN, work)
+
+    @Slot(str, object)
+    def reopen(self, doc_id: str, cancel: CancelToken) -> None:
+        """A library document not open in this run: load its stored cache (or prefill it)."""
+        def work() -> None:
+            self.document_ready.emit(self.backend.prepare(doc_id, self._progress, cancel))
+            self._list_library()
+
+        self._run(REOPEN, work)
+
+    @Slot(str, str, object)
+    def ask(self, doc_id: str, question: str, cancel: CancelToken) -> None:
+        def work() -> None:
+            answer = self.backend.ask(doc_id, question, lambda text: self.token.emit(doc_id, text), self._progress,
+                                      cancel)
+            self.finished.emit(doc_id, answer)
+
+        self._run(ASK, work)
+
+    @Slot(str)
+    def new_chat(self, doc_id: str) -> None:
+        self._run("new_chat", lambda: self.backend.new_chat(doc_id))
+
+    @Slot(str)
+    def forget(self, doc_id: str) -> None:
+        def work() -> None:
+            self.backend.forget(doc_id)
+            self._list_library()
+
+        self._run("forget", work)
+
+
+class FolioErrorFromFit(FolioError):
+    """The fit check said no (context, RAM or device memory)."""
+
+
+class EngineController(QObject):
+    """GUI-thread side: starts the thread, queues jobs one at a time, cancels the running one."""
+
+    busy_changed = Signal(bool)
+    job_started = Signal(str, tuple)  # job, its arguments
+    _load = Signal(object, object)
+    _apply = Signal(object, object)
+    _open = Signal(str, object)
+    _reopen = Signal(str, object)
+    _ask = Signal(str, str, object)
+    _new_chat = Signal(str)
+    _forget = Signal(str)
+
+    def __init__(self, backend: EngineBackend, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("folio-engine")
+        self.worker = EngineWorker(backend)
+        self.worker.moveToThread(self.thread)
+        self._load.connect(self.worker.load_model)
+        self._apply.connect(self.worker.apply_settings)
+        self._open.connect(self.worker.open_document)
+        self._reopen.connect(self.worker.reopen)
+        self._ask.connect(self.worker.ask)
+        self._new_chat.connect(self.worker.new_chat)
+        self._forget.connect(self.worker.forget)
+        self.worker.idle.connect(self._job_done)
+        self._pending: deque[tuple[str, Signal, tuple]] = deque()
+        self.current: str | None = None
+        self._cancel: CancelToken | None = None
+        self.thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def load_model(self, settings: AppSettings) -> None:
+        self._submit(LOAD, self._load, settings)
+
+    def apply_settings(self, settings: AppSettings) -> None:
+        self._submit(SETTINGS, self._apply, settings)
+
+    def open_document(self, path: str) -> None:
+        self._submit(OPEN, self._open, path)
+
+    def reopen(self, doc_id: str) -> None:
+        self._submit(REOPEN, self._reopen, doc_id)
+
+    def ask(self, doc_id: str, question: str) -> None:
+        self._submit(ASK, self._ask, doc_id, question)
+
+    def new_chat(self, doc_id: str) -> None:
+        self._new_chat.emit(doc_id)  # quick, and must not wait behind a queued job's cancel token
+
+    def forget(self, doc_id: str) -> None:
+        self._forget.emit(doc_id)
+
+    def pending_jobs(self) -> list[str]:
+        return [job for job, _, _ in self._pending]
+
+    def cancel(self) -> None:
+        """Stop the running job at its next chunk/token, and drop the queued ones."""
+        self._pending.clear()
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def _submit(self, job: str, signal: Signal, *args) -> None:
+        self._pending.append((job, signal, args))
+        if self.current is None:
+            self._next()
+
+    def _next(self) -> None:
+        if not self._pending:
+            if self.current is not None:
+                self.current = None
+                self.busy_changed.emit(False)
+            return
+        job, signal, args = self._pending.popleft()
+        was_busy = self.current is not None
+        self.current = job
+        self._cancel = CancelToken()
+        self.job_started.emit(job, args)
+        signal.emit(*args, self._cancel)
+        if not was_busy:
+            self.busy_changed.emit(True)
+
+    @Slot(str)
+    def _job_done(self, job: str) -> None:
+        if job == self.current:
+            self._next()
+
+    def shutdown(self, wait_ms: int = 5000) -> None:
+        """Cancel what runs and stop the thread (at the next chunk/token)."""
+        self.cancel()
+        self.thread.quit()
+        self.thread.wait(wait_ms)

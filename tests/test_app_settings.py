@@ -1,0 +1,55 @@
+"""app.settings: defaults, validation messages, JSON round trip, and what a change rebuilds (no Qt)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from app.settings import AppSettings, change_impact, config_dir, load_settings, save_settings
+
+
+def test_defaults_use_retrieval_attention_and_the_default_model():
+    settings = AppSettings()
+    assert settings.model == "default" and settings.attention == "retrieval"
+    settings.validate()
+    assert settings.engine_config().attention == "retrieval"
+
+
+def test_round_trip_through_the_config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
+    settings = AppSettings(attention="full", top_k=250, temperature=0.7, data_folder=str(tmp_path / "d"))
+    path = save_settings(settings)
+    assert path.parent == config_dir() == tmp_path / "config"
+    assert load_settings() == (settings, None)
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"top_k": 0}, "top_k must be at least 1"),
+    ({"attention": "magic"}, "attention must be one of"),
+    ({"temperature": -1.0}, "temperature must be 0"),
+    ({"disk_budget_gb": 0.0}, "disk budget must be more than 0 GB"),
+    ({"device": "tpu"}, "device must be one of"),
+])
+def test_validation_messages_are_readable(change, words):
+    with pytest.raises(ValueError, match="Invalid settings") as error:
+        dataclasses.replace(AppSettings(), **change).validate()
+    assert words in str(error.value)
+
+
+def test_bad_file_falls_back_to_defaults_with_a_warning(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"top_k": "many"}))
+    settings, warning = load_settings(path)
+    assert settings == AppSettings() and "could not be used" in warning
+    path.write_text("{not json")
+    assert load_settings(path)[1]
+
+
+def test_change_impact():
+    base = AppSettings()
+    assert change_impact(base, dataclasses.replace(base, temperature=0.5)).message() == ""
+    assert change_impact(base, dataclasses.replace(base, model="/models/x")).reload_model
+    impact = change_impact(base, dataclasses.replace(base, n_window=1024))
+    assert impact.rebuild_caches and not impact.reload_model and "rebuilds the cache" in impact.message()
