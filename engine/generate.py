@@ -64,6 +64,8 @@ class Finished:
     token_ids: list[int]
     text: str
     stats: GenerationStats
+    # RetrievalAttention: per decode step, [(document prompt position, attention share)] retrieved
+    attention_steps: list[list[tuple[int, float]]] | None = None
 
 
 Event = Progress | TokenEvent | Finished

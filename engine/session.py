@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache, DynamicCache
 
-from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalSettings
+from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ContextTooLongError, StoreError
 from engine.events import CancelToken
@@ -106,6 +106,8 @@ class DocumentSession:
                 self._cache = yield from self._open_cache()
                 load_s = time.perf_counter() - started if self.cached else 0.0
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
+            if self.uses_retrieval:
+                self._cache.trace = AttentionTrace(self.prefix_tokens)
             prepare_s = index_s = 0.0
             if self.uses_retrieval and not self._cache.indexed:
                 yield from self._prefill_document(cancel)
@@ -123,6 +125,8 @@ class DocumentSession:
             ):
                 if isinstance(event, Finished) and prepare_s:
                     event = _with_document_prefill(event, prepare_s, index_s, self.cache_save_s, reused=bool(load_s))
+                if isinstance(event, Finished) and self.uses_retrieval:
+                    event = dataclasses.replace(event, attention_steps=self._cache.trace.take())
                 yield event
         except CancelledError:
             raise  # cancelling happens between chunks/tokens/layers: the cache stays consistent
@@ -162,7 +166,7 @@ class DocumentSession:
         """A restored cache from the store when there is a valid one (``cache = yield from ...``), else a new one."""
         if self.store is None or not self.uses_retrieval:
             return self._make_cache()
-        settings = retrieval_settings(self.config)
+        settings = retrieval_settings(self.config, self.loaded.device)
         try:
             self._doc_id = self.store.add_document(self.document, self.prompt.doc_token_end
                                                    - self.prompt.doc_token_start)

@@ -172,3 +172,14 @@ def test_trace_records_retrieved_positions_with_their_attention_share(model):
         assert all(8 <= p < PREFIX - 16 for p in positions)  # only offloaded positions are retrieved
         total = sum(w for _, w in step)
         assert 0 < total <= n_layers * n_heads + 1e-4  # a share of each head's attention, summed
+
+
+def test_session_answer_carries_the_retrieved_positions_for_citations(tiny_loaded):
+    text = "the keepers recorded the weather three times a day " * 30
+    config = EngineConfig(attention="exact", n_sink=8, n_window=32, top_k=16, max_new_tokens=6)
+    session = DocumentSession(tiny_loaded, document(text), config)
+    finished = ask(session, "why?")
+    steps = finished.attention_steps
+    assert steps and len(steps) <= finished.stats.new_tokens
+    # offloaded prompt positions only: after the 8 sinks, before the 32-token window
+    assert all(8 <= p < session.prefix_tokens - 32 and w > 0 for step in steps for p, w in step)
