@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     add = verbs.add_parser("add", help="ingest a document: prefill it, build its index and store both")
     add.add_argument("document", help="a PDF or text/Markdown file")
-    _add_model_arguments(add, attention="retrieval")
+    _add_model_arguments(add)
     add.add_argument("--max-new-tokens", type=int, default=256, help="answer room reserved in the context")
     remove = verbs.add_parser("remove", help="delete a document and its cache files")
     remove.add_argument("id", type=int)
@@ -70,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arguments(ask: argparse.ArgumentParser, attention: str = "full") -> None:
+def _add_model_arguments(ask: argparse.ArgumentParser) -> None:
     """The model and attention options shared by `ask` and `library add`."""
     defaults = EngineConfig()
     ask.add_argument("--model", default="default", help="'default', a model folder or a hub id")
     ask.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ask.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    ask.add_argument("--attention", default=attention, choices=ATTENTION_MODES)
+    ask.add_argument("--attention", default=defaults.attention, choices=ATTENTION_MODES,
+                     help="retrieval (default), full, window-only, or retrieval with another key index")
     ask.add_argument("--top-k", type=int, default=defaults.top_k, help="keys retrieved per head and step")
     ask.add_argument("--n-sink", type=int, default=defaults.n_sink, help="first tokens kept in the static set")
     ask.add_argument("--n-window", type=int, default=defaults.n_window, help="last tokens kept in the static set")

@@ -25,7 +25,7 @@ class EngineConfig:
     model: str = "default"
     device: str = "auto"
     dtype: str = "auto"
-    attention: str = "full"
+    attention: str = "retrieval"
     n_sink: int = 128
     n_window: int = 512
     top_k: int = 100

@@ -28,7 +28,7 @@ def test_default_model_is_the_converted_smollm2(real_model):
 def test_needle_at_half_depth_of_a_3500_token_document_is_found(real_model):
     text = needle_document(real_model.tokenizer, 3500, depth=0.5)
     session = DocumentSession(real_model, Document(text, "haystack", None, "0" * 64),
-                              EngineConfig(max_new_tokens=24))
+                              EngineConfig(attention="full", max_new_tokens=24))
     assert 3300 < session.prefix_tokens < 4000
     finished = [e for e in session.ask(DEFAULT_NEEDLE.question) if isinstance(e, Finished)][-1]
     assert DEFAULT_NEEDLE.answer in finished.text

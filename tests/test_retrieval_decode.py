@@ -95,7 +95,7 @@ def ask(session, question, cancel=None):
 
 def test_session_with_covering_top_k_answers_like_full_attention(tiny_loaded):
     text = "the keepers recorded the weather three times a day " * 30
-    full = ask(DocumentSession(tiny_loaded, document(text), EngineConfig(max_new_tokens=10)), "why?")
+    full = ask(DocumentSession(tiny_loaded, document(text), EngineConfig(attention="full", max_new_tokens=10)), "why?")
     config = EngineConfig(attention="retrieval", n_sink=8, n_window=32, top_k=1000, search_effort=1000,
                           max_new_tokens=10, kv_dtype="float32")
     session = DocumentSession(tiny_loaded, document(text), config)
