@@ -14,6 +14,11 @@ from engine.bench.report import Report
 
 SUITES: dict[str, str] = {
     "index": "engine.bench.index_suite",
+    "reopen": "engine.bench.reopen_suite",
+    "decode": "engine.bench.decode_suite",
+    "needle": "engine.bench.needle_suite",
+    "fidelity": "engine.bench.fidelity_suite",
+    "memory": "engine.bench.gpu_suite",
 }
 
 

@@ -1,0 +1,155 @@
+"""Smoke tests of the decode, needle and fidelity benchmark suites (tiny sizes; the real model only in slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.bench.__main__ import main
+from engine.bench.decode_suite import N_SINK, N_TEST, Segment, rope_shift, tile_plan, tile_vectors
+from engine.bench.fidelity_suite import compare, prefilled_document, teacher_forced_logprobs, with_settings
+from engine.cache import RetrievalSettings
+
+
+def run_suite(tmp_path, *argv: str) -> dict:
+    out = tmp_path / "rows.json"
+    assert main([*argv, "--json-out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def test_decode_suite_synthetic_rows(tmp_path, capsys):
+    data = run_suite(tmp_path, "decode", "--vectors", "synthetic", "--tokens", "2048", "--repeats", "1",
+                     "--steps", "2", "--heads", "4", "--kv-heads", "2", "--dim", "32", "--threads", "1")
+    rows = {row["method"]: row for row in data["rows"]}
+    assert list(rows) == ["full", "flat", "ivf", "hnsw", "exact", "retrieval"]
+    for row in rows.values():
+        assert row["tokens"] == 2048 and row["n_offloaded"] == 2048 - 640
+        assert 0 <= row["recall_at_100"] <= 1 and row["step_ms"] > 0
+        assert {"build_s", "scanned_fraction", "speedup_vs_full", "speedup_vs_flat", "speedup_vs_ivf"} <= set(row)
+    assert rows["full"]["speedup_vs_full"] == 1.0 and rows["exact"]["recall_at_100"] == 1.0
+    assert rows["exact"]["attn_err"] == pytest.approx(rows["flat"]["attn_err"], abs=1e-5)
+    assert rows["ivf"]["param"].startswith("nprobe=") and rows["retrieval"]["param"].startswith("queue=")
+    assert "speedup_vs_full" in capsys.readouterr().out
+
+
+def _rope(x: torch.Tensor, pos: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding of x [..., D] at position pos (rotate_half layout)."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    angle = torch.cat([pos * inv_freq, pos * inv_freq]).double()
+    return (x.double() * angle.cos() + rotate_half(x.double()) * angle.sin()).float()
+
+
+def test_rope_shift_moves_a_vector_to_a_later_position():
+    dim = 16
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    x = torch.randn(3, dim)
+    at_5, at_1005 = _rope(x, 5, inv_freq), _rope(x, 1005, inv_freq)
+    shifted = rope_shift(at_5.numpy(), 1000, inv_freq.numpy())
+    np.testing.assert_allclose(shifted, at_1005.numpy(), atol=1e-4)
+
+
+def test_tile_vectors_keeps_real_vectors_and_places_the_tail_last():
+    rng = np.random.default_rng(0)
+    seg_len, dim = 1000, 8
+    segments = [Segment(rng.standard_normal((4, seg_len, dim), dtype=np.float32),
+                        rng.standard_normal((2, seg_len, dim), dtype=np.float32)) for _ in range(2)]
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, dim, 2) / dim))
+    keys, train, test = tile_vectors(segments, 800, inv_freq, 100)  # within one segment: untouched
+    np.testing.assert_array_equal(keys, segments[0].keys[:, :800])
+    np.testing.assert_array_equal(test, segments[0].queries[:, 800 - N_TEST : 800])
+    plan = tile_plan(3000, seg_len, 2)
+    assert plan[0].start == 0 and all(p.start == N_SINK and p.end == seg_len for p in plan[1:])
+    assert plan[-1].segment == 0 and N_SINK < plan[0].end <= seg_len
+    assert sum(p.end - p.start for p in plan) == 3000
+    keys, train, test = tile_vectors(segments, 3000, inv_freq, 100)
+    assert keys.shape == (2, 3000, dim) and test.shape == (4, N_TEST, dim) and 50 <= train.shape[1] <= 100
+    last = plan[-1]  # the test queries are the last tile's real queries, moved by the same shift as its keys
+    shift = last.at - last.start
+    np.testing.assert_allclose(test, rope_shift(segments[last.segment].queries[:, -N_TEST:], shift, inv_freq),
+                               atol=1e-6)
+    scores = np.einsum("d,nd->n", test[0, -1], keys[0, -200:])  # relative positions are kept in the tail
+    real = np.einsum("d,nd->n", segments[last.segment].queries[0, -1], segments[last.segment].keys[0, -200:])
+    np.testing.assert_allclose(scores, real, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+
+def test_compare_identical_and_different_distributions():
+    a = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]]), dim=-1)
+    agree, kl = compare(a, a)
+    assert agree.all() and torch.allclose(kl, torch.zeros(2, dtype=torch.float64))
+    b = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 1.0]]), dim=-1)
+    agree, kl = compare(a, b)
+    assert agree.tolist() == [False, True] and kl[0] > 0.1 and kl[1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_copied_prefilled_cache_decodes_like_a_fresh_one(tiny_loaded):
+    model = tiny_loaded.model
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(3, 390, (200,), generator=gen).tolist()
+    question, answer = [5, 6, 7, 8], [9, 10, 11]
+    exact = RetrievalSettings(method="exact", n_sink=8, n_window=16, top_k=20)
+    try:
+        base = prefilled_document(model, prefix, RetrievalSettings(method="window", n_sink=8, n_window=16), 64,
+                                  torch.device("cpu"))
+        copied = teacher_forced_logprobs(model, with_settings(base, exact), question, answer, 64)
+        fresh = teacher_forced_logprobs(model, prefilled_document(model, prefix, exact, 64, torch.device("cpu")),
+                                        question, answer, 64)
+        window = teacher_forced_logprobs(model, with_settings(base, base.settings), question, answer, 64)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert copied.shape == (3, model.config.vocab_size)
+    torch.testing.assert_close(copied, fresh)
+    assert not torch.allclose(copied, window)  # the copy really took the other settings
+    assert not base.indexed
+
+
+def test_fidelity_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "fidelity", "--model", str(tiny_model_dir), "--tokens", "300", "--cases",
+                     "needle,haystack", "--needle-depths", "50", "--questions", "1", "--methods", "exact,window",
+                     "--n-sink", "8", "--n-window", "16", "--max-new-tokens", "4", "--threads", "1")
+    methods = {row["method"] for row in data["rows"]}
+    assert methods <= {"exact", "window"}
+    for row in data["rows"]:
+        assert 0 <= row["top1_agreement"] <= 1 and row["kl"] >= 0 and row["compared"] >= 1
+    summary = [row for row in data["rows"] if row["param"] == "all cases"]
+    assert len(summary) == len(methods)
+
+
+# ----------------------------------------------------------------------------- needle
+
+
+def test_needle_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "needle", "--model", str(tiny_model_dir), "--tokens", "300", "--depths", "50",
+                     "--methods", "full,window,exact", "--n-sink", "8", "--n-window", "16",
+                     "--max-new-tokens", "3", "--threads", "1")
+    assert [row["method"] for row in data["rows"]] == ["full", "window", "exact"]
+    for row in data["rows"]:
+        assert row["depth"] == 50 and isinstance(row["passed"], bool) and row["prefill_s"] > 0
+    assert data["rows"][2]["param"] == "top_k=100" and data["rows"][1]["param"] == "sink=8,window=16"
+    assert any(note.startswith("full: ") for note in data["notes"])
+
+
+# ----------------------------------------------------------------------------- real model (slow)
+
+
+@pytest.mark.slow
+def test_decode_suite_on_real_vectors(tmp_path):
+    data = run_suite(tmp_path, "decode", "--tokens", "4096", "--methods", "full,exact,retrieval",
+                     "--repeats", "1", "--steps", "8")
+    rows = {row["method"]: row for row in data["rows"]}
+    assert rows["exact"]["recall_at_100"] == 1.0 and rows["retrieval"]["recall_at_100"] >= 0.95
+
+
+@pytest.mark.slow
+def test_needle_suite_full_and_exact_pass_at_half_depth(tmp_path):
+    data = run_suite(tmp_path, "needle", "--depths", "50", "--methods", "full,exact", "--max-new-tokens", "16")
+    assert all(row["passed"] for row in data["rows"])
