@@ -138,3 +138,17 @@ def test_no_training_queries_still_searchable() -> None:
     index = build_layer_index("retrieval", keys, np.zeros((2, 0, D), np.float32))
     res = index.search(test, 10, effort=300)
     np.testing.assert_array_equal(res.ids, exact_top(keys, test, 10))
+
+
+def test_approximate_key_neighbours_match_exact_ones_closely():
+    from engine.index.graph import _approximate_key_neighbours, key_neighbours
+
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((3000, 16)).astype(np.float32)
+    exact_ids, _ = key_neighbours(keys, 8)
+    approx_ids, approx_dist = _approximate_key_neighbours(keys, 8)
+    assert approx_ids.shape == (3000, 8)
+    assert not np.any(approx_ids == np.arange(3000)[:, None]), "a key is never its own neighbour"
+    assert np.all(np.diff(approx_dist, axis=1) >= -1e-5), "nearest first"
+    overlap = np.mean([len(set(a) & set(e)) / 8 for a, e in zip(approx_ids, exact_ids, strict=True)])
+    assert overlap > 0.9

@@ -30,6 +30,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
+import faiss
 import numba
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ METHOD = "retrieval"
 OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
 N_ENTRIES = 16  # search seeds per head (see _choose_entries)
 KNN_CHUNK = 1024  # queries per matmul chunk in the exact top-k
+EXACT_KEY_KNN_MAX = 8192  # above this many keys (on a CPU) key neighbours come from HNSW, not a matmul
+APPROX_KNN_LINKS = 16
+APPROX_KNN_EF = 64
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
 
 
@@ -484,8 +488,14 @@ def build_head_graph(
 
 
 def key_neighbours(keys: np.ndarray, k: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Exact L2 neighbours of every key among the others. keys [N, D] -> (ids [N, k], dist [N, k]),
-    ids -1 padded where N - 1 < k. The matmul runs on `device` (a GPU when there is one)."""
+    """L2 neighbours of every key among the others. keys [N, D] -> (ids [N, k], dist [N, k]),
+    ids -1 padded where N - 1 < k.
+
+    Exact (an N x N matmul on `device`) up to EXACT_KEY_KNN_MAX keys on a CPU; beyond that the
+    O(N^2) matmul dominates the whole build, so an HNSW graph over the keys gives them approximately.
+    """
+    if device == "cpu" and keys.shape[0] > EXACT_KEY_KNN_MAX:
+        return _approximate_key_neighbours(keys, k)
     t = torch.from_numpy(keys).to(device)
     ids, dist = exact_topk(t, t, min(k + 1, keys.shape[0]), metric="l2")
     ids, dist = ids[:, 1:], dist[:, 1:]  # drop self (distance 0; ties are harmless, pruning dedupes)
@@ -493,6 +503,22 @@ def key_neighbours(keys: np.ndarray, k: int, device: str = "cpu") -> tuple[np.nd
         pad = k - ids.shape[1]
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    return np.ascontiguousarray(ids), np.ascontiguousarray(dist)
+
+
+def _approximate_key_neighbours(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """key_neighbours through faiss HNSW (L2): keys [N, D] -> (ids [N, k] int32, dist [N, k])."""
+    n_keys, dim = keys.shape
+    index = faiss.IndexHNSWFlat(dim, APPROX_KNN_LINKS)
+    index.hnsw.efConstruction = APPROX_KNN_EF
+    index.add(keys)
+    search = faiss.SearchParametersHNSW(efSearch=max(APPROX_KNN_EF, 2 * k))
+    dist, ids = index.search(keys, k + 1, params=search)
+    not_self = ids != np.arange(n_keys)[:, None]
+    order = np.argsort(~not_self, axis=1, kind="stable")[:, :k]  # others first, in distance order
+    ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    dist = np.take_along_axis(dist, order, axis=1)
+    dist[ids < 0] = np.inf
     return np.ascontiguousarray(ids), np.ascontiguousarray(dist)
 
 
