@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -16,8 +17,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_display() -> str | None:
+    """On Linux, a message when Qt would find no screen to open a window on (instead of aborting)."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("Folio needs a screen to open its window, and none was found (DISPLAY and WAYLAND_DISPLAY are "
+            "unset). Run it from a desktop session, or use the command line: "
+            "bash packaging/dev.sh cli (python -m engine ask DOCUMENT \"QUESTION\").")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if problem := missing_display():
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from PySide6.QtWidgets import QApplication
 

@@ -53,3 +53,13 @@ def test_change_impact():
     assert change_impact(base, dataclasses.replace(base, model="/models/x")).reload_model
     impact = change_impact(base, dataclasses.replace(base, n_window=1024))
     assert impact.rebuild_caches and not impact.reload_model and "rebuilds the cache" in impact.message()
+
+
+def test_without_a_screen_the_app_says_so_instead_of_aborting(monkeypatch, capsys):
+    from app.__main__ import main
+
+    for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert main([]) == 2
+    assert "needs a screen" in capsys.readouterr().err
