@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.screenshot")
     parser.add_argument("output")
     parser.add_argument("--fake-engine", action="store_true")
-    parser.add_argument("--attention", default="full", help="full attention gives citations today")
+    parser.add_argument("--attention", default="retrieval", help="attention mode (both give citations)")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
 
