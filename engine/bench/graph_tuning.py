@@ -23,7 +23,6 @@ from engine.index.base import IndexParams
 from engine.index.graph import GraphIndex, build_graph_index
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
-MODEL_DIR = "/tmp/smol"
 # What this benchmark chose (see the sweep): degree 16, Nq 32, every 4th training query, effort 100.
 PROPOSED = IndexParams(effort=100, n_neighbors_per_query=32, degree=16, query_stride=4)
 
@@ -47,12 +46,11 @@ def load_vectors(tokens: int, cache: Path | None) -> list[Layer]:
         ]
     from pydoc_data.topics import topics
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from engine.bench.vectors import capture_qk
+    from engine.model import load_model
 
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    loaded = load_model("default", device="cpu", dtype="float32")
+    tok, model = loaded.tokenizer, loaded.model
     ids = tok("\n\n".join(topics.values()), return_tensors="pt").input_ids[0][:tokens]
     layers = [Layer(v.queries, v.keys) for v in capture_qk(model, ids)]
     if cache is not None:

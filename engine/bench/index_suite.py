@@ -39,7 +39,7 @@ DECODE_CALLS = 8  # decode-shaped searches ([H, 1, D]) timed per layer and effor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="/tmp/smol", help="HF model folder (default /tmp/smol)")
+    parser.add_argument("--model", default="default", help="'default' (the bundled model), a folder or a hub id")
     parser.add_argument("--tokens", type=int, default=4096, help="prompt length in tokens (default 4096)")
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help=f"comma list or 'all' ({DEFAULT_LAYERS})")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of index methods")
@@ -92,16 +92,15 @@ def smallest_scanned(points: list[tuple[float, float]], target: float) -> tuple[
     return None, None, "never reached"
 
 
-def load_vectors(model_dir: str, tokens: int) -> tuple[list, int, float]:
+def load_vectors(model_spec: str, tokens: int) -> tuple[list, int, float]:
     """Prefill the first `tokens` tokens of pydoc's topics; return (layers, T, prefill seconds)."""
     from pydoc_data.topics import topics
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from engine.bench.vectors import capture_qk
+    from engine.model import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    loaded = load_model(model_spec, device="cpu", dtype="float32")
+    tokenizer, model = loaded.tokenizer, loaded.model
     text = "\n\n".join(topics.values())
     ids = tokenizer(text, return_tensors="pt").input_ids[0][:tokens]
     start = time.perf_counter()
