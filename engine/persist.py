@@ -35,7 +35,7 @@ from engine.events import CancelToken, Progress, ProgressMeter
 from engine.model import LoadedModel
 from engine.store import Store, disk_full_error, format_bytes
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: one prefill query in 8 to 16 trains the index (was: at most 2,048)
 KV_FILES = ("keys", "values", "queries")
 PREFIX_FILE = "prefix_ids.npy"
 

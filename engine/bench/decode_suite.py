@@ -41,6 +41,7 @@ import torch
 from engine.attention import merge_attention_states, partial_attention, retrieved_attention
 from engine.bench.index_suite import recall_at_k
 from engine.bench.report import Report
+from engine.cache import training_stride
 from engine.index import IndexParams, LayerIndex, build_layer_index
 from engine.index.exact import exact_topk
 
@@ -75,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-heads", type=int, help="synthetic: KV heads (default 3; Llama-3-8B: 8)")
     parser.add_argument("--dim", type=int, help="synthetic: head dim (default 64; Llama-3-8B: 128)")
     parser.add_argument("--target-recall", type=float, default=0.95)
-    parser.add_argument("--train-queries", type=int, default=2048,
-                        help="training queries per head, evenly spaced over the prompt (as RetrievalCache)")
+    parser.add_argument("--train-queries", type=int, default=0,
+                        help="training queries per head, evenly spaced (default 0: as many as RetrievalCache keeps)")
     parser.add_argument("--steps", type=int, default=N_TEST, help=f"decode steps timed per repeat (<= {N_TEST})")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median step kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (attention, exact top-k)")
@@ -391,7 +392,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
     """The decode workload of N = n_tokens: RoPE-tiled real vectors or synthetic ones."""
     if real is not None:
         segments, inv_freq = real
-        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, args.train_queries)
+        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, _train_count(args, n_tokens))
         seg_len = segments[0].keys.shape[1]
         if n_tokens <= seg_len:
             source = f"real (layer {args.layer})"
@@ -399,7 +400,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
             source = f"real layer {args.layer}, RoPE-tiled from {len(segments)} x {seg_len}-token segments"
     else:
         heads, kv_heads, dim = args.heads or 9, args.kv_heads or 3, args.dim or 64
-        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, args.train_queries, args.seed)
+        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, _train_count(args, n_tokens), args.seed)
         source = f"synthetic {heads}/{kv_heads} heads, dim {dim}"
     return make_workload(keys, train, test, source, args.seed)
 
@@ -447,3 +448,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
             f"without their first {N_SINK} tokens, keys and queries rotated by the model's RoPE to their tiled "
             "positions; the last tile is the segment whose last queries are tested); values random normal"
         )
+
+
+def _train_count(args: argparse.Namespace, n_tokens: int) -> int:
+    """--train-queries, or as many as the app's RetrievalCache keeps for a prefix of n_tokens."""
+    return args.train_queries or n_tokens // training_stride(n_tokens)

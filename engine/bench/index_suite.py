@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine.bench.report import Report
+from engine.cache import training_stride
 from engine.index import IndexParams, build_layer_index, index_methods
 from engine.index.exact import exact_topk
 
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         vectors = layers[layer_id]
         keys = np.ascontiguousarray(vectors.keys[:, N_SINK : n_tokens - N_WINDOW])
         end_train = n_tokens if args.train == "all" else n_tokens - N_TEST
-        train = np.ascontiguousarray(vectors.queries[:, :end_train])
+        stride = training_stride(n_tokens)  # the app's RetrievalCache samples prefill queries this way
+        train = np.ascontiguousarray(vectors.queries[:, :end_train:stride])
         test = np.ascontiguousarray(vectors.queries[:, n_tokens - N_TEST :])
         _, truth = exact_topk(torch.from_numpy(keys), torch.from_numpy(test), TOP_K)
         truth = truth.numpy()
