@@ -242,8 +242,8 @@ class RealBackend:
             progress(Progress("tokenize", 1, 1, "document"))
             self.sessions[doc_id] = session
             self.documents[doc_id] = document
-            return OpenedDocument(doc_id, document.title, document.pages, session.prefix_tokens, str(path), fit)
-        return OpenedDocument(doc_id, document.title, document.pages, session.prefix_tokens, str(path),
+            return OpenedDocument(doc_id, document.title, document.pages, _document_tokens(session), str(path), fit)
+        return OpenedDocument(doc_id, document.title, document.pages, _document_tokens(session), str(path),
                               self._fit_for(session), cached=doc_id in self.prepared)
 
     def _fit_for(self, session) -> FitReport:
@@ -405,3 +405,8 @@ def process_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
     except (ImportError, OSError):
         return 0
+
+
+def _document_tokens(session) -> int:
+    """The document's own tokens (as the library lists them), without the chat template around them."""
+    return session.prompt.doc_token_end - session.prompt.doc_token_start
