@@ -44,7 +44,7 @@ class AppSettings:
     max_new_tokens: int = 512
     temperature: float = 0.0
     data_folder: str = field(default_factory=default_data_dir)
-    disk_budget_gb: float = 20.0
+    disk_budget_gb: float = 50.0  # the store's default budget too
 
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these settings describe (raises ValueError with a readable message)."""
