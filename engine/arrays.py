@@ -88,20 +88,6 @@ def write_array(folder: Path, name: str, array: np.ndarray) -> FileRecord:
     return FileRecord(name, writer.size, writer.digest.hexdigest(), array.dtype.str, tuple(array.shape))
 
 
-def write_bytes(folder: Path, name: str, data: bytes) -> FileRecord:
-    """Write raw bytes crash-safely (as write_array); dtype "bytes", shape (len,)."""
-    final, tmp = folder / name, folder / (name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return FileRecord(name, len(data), hashlib.sha256(data).hexdigest(), "bytes", (len(data),))
-
 
 def sync_folder(folder: Path) -> None:
     """fsync a folder so the renames in it survive a power cut (no-op where folders cannot be opened)."""

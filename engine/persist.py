@@ -265,12 +265,7 @@ def save_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, prefix_
         store.commit_entry("caches", cache_id, records)
     except BaseException as error:
         store.abort_entry("caches", cache_id, folder)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise disk_full_error(needed) from error
-        if isinstance(error, OSError):
-            raise StoreError(f"The cache could not be written ({error}); the library is unchanged.",
-                             "Check that the data folder is writable.") from error
-        raise
+        _raise_write_error(error, needed, "cache")
     try:
         save_index(store, cache_id, cache)
     except StoreError as error:
@@ -300,11 +295,17 @@ def save_index(store: Store, cache_id: str, cache: RetrievalCache) -> None:
         store.commit_entry("indexes", index_id, records)
     except BaseException as error:
         store.abort_entry("indexes", index_id, folder)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise disk_full_error(needed) from error
-        if isinstance(error, OSError):
-            raise StoreError(f"The index could not be written ({error}).", "") from error
-        raise
+        _raise_write_error(error, needed, "index")
+
+
+def _raise_write_error(error: BaseException, needed: int, what: str) -> None:
+    """Re-raise a failed write (after its files were removed) as a StoreError a user can act on."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        raise disk_full_error(needed) from error
+    if isinstance(error, OSError):
+        raise StoreError(f"The {what} could not be written ({error}); the library is unchanged.",
+                         "Check that the data folder is writable.") from error
+    raise error
 
 
 def describe_bytes(n_bytes: int, tokens: int) -> str:
