@@ -1,0 +1,1 @@
+"""Runtime management for the desktop app (first-run GPU runtime); Qt-free and torch-free."""
