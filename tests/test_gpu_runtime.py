@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from app.runtime import gpu_runtime as rt
 
@@ -46,16 +47,45 @@ def fake_smi(query: str | None, header: str | None, code: int = 0):
     return run
 
 
-def make_wheel(folder: Path, name: str = WHEEL_NAME, sidecar: bool = True) -> Path:
+CUBLAS = "12.6.4.1"
+CUBLAS_WHEEL = f"nvidia_cublas_cu12-{CUBLAS}-py3-none-manylinux2014_x86_64.whl"
+TORCH_REQUIRES = (
+    f'nvidia-cublas-cu12=={CUBLAS}; platform_system == "Linux"',
+    "sympy>=1.0",  # satisfied by the test environment: skipped
+    'something-windows==1.0; platform_system == "Windows"',  # marker false here: skipped
+    'opt-einsum>=3.3; extra == "opt-einsum"',  # an extra: skipped
+)
+
+
+def make_wheel(folder: Path, name: str = WHEEL_NAME, sidecar: bool = True, requires: Sequence[str] = ()) -> Path:
     """A small fake torch wheel (with ~64 KiB of incompressible padding so downloads take several chunks)."""
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / name
+    metadata = f"Metadata-Version: 2.1\nName: torch\nVersion: {TORCH}+cu126\n"
+    metadata += "".join(f"Requires-Dist: {line}\n" for line in requires)
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("torch/__init__.py", f'__version__ = "{TORCH}+cu126"\n')
         archive.writestr("torch/_pad.bin", os.urandom(64 * 1024), compress_type=zipfile.ZIP_STORED)
-        archive.writestr(f"torch-{TORCH}+cu126.dist-info/METADATA", f"Name: torch\nVersion: {TORCH}+cu126\n")
+        archive.writestr(f"torch-{TORCH}+cu126.dist-info/METADATA", metadata + "\nlong description\n")
         archive.writestr(f"torch-{TORCH}+cu126.data/purelib/torchgen/__init__.py", "")
         archive.writestr(f"torch-{TORCH}+cu126.data/scripts/torchrun", "#!/bin/sh\n")
+    if sidecar:
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        (folder / f"{name}.sha256").write_text(f"{digest}  {name}\n", encoding="utf-8")
+    return wheel
+
+
+def make_dep_wheel(folder: Path, name: str = CUBLAS_WHEEL, sidecar: bool = True) -> Path:
+    """A fake nvidia-cublas-cu12 wheel (importable as ``nvidia.cublas``, with padding)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / name
+    version = name.split("-")[1]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("nvidia/__init__.py", "")
+        archive.writestr("nvidia/cublas/__init__.py", f'__version__ = "{version}"\n')
+        archive.writestr("nvidia/cublas/lib/libcublas.so.12", os.urandom(48 * 1024), compress_type=zipfile.ZIP_STORED)
+        archive.writestr(f"nvidia_cublas_cu12-{version}.dist-info/METADATA",
+                         f"Metadata-Version: 2.1\nName: nvidia-cublas-cu12\nVersion: {version}\n")
     if sidecar:
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         (folder / f"{name}.sha256").write_text(f"{digest}  {name}\n", encoding="utf-8")
@@ -306,6 +336,92 @@ def test_interrupted_install_resumes(tmp_path: Path) -> None:
     assert rt.runtime_ready(tmp_path / "rt", build.torch_version)
 
 
+# ------------------------------------------------------------------------------------------------ dependencies
+
+
+def test_runtime_requirements_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = rt.runtime_requirements([*TORCH_REQUIRES, "not a requirement !!", "triton==3.3.0"])
+    assert [str(req) for req in kept] == [f"nvidia-cublas-cu12=={CUBLAS}; platform_system == \"Linux\"",
+                                          "triton==3.3.0"]
+    # nvidia-* and triton are fetched even when the main environment has them; others only when missing.
+    monkeypatch.setattr(rt, "_installed_version", lambda name: "99.0")
+    names = [req.name for req in rt.runtime_requirements(["nvidia-nccl-cu12==2.21.5", "triton", "filelock",
+                                                          "networkx<3"])]
+    assert names == ["nvidia-nccl-cu12", "triton", "networkx"]
+
+
+def test_find_requirement_pins_and_prefers_fitting_tags(tmp_path: Path) -> None:
+    make_dep_wheel(tmp_path, "nvidia_cublas_cu12-12.4.5.8-py3-none-manylinux2014_x86_64.whl")
+    make_dep_wheel(tmp_path, "nvidia_cublas_cu12-12.6.4.1-py3-none-win_amd64.whl")
+    make_dep_wheel(tmp_path)
+    make_dep_wheel(tmp_path, "nvidia_cublas_cu12-12.8.3.14-py3-none-manylinux2014_x86_64.whl")
+    source = rt.RuntimeSource("folder", str(tmp_path))
+    from packaging.requirements import Requirement
+
+    assert source.find_requirement(Requirement(f"nvidia-cublas-cu12=={CUBLAS}")).name == CUBLAS_WHEEL
+    assert source.find_requirement(Requirement("nvidia_cublas_cu12")).name.startswith("nvidia_cublas_cu12-12.8.3.14")
+    assert source.find_requirement(Requirement("nvidia-cublas-cu12<12.5")).name.startswith(
+        "nvidia_cublas_cu12-12.4.5.8")
+
+
+def test_install_fetches_cuda_dependencies(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    torch_wheel = make_wheel(wheels, requires=TORCH_REQUIRES)
+    dep = make_dep_wheel(wheels)
+    make_dep_wheel(wheels, "nvidia_cublas_cu12-12.4.5.8-py3-none-manylinux2014_x86_64.whl")  # not the pin
+    build = build_cu126()
+    progress, seen = collect()
+
+    path = rt.install_runtime(build, rt.RuntimeSource("folder", str(wheels)), progress, path=tmp_path / "rt",
+                              chunk_size=CHUNK)
+
+    assert rt.runtime_ready(path, build.torch_version)
+    stamp = rt.read_stamp(path)
+    assert stamp is not None and stamp["dependencies"] == [CUBLAS_WHEEL] and stamp["wheel"] == WHEEL_NAME
+    site = path / rt.SITE_DIR
+    assert (site / "torch" / "__init__.py").is_file() and (site / "nvidia" / "cublas" / "lib").is_dir()
+    assert (site / f"nvidia_cublas_cu12-{CUBLAS}.dist-info" / "METADATA").is_file()
+    assert not list(site.glob("sympy*")) and not list(site.glob("something*"))
+    assert not list((path / rt.DOWNLOADS_DIR).iterdir())
+    total = torch_wheel.stat().st_size + dep.stat().st_size
+    assert seen[-1] == (total, total)
+    assert all(done <= total for done, _ in seen) and [done for done, _ in seen] == sorted(done for done, _ in seen)
+    code = (f"import sys; sys.path.insert(0, {str(site)!r}); import torch, nvidia.cublas; "
+            "print(torch.__version__, nvidia.cublas.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["2.13.0+cu126", CUBLAS]
+
+
+def test_missing_dependency_wheel(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, requires=TORCH_REQUIRES)
+    make_dep_wheel(wheels, "nvidia_cublas_cu12-12.4.5.8-py3-none-manylinux2014_x86_64.whl")  # wrong version only
+    with pytest.raises(rt.WheelNotFound, match=f"nvidia-cublas-cu12=={CUBLAS}"):
+        rt.install_runtime(build_cu126(), rt.RuntimeSource("folder", str(wheels)), path=tmp_path / "rt")
+    assert not rt.runtime_ready(tmp_path / "rt") and rt.read_stamp(tmp_path / "rt") is None
+
+
+def test_interrupted_dependency_download_resumes(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    torch_size = make_wheel(wheels, requires=TORCH_REQUIRES).stat().st_size
+    dep = make_dep_wheel(wheels)
+    source = rt.RuntimeSource("folder", str(wheels))
+    build = build_cu126()
+    path = tmp_path / "rt"
+    with pytest.raises(Interrupt):
+        rt.install_runtime(build, source, interrupt_after(torch_size + 3 * CHUNK), path=path, chunk_size=CHUNK)
+    assert (path / rt.DOWNLOADS_DIR / WHEEL_NAME).is_file()  # torch finished and kept
+    assert (path / rt.DOWNLOADS_DIR / f"{CUBLAS_WHEEL}.part").stat().st_size == 3 * CHUNK
+    assert not rt.runtime_ready(path)
+
+    progress, seen = collect()
+    rt.install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
+    total = torch_size + dep.stat().st_size
+    assert seen[0] == (torch_size + 3 * CHUNK, total) and seen[-1] == (total, total)  # continued, not restarted
+    assert rt.runtime_ready(path, build.torch_version)
+    assert (path / rt.SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
+
+
 # --------------------------------------------------------------------------------------------------- HTTP flow
 
 
@@ -321,8 +437,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.requests.append(self.headers.get("Range"))
-        if self.path.rstrip("/").endswith("/torch"):
-            self._send_index()
+        if self.path.endswith("/"):
+            self._send_index(self.path.rstrip("/").rsplit("/", 1)[-1])
             return
         file = self.root / self.path.lstrip("/").split("?")[0].replace("%2B", "+")
         if not file.is_file():
@@ -344,9 +460,20 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data[start:])
 
-    def _send_index(self) -> None:
+    def do_HEAD(self) -> None:
+        file = self.root / self.path.lstrip("/").split("?")[0].replace("%2B", "+")
+        if not file.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(file.stat().st_size))
+        self.end_headers()
+
+    def _send_index(self, project: str) -> None:
         links = []
         for wheel in sorted(self.root.glob("*.whl")):
+            if canonicalize_name(wheel.name.split("-")[0]) != project:
+                continue
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
             links.append(f'<a href="/{wheel.name.replace("+", "%2B")}#sha256={digest}">{wheel.name}</a><br/>')
         body = ("<!DOCTYPE html><html><body>" + "\n".join(links) + "</body></html>").encode()
@@ -415,6 +542,28 @@ def test_http_corrupt_download_refused(tmp_path: Path, server: tuple[str, type[R
     with pytest.raises(rt.ChecksumError):
         rt.download(url, tmp_path / "dest", collect()[0], chunk_size=CHUNK)
     assert not list((tmp_path / "dest").iterdir())
+
+
+def test_http_index_fetches_dependencies(tmp_path: Path, server: tuple[str, type[RangeHandler]]) -> None:
+    base, handler = server
+    torch_size = make_wheel(handler.root, requires=TORCH_REQUIRES, sidecar=False).stat().st_size
+    dep = make_dep_wheel(handler.root, sidecar=False)
+    make_dep_wheel(handler.root, "nvidia_cublas_cu12-12.6.4.1-py3-none-win_amd64.whl", sidecar=False)
+    source = rt.RuntimeSource("index", f"{base}/whl/cu126")
+    path = tmp_path / "rt"
+    build = build_cu126()
+    with pytest.raises(Interrupt):
+        rt.install_runtime(build, source, interrupt_after(torch_size + 2 * CHUNK), path=path, chunk_size=CHUNK)
+    progress, seen = collect()
+    rt.install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
+    total = torch_size + dep.stat().st_size
+    assert seen[0] == (torch_size + 2 * CHUNK, total) and seen[-1] == (total, total)
+    assert handler.requests[-1] == f"bytes={2 * CHUNK}-"
+    assert rt.read_stamp(path)["dependencies"] == [CUBLAS_WHEEL]  # type: ignore[index]
+    assert (path / rt.SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
+    (handler.root / CUBLAS_WHEEL).unlink()
+    with pytest.raises(rt.WheelNotFound, match="nvidia-cublas-cu12"):
+        rt.install_runtime(build, source, path=tmp_path / "rt2")
 
 
 def test_http_missing_wheel(server: tuple[str, type[RangeHandler]]) -> None:

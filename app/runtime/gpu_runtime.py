@@ -3,8 +3,9 @@
 The app ships (or is installed with) the CPU build of torch. On first run it calls :func:`detect_nvidia`; with a
 GPU it picks the matching CUDA build (:func:`choose_build`), finds the wheel in a :class:`RuntimeSource` (an index
 URL or a local folder of wheels, ``FOLIO_RUNTIME_SOURCE`` overrides), downloads it with progress and resume
-(:func:`download`), unpacks it into a per-user runtime folder and writes ``VERSION.json`` last
-(:func:`install_runtime`). Until :func:`runtime_ready` is true the app runs on the CPU and says so
+(:func:`download`), fetches the CUDA libraries its METADATA requires (``nvidia-*``, ``triton``, and anything the
+main environment lacks) from the same source, unpacks them all into a per-user runtime folder and writes
+``VERSION.json`` last (:func:`install_runtime`). Until :func:`runtime_ready` is true the app runs on the CPU and says so
 (:func:`status_message`); then it restarts into the runtime (:func:`restart_command`) or, before torch is first
 imported, puts it on ``sys.path`` (:func:`apply_runtime`).
 
@@ -13,8 +14,11 @@ This module must not import Qt or torch: it runs before either is loaded and in 
 
 from __future__ import annotations
 
+import email.parser
+import functools
 import hashlib
 import html.parser
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,8 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import platformdirs
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import Tag, sys_tags
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 SOURCE_ENV = "FOLIO_RUNTIME_SOURCE"
 RUNTIME_DIR_ENV = "FOLIO_RUNTIME_DIR"
@@ -44,6 +53,9 @@ SMI_QUERY = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--fo
 SMI_TIMEOUT_S = 10
 HTTP_TIMEOUT_S = 30
 CHUNK_SIZE = 1 << 20
+# Requirements of the CUDA torch wheel that are always fetched into the runtime, even when the main environment
+# has a version that fits: they only exist for the CUDA build (canonical names; ``nvidia-*`` by prefix).
+ALWAYS_FETCH = ("triton", "pytorch-triton")
 
 # (tag, minimum CUDA version the driver must support, minimum Linux driver, approximate wheel size in bytes),
 # newest first. The driver minimums are NVIDIA's "toolkit driver version" table, used only when nvidia-smi
@@ -283,7 +295,10 @@ def _sha_from_url(url: str) -> str | None:
 
 @dataclass(frozen=True)
 class RuntimeSource:
-    """Where wheels come from: an index URL (``kind="index"``) or a local folder of wheels (``kind="folder"``)."""
+    """Where wheels come from: an index URL (``kind="index"``) or a local folder of wheels (``kind="folder"``).
+
+    The torch wheel is found by :meth:`find_wheel`, the wheels it depends on by :meth:`find_requirement`.
+    """
 
     kind: str
     location: str
@@ -331,12 +346,140 @@ class RuntimeSource:
                 return WheelRef(name, url, _sha_from_url(url))
         raise WheelNotFound(f"no torch {build.torch_version} wheel for {interpreter_tag()} on {page_url}")
 
+    def find_requirement(self, requirement: Requirement) -> WheelRef:
+        """The newest wheel in the source that satisfies ``requirement``, preferring tags that fit here.
+
+        Index: the simple page ``<index>/<normalized-name>/``, wheels that fit here only; folder: wheels named
+        after the project, one that does not fit only when none does (as for torch). Raises
+        :class:`WheelNotFound` naming the requirement when none is there.
+        """
+        name = canonicalize_name(requirement.name)
+        if self.kind == "folder":
+            folder = Path(self.location)
+            where = str(folder)
+            files = sorted(folder.glob("*.whl")) if folder.is_dir() else []
+            candidates = [WheelRef(path.name, str(path), _read_sidecar(path)) for path in files]
+        else:
+            where = self.location.rstrip("/") + f"/{name}/"
+            try:
+                with urllib.request.urlopen(where, timeout=HTTP_TIMEOUT_S) as response:
+                    page = response.read().decode("utf-8", errors="replace")
+            except OSError as exc:
+                raise WheelNotFound(f"no wheel for {requirement} (the dependency of torch): could not read the "
+                                    f"index {where}: {exc}") from exc
+            parser = _LinkParser()
+            parser.feed(page)
+            candidates = []
+            for href in parser.hrefs:
+                url = urllib.parse.urljoin(where, href)
+                candidates.append(WheelRef(urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name),
+                                           url, _sha_from_url(url)))
+        best = _best_wheel(requirement, candidates, allow_unfitting=self.kind == "folder")
+        if best is None:
+            raise WheelNotFound(f"no wheel for {requirement} (the dependency of torch) in {where}")
+        return best
+
+
+@functools.cache
+def _supported_tags() -> dict[Tag, int]:
+    """This interpreter's supported wheel tags and their preference (lower is better)."""
+    ranks: dict[Tag, int] = {}
+    for rank, tag in enumerate(sys_tags()):
+        ranks.setdefault(tag, rank)
+    return ranks
+
+
+def _tag_rank(tags: frozenset[Tag]) -> int | None:
+    """The preference of the best of a wheel's tags here (lower is better), or None when none fits."""
+    supported = _supported_tags()
+    ranks = [supported[tag] for tag in tags if tag in supported]
+    return min(ranks) if ranks else None
+
+
+def _best_wheel(requirement: Requirement, candidates: Sequence[WheelRef], *,
+                allow_unfitting: bool = False) -> WheelRef | None:
+    """The newest candidate wheel of the requirement's project whose version it allows, among those with tags
+    that fit this interpreter; with ``allow_unfitting``, one that does not fit when none does."""
+    name = canonicalize_name(requirement.name)
+    scored: list[tuple[bool, Version, int, WheelRef]] = []
+    for ref in candidates:
+        try:
+            wheel_name, version, _build, tags = parse_wheel_filename(ref.name)
+        except (InvalidWheelFilename, ValueError):
+            continue
+        if wheel_name != name or not requirement.specifier.contains(version, prereleases=True):
+            continue
+        rank = _tag_rank(tags)
+        if rank is None and not allow_unfitting:
+            continue
+        scored.append((rank is not None, version, -(rank if rank is not None else 0), ref))
+    if not scored:
+        return None
+    return max(scored, key=lambda item: item[:3])[3]
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a wheel's top-level ``*.dist-info/METADATA``."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            parts = PurePosixPath(member).parts
+            if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
+                text = archive.read(member).decode("utf-8", errors="replace")
+                return list(email.parser.Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or [])
+    return []
+
+
+def _installed_version(name: str) -> str | None:
+    """The version of ``name`` installed in the main environment, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def runtime_requirements(lines: Sequence[str]) -> list[Requirement]:
+    """The requirements the runtime must fetch: markers true for this interpreter (no extras), and either
+    ``nvidia-*`` / triton (always) or not satisfied by the main environment. Unparsable lines are skipped."""
+    wanted: list[Requirement] = []
+    seen: set[str] = set()
+    for line in lines:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        if not (name.startswith("nvidia-") or name in ALWAYS_FETCH):
+            installed = _installed_version(name)
+            if installed is not None and requirement.specifier.contains(installed, prereleases=True):
+                continue
+        seen.add(name)
+        wanted.append(requirement)
+    return wanted
+
 
 # --------------------------------------------------------------------------------------------------- download
 
 
 def _is_url(location: str) -> bool:
     return bool(re.match(r"https?://", location, re.IGNORECASE))
+
+
+def _size_of(location: str) -> int | None:
+    """The size of a local file, or a URL's Content-Length from a HEAD request; None when unknown."""
+    if not _is_url(location):
+        try:
+            return Path(location).stat().st_size
+        except OSError:
+            return None
+    request = urllib.request.Request(urllib.parse.urldefrag(location).url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if length is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def _sha256_of(path: Path) -> str:
@@ -456,7 +599,7 @@ def runtime_path(build: RuntimeBuild, env: dict[str, str] | None = None) -> Path
     return runtime_root(env) / build.tag
 
 
-def read_stamp(path: str | os.PathLike[str]) -> dict[str, str] | None:
+def read_stamp(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The parsed ``VERSION.json`` of a runtime folder, or None if missing or unreadable."""
     try:
         data = json.loads((Path(path) / STAMP_FILE).read_text(encoding="utf-8"))
@@ -487,29 +630,39 @@ def _member_target(member: str) -> PurePosixPath | None:
 
 def unpack_wheel(wheel: Path, site_dir: Path) -> None:
     """Extract a wheel (a zip) into ``site_dir`` via a temporary folder, replacing any earlier partial unpack."""
+    unpack_wheels([wheel], site_dir)
+
+
+def unpack_wheels(wheels: Sequence[Path], site_dir: Path) -> None:
+    """Extract wheels (zips) together into ``site_dir`` via a temporary folder, replacing what was there."""
     staging = site_dir.with_name(site_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for info in archive.infolist():
-            target = _member_target(info.filename)
-            if target is None:
-                continue
-            out = staging.joinpath(*target.parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, out.open("wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK_SIZE)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode & 0o111:
-                out.chmod(mode | 0o600)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                target = _member_target(info.filename)
+                if target is None:
+                    continue
+                out = staging.joinpath(*target.parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK_SIZE)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode & 0o111:
+                    out.chmod(mode | 0o600)
     shutil.rmtree(site_dir, ignore_errors=True)
     os.replace(staging, site_dir)
 
 
-def write_stamp(path: Path, build: RuntimeBuild, wheel_name: str, sha256: str) -> None:
-    """Write ``VERSION.json`` atomically (temp file + rename); this marks the runtime as ready."""
+def write_stamp(path: Path, build: RuntimeBuild, wheel_name: str, sha256: str,
+                dependencies: Sequence[str] = ()) -> None:
+    """Write ``VERSION.json`` atomically (temp file + rename); this marks the runtime as ready.
+
+    ``dependencies`` are the file names of the dependency wheels unpacked with torch.
+    """
     stamp = {"torch_version": build.torch_version, "tag": build.tag, "wheel": wheel_name, "sha256": sha256,
-             "date": datetime.now(UTC).isoformat(timespec="seconds")}
+             "dependencies": list(dependencies), "date": datetime.now(UTC).isoformat(timespec="seconds")}
     temp = path / (STAMP_FILE + ".tmp")
     temp.write_text(json.dumps(stamp, indent=2), encoding="utf-8")
     os.replace(temp, path / STAMP_FILE)
@@ -522,10 +675,15 @@ def _no_progress(_done: int, _total: int | None) -> None:
 def install_runtime(build: RuntimeBuild, source: RuntimeSource | None = None, progress: Progress = _no_progress,
                     cancel: Cancel | None = None, *, path: Path | None = None, keep_wheel: bool = False,
                     chunk_size: int = CHUNK_SIZE) -> Path:
-    """Download, verify and unpack the build's wheel into its runtime folder; return the folder.
+    """Download, verify and unpack the build's wheel and its dependencies into its runtime folder; return it.
 
-    Idempotent: a ready runtime is returned at once; an interrupted download resumes; an interrupted unpack
-    (no stamp) is redone. The stamp is written last. Exceptions from :func:`download` propagate.
+    After the torch wheel, the requirements in its METADATA that apply here (:func:`runtime_requirements`:
+    the CUDA libraries, triton, anything the main environment lacks) are fetched from the same source and
+    unpacked into the same site-packages; a missing one raises :class:`WheelNotFound` naming it. Progress is
+    reported over all wheels (the total grows to include the dependencies once torch's METADATA is read).
+    Idempotent: a ready runtime is returned at once; an interrupted download resumes (downloaded wheels are
+    kept until the unpack); an interrupted unpack (no stamp) is redone. The stamp, listing the dependency
+    wheels, is written last. Exceptions from :func:`download` propagate.
     """
     path = path if path is not None else runtime_path(build)
     if runtime_ready(path, build.torch_version):
@@ -533,13 +691,32 @@ def install_runtime(build: RuntimeBuild, source: RuntimeSource | None = None, pr
     source = source if source is not None else RuntimeSource.for_build(build)
     ref = source.find_wheel(build)
     (path / STAMP_FILE).unlink(missing_ok=True)
-    wheel = download(ref.location, path / DOWNLOADS_DIR, progress, cancel, sha256=ref.sha256, name=ref.name,
+    downloads = path / DOWNLOADS_DIR
+    wheel = download(ref.location, downloads, progress, cancel, sha256=ref.sha256, name=ref.name,
                      chunk_size=chunk_size)
     digest = ref.sha256 or _sha256_of(wheel)
-    unpack_wheel(wheel, path / SITE_DIR)
-    write_stamp(path, build, ref.name, digest)
+    deps = [source.find_requirement(req) for req in runtime_requirements(wheel_requirements(wheel))]
+    wheels = [wheel]
+    if deps:
+        done = wheel.stat().st_size
+        sizes = [_size_of(dep.location) for dep in deps]
+        total = None if None in sizes else done + sum(size or 0 for size in sizes)
+        for dep in deps:
+            offset = done
+
+            def dep_progress(dep_done: int, _dep_total: int | None, offset: int = offset) -> None:
+                progress(offset + dep_done, total)
+
+            dep_wheel = download(dep.location, downloads, dep_progress, cancel, sha256=dep.sha256, name=dep.name,
+                                 chunk_size=chunk_size)
+            wheels.append(dep_wheel)
+            done += dep_wheel.stat().st_size
+        progress(done, total if total is not None else done)
+    unpack_wheels(wheels, path / SITE_DIR)
+    write_stamp(path, build, ref.name, digest, [dep.name for dep in deps])
     if not keep_wheel:
-        wheel.unlink(missing_ok=True)
+        for item in wheels:
+            item.unlink(missing_ok=True)
     return path
 
 
