@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import platformdirs
@@ -48,10 +48,8 @@ class AppSettings:
 
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these settings describe (raises ValueError with a readable message)."""
-        return EngineConfig(model=self.model, device=self.device, dtype=self.dtype, attention=self.attention,
-                            n_sink=self.n_sink, n_window=self.n_window, top_k=self.top_k,
-                            search_effort=self.search_effort, max_new_tokens=self.max_new_tokens,
-                            temperature=self.temperature)
+        shared = {f.name for f in fields(EngineConfig)} & {f.name for f in fields(self)}
+        return EngineConfig(**{name: getattr(self, name) for name in shared})
 
     def validate(self) -> None:
         """Raise ValueError naming every problem, in words for people."""

@@ -155,6 +155,14 @@ def _project(keys, knn, m, cap):
             adj[p, t] = out[t]
         deg[p] = kept
         i = j
+    _add_reverse_edges(keys, adj, deg, m)
+    return adj, deg
+
+
+@njit(cache=True, nogil=True)
+def _add_reverse_edges(keys, adj, deg, m):
+    """For every edge p -> c of the lists as they are now, add c -> p (re-pruning lists that overflow)."""
+    n_keys, cap = adj.shape
     fwd = adj.copy()
     fwd_deg = deg.copy()
     buf_i = np.empty(cap + 1, dtype=np.int32)
@@ -162,7 +170,6 @@ def _project(keys, knn, m, cap):
     for p in range(n_keys):
         for t in range(fwd_deg[p]):
             _add_edge(keys, adj, deg, fwd[p, t], p, m, buf_i, buf_d)
-    return adj, deg
 
 
 @njit(cache=True, nogil=True)
@@ -198,13 +205,7 @@ def _merge_knn(keys, adj, deg, knn, knn_d, m):
         for t in range(kept):
             new_adj[x, t] = out[t]
         new_deg[x] = kept
-    fwd = new_adj.copy()
-    fwd_deg = new_deg.copy()
-    buf_i = np.empty(cap + 1, dtype=np.int32)
-    buf_d = np.empty(cap + 1, dtype=np.float32)
-    for x in range(n_keys):
-        for t in range(fwd_deg[x]):
-            _add_edge(keys, new_adj, new_deg, fwd[x, t], x, m, buf_i, buf_d)
+    _add_reverse_edges(keys, new_adj, new_deg, m)
     return new_adj, new_deg
 
 
