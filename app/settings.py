@@ -45,6 +45,7 @@ class AppSettings:
     temperature: float = 0.0
     data_folder: str = field(default_factory=default_data_dir)
     disk_budget_gb: float = 50.0  # the store's default budget too
+    gpu_runtime_auto_download: bool = True  # fetch the CUDA runtime when an NVIDIA GPU is found (app.runtime)
 
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these settings describe (raises ValueError with a readable message)."""
@@ -91,6 +92,10 @@ def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
 
 
 def _coerce(type_name: str, value):
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        return value
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise ValueError(f"{value!r} is not a whole number")

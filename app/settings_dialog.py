@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -75,6 +76,9 @@ class SettingsDialog(QDialog):
         model_row.addWidget(use_default)
         self.device = _combo(DEVICE_CHOICES, editable=True)
         self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
+        self.gpu_runtime = QCheckBox("Download the GPU runtime when an NVIDIA GPU is found")
+        self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.5 GB), fetched once in the background; "
+                                    "Folio runs on the CPU until it is ready")
         self.attention = _combo(ATTENTION_CHOICES)
         self.n_sink = _spin(0, 65536)
         self.n_window = _spin(0, 1 << 20, 64)
@@ -102,6 +106,7 @@ class SettingsDialog(QDialog):
         model_form.addRow("Model:", model_row)
         model_form.addRow("Device:", self.device)
         model_form.addRow("Precision:", self.dtype)
+        model_form.addRow("", self.gpu_runtime)
         attention_box = QGroupBox("Attention")
         attention_form = QFormLayout(attention_box)
         attention_form.addRow("Mode:", self.attention)
@@ -143,6 +148,7 @@ class SettingsDialog(QDialog):
         self.temperature.setValue(settings.temperature)
         self.data_folder.setText(settings.data_folder)
         self.disk_budget.setValue(settings.disk_budget_gb)
+        self.gpu_runtime.setChecked(settings.gpu_runtime_auto_download)
 
     def edited_settings(self) -> AppSettings:
         """The values in the form (not validated)."""
@@ -154,6 +160,7 @@ class SettingsDialog(QDialog):
             n_window=self.n_window.value(), top_k=self.top_k.value(), search_effort=self.search_effort.value(),
             max_new_tokens=self.max_new_tokens.value(), temperature=self.temperature.value(),
             data_folder=self.data_folder.text().strip(), disk_budget_gb=self.disk_budget.value(),
+            gpu_runtime_auto_download=self.gpu_runtime.isChecked(),
         )
 
     def accept(self) -> None:
