@@ -106,6 +106,8 @@ class RealBackend:
     Document ids are the sha256 of the file (what engine.store keys documents by).
     """
 
+    offers_gpu_runtime = True  # the window checks for an NVIDIA GPU and fetches the CUDA runtime (app.runtime)
+
     def __init__(self) -> None:
         self.settings = AppSettings()
         self.store = None  # engine.store.Store, opened on the worker thread

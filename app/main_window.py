@@ -28,6 +28,9 @@ from app.library import Library, LibraryEntry
 from app.library_panel import LibraryPanel
 from app.progress_panel import STAGE_NAMES, ProgressPanel
 from app.resources import APP_NAME, resource_path
+from app.runtime_banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
+from app.runtime_worker import ACTIVE, RuntimeController, RuntimeOptions
+from app.runtime_worker import OFFER as OFFER_STATE
 from app.settings import AppSettings, change_impact, save_settings
 from app.settings_dialog import SettingsDialog
 from app.theme import app_icon
@@ -133,12 +136,18 @@ class WelcomePage(QWidget):
 
 class MainWindow(QMainWindow):
     def __init__(self, backend: EngineBackend, settings: AppSettings, settings_path: Path | None = None,
-                 library: Library | None = None, load_model: bool = True) -> None:
+                 library: Library | None = None, load_model: bool = True,
+                 gpu_runtime: RuntimeOptions | None = None) -> None:
+        """``gpu_runtime``: how to check for a GPU and fetch its runtime; by default the real check when the
+        backend offers it (RealBackend), none with the fake backend."""
         super().__init__()
         self.settings = settings
         self.settings_path = settings_path
         self.library = library or Library()
         self.controller = EngineController(backend, self)
+        if gpu_runtime is None and getattr(backend, "offers_gpu_runtime", False):
+            gpu_runtime = RuntimeOptions()
+        self.runtime = RuntimeController(gpu_runtime, self) if gpu_runtime is not None else None
         self.model_info: ModelInfo | None = None
         self.chats: dict[str, ChatView] = {}
         self.current_doc: str | None = None
@@ -155,10 +164,15 @@ class MainWindow(QMainWindow):
         self._connect()
         if load_model:
             self.controller.load_model(settings)
+        if self.runtime is not None:
+            self._connect_runtime(self.runtime)
+            # no automatic multi-GB download when the settings turn it off or ask for the CPU
+            self.runtime.start(settings.gpu_runtime_auto_download and settings.device != "cpu")
 
     # -- building ------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.library_panel = LibraryPanel(self.library)
+        self.runtime_banner = RuntimeBanner()
         self.progress_panel = ProgressPanel()
         self.error_banner = ErrorBanner()
         self.welcome = WelcomePage(self.open_dialog, self.open_sample)
@@ -203,7 +217,16 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([420, 860])
         splitter.setChildrenCollapsible(False)
-        self.setCentralWidget(splitter)
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        banner_row = QHBoxLayout()
+        banner_row.setContentsMargins(8, 6, 8, 0)
+        banner_row.addWidget(self.runtime_banner)
+        central_layout.addLayout(banner_row)
+        central_layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
         self._build_status_bar()
         self._build_menus()
         self._update_controls()
@@ -260,6 +283,17 @@ class MainWindow(QMainWindow):
         self.progress_panel.cancel_requested.connect(self.stop)
         self.library_panel.selected.connect(self.show_document)
         self.library_panel.delete_requested.connect(self.delete_document)
+
+    def _connect_runtime(self, runtime: RuntimeController) -> None:
+        worker = runtime.worker
+        worker.status.connect(self._runtime_status)
+        worker.progress.connect(self.runtime_banner.update_progress)
+        worker.ready.connect(self._runtime_ready)  # bound methods: queued to this (the GUI) thread
+        worker.failed.connect(self._runtime_failed)
+        worker.cancelled.connect(self._runtime_cancelled)
+        self.runtime_banner.download_requested.connect(runtime.download)
+        self.runtime_banner.cancel_requested.connect(runtime.cancel)
+        self.runtime_banner.restart_requested.connect(self.restart_for_gpu)
 
     # -- user actions --------------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -402,9 +436,45 @@ class MainWindow(QMainWindow):
         self.library_panel.refresh()
         self._update_controls()
 
+    def restart_for_gpu(self) -> None:
+        """Start Folio again with the ready GPU runtime, then close this window (not while a job runs)."""
+        if self.runtime is None or self.runtime.ready_path is None:
+            return
+        if self.controller.busy:
+            self.statusBar().showMessage("Folio is busy: wait for the current job or press Esc, then restart.", 5000)
+            return
+        try:
+            self.runtime.restart()
+        except OSError as error:
+            self.runtime_banner.set_state(FAILED, f"Folio could not start again ({error.strerror or error}). "
+                                                  "Close Folio and start it again to use the GPU.")
+            return
+        self.close()
+
     def about(self) -> None:
         QMessageBox.about(self, "About Folio", "<b>Folio</b><br>Ask questions about whole long documents with a "
                           "local LLM and RetrievalAttention (arXiv 2409.10516).")
+
+    # -- GPU runtime events --------------------------------------------------------------------------
+    def _runtime_status(self, state: str, message: str) -> None:
+        if state == ACTIVE:  # already on the GPU: nothing to do, say it once
+            self.runtime_banner.hide()
+            self.statusBar().showMessage(message, 8000)
+        elif state == OFFER_STATE:
+            self.runtime_banner.set_state(OFFER, message)
+        elif state == DOWNLOADING:
+            self.runtime_banner.set_state(DOWNLOADING, message)
+        else:
+            self.runtime_banner.set_state(INFO, message)
+
+    def _runtime_ready(self, _path: str, message: str) -> None:
+        self.runtime_banner.set_state(READY, message)
+
+    def _runtime_failed(self, message: str) -> None:
+        self.runtime_banner.set_state(FAILED, message)
+
+    def _runtime_cancelled(self, message: str) -> None:
+        self.runtime_banner.set_state(PAUSED, message)
 
     # -- engine events -------------------------------------------------------------------------------
     def _job_started(self, job: str, args: tuple) -> None:
@@ -533,5 +603,9 @@ class MainWindow(QMainWindow):
                                      "attention on the document)", 6000)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.runtime is not None:
+            if self.runtime.busy:
+                self.hide()  # a download stops at its next chunk: do not look frozen meanwhile
+            self.runtime.shutdown()
         self.controller.shutdown()
         super().closeEvent(event)

@@ -22,6 +22,12 @@ STYLE_SHEET = """
 #errorBanner QPushButton { color: white; border: 1px solid rgba(255,255,255,0.6); border-radius: 4px;
                            padding: 2px 10px; background: transparent; }
 #settingsError { color: #d32f2f; }
+#runtimeBanner { background: palette(base); border: 1px solid palette(mid); border-left: 4px solid palette(highlight);
+                 border-radius: 6px; }
+#runtimeBanner[state="ready"] { border-left-color: #2e7d32; }
+#runtimeBanner[state="failed"] { border-left-color: #e6a100; }
+#runtimeHide { border: none; background: transparent; color: palette(placeholder-text); padding: 2px 6px; }
+#runtimeHide:hover { color: palette(text); }
 #progressPanel { border: 1px solid palette(mid); border-radius: 10px; background: palette(base); }
 #welcomeTitle { font-size: 22pt; font-weight: 600; }
 #welcomeText { font-size: 11pt; }

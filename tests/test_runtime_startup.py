@@ -88,9 +88,9 @@ def test_is_cpu_build(version: str, requires: list[str] | None, cpu: bool) -> No
     assert is_cpu_build(version, requires) is cpu
 
 
-def test_installed_torch_reads_metadata_without_importing_torch() -> None:
+def test_installed_torch_reads_metadata_without_importing_torch_or_qt() -> None:
     code = ("import sys; from app.runtime.startup import installed_torch; t = installed_torch(); "
-            "print(t.version, t.base_version, 'torch' in sys.modules)")
+            "print(t.version, t.base_version, any(m.split('.')[0] in ('torch', 'PySide6') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=ROOT)
     import torch

@@ -771,7 +771,7 @@ def apply_runtime(path: str | os.PathLike[str], torch_version: str | None = None
 # ----------------------------------------------------------------------------------------------------- status
 
 
-def _format_size(size: int | None) -> str:
+def format_size(size: int | None) -> str:
     """2_500_000_000 -> "2.5 GB"."""
     if not size:
         return ""
@@ -781,7 +781,8 @@ def _format_size(size: int | None) -> str:
     return f"{size} bytes"
 
 
-def _display_name(gpu: GpuInfo) -> str:
+def display_name(gpu: GpuInfo) -> str:
+    """The GPU's name as shown to the user, "NVIDIA" first ("Tesla T4" -> "NVIDIA Tesla T4")."""
     return gpu.name if gpu.name.upper().startswith("NVIDIA") else f"NVIDIA {gpu.name}"
 
 
@@ -794,8 +795,8 @@ def status_message(gpu: GpuInfo | None, ready: bool, reason: str | None = None,
         version = f" (torch {build.torch_version})" if build is not None else ""
         return f"GPU runtime ready{version}."
     if reason:
-        return f"{_display_name(gpu)} found, but {reason} — running on the CPU."
-    size = _format_size(build.approx_size if build is not None else None)
+        return f"{display_name(gpu)} found, but {reason} — running on the CPU."
+    size = format_size(build.approx_size if build is not None else None)
     sized = f" ({size})" if size else ""
-    return (f"{_display_name(gpu)} found — downloading the GPU runtime{sized} in the background; "
+    return (f"{display_name(gpu)} found — downloading the GPU runtime{sized} in the background; "
             "running on the CPU until it is ready.")
