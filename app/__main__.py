@@ -14,6 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("documents", nargs="*", help="documents to open at start")
     parser.add_argument("--model", help="use this model for this run ('default', a folder or a hub id)")
     parser.add_argument("--fake-engine", action="store_true", help="a fake engine (UI demos, no model)")
+    parser.add_argument("--version", action="store_true", help="print Folio's version and exit")
+    parser.add_argument("--self-test", action="store_true",
+                        help="answer a question about the bundled sample offscreen with the default model, "
+                             "print the timings and exit (0 = passed)")
     return parser
 
 
@@ -30,6 +34,21 @@ def missing_display() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.version:
+        from app.version import app_version
+
+        print(f"Folio {app_version()}")
+        return 0
+    from app.frozen import configure_frozen_environment
+
+    configure_frozen_environment()
+    from app.runtime.startup import use_ready_runtime
+
+    runtime = use_ready_runtime()  # before anything imports torch: a downloaded CUDA build goes first
+    if args.self_test:
+        from app.self_test import run_self_test
+
+        return run_self_test(runtime)
     if problem := missing_display():
         print(f"error: {problem}", file=sys.stderr)
         return 2

