@@ -39,7 +39,7 @@ from app.runtime.gpu_runtime import (
     RuntimeBuild,
     RuntimeSource,
     WheelNotFound,
-    choose_build,
+    candidate_builds,
     detect_nvidia,
     display_name,
     format_size,
@@ -184,7 +184,8 @@ class RuntimeWorker(QObject):
         self.options = options
         self._cancel = cancel
         self.gpu: GpuInfo | None = None
-        self.build: RuntimeBuild | None = None
+        self.build: RuntimeBuild | None = None  # the build to fetch (the newest of `builds` the source offers)
+        self.builds: list[RuntimeBuild] = []  # the builds the driver supports, newest first
         self._percent: int | None = None
 
     @Slot(bool)
@@ -227,19 +228,36 @@ class RuntimeWorker(QObject):
             self.status.emit(ACTIVE, f"Running on the GPU: {display_name(gpu)} (torch {torch.version}).")
             return False
         try:
-            self.build = build = choose_build(gpu, torch.version)
+            self.builds = candidate_builds(gpu, torch.version)
         except NoCudaBuild as reason:
             self.status.emit(UNSUPPORTED, status_message(gpu, False, str(reason)))
             return False
-        folder = self.options.folder(build)
-        if runtime_ready(folder, build.torch_version):
-            if os.environ.get(ACTIVE_ENV):  # restarted into it, yet torch is still the CPU build
-                self.status.emit(UNSUPPORTED, status_message(gpu, False, "the GPU runtime did not load after the "
-                                                                          "restart"))
+        self.build = self.builds[0]
+        for build in self.builds:
+            folder = self.options.folder(build)
+            if runtime_ready(folder, build.torch_version):
+                if os.environ.get(ACTIVE_ENV):  # restarted into it, yet torch is still the CPU build
+                    self.status.emit(UNSUPPORTED, status_message(gpu, False, "the GPU runtime did not load after "
+                                                                              "the restart"))
+                    return False
+                self.ready.emit(str(folder), ready_message(gpu))
                 return False
-            self.ready.emit(str(folder), ready_message(gpu))
-            return False
         return True
+
+    def _offered_build(self) -> tuple[RuntimeBuild, RuntimeSource]:
+        """The newest supported build whose torch wheel the source has (torch releases skip some CUDA versions)."""
+        first_missing: WheelNotFound | None = None
+        for build in self.builds:
+            source = self.options.source or RuntimeSource.for_build(build)
+            try:
+                source.find_wheel(build)
+            except WheelNotFound as missing:
+                log.info("GPU runtime %s not offered: %s", build.tag, missing)
+                first_missing = first_missing or missing
+                continue
+            return build, source
+        assert first_missing is not None
+        raise first_missing
 
     def _install(self) -> None:
         gpu, build = self.gpu, self.build
@@ -251,7 +269,12 @@ class RuntimeWorker(QObject):
         try:
             if need is not None and self.options.free_bytes(folder) < need:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-            source = self.options.source or RuntimeSource.for_build(build)
+            if self.builds:
+                build, source = self._offered_build()
+            else:
+                source = self.options.source or RuntimeSource.for_build(build)
+            self.build = build
+            folder = self.options.folder(build)
             path = install_runtime(build, source, self._progress_reporter(), self._cancel.is_set, path=folder,
                                    chunk_size=self.options.chunk_size)
         except DownloadCancelled:

@@ -160,6 +160,16 @@ def test_gpu_found_downloads_installs_and_restart_now_spawns_the_restart(qtbot, 
     assert not window.isVisible()  # closed cleanly after starting the new process
 
 
+def test_the_newest_build_the_source_offers_is_fetched(qtbot, make_window, options):
+    """A CUDA 13 driver prefers cu130, but this torch release was only built for cu126 here: fetch that one."""
+    newer = rt.GpuInfo("NVIDIA GeForce RTX 5090", "590.44.01", 32607, "13.1")
+    window = make_window(dataclasses.replace(options, detect=lambda: newer))
+    wait_state(qtbot, window, READY)
+    assert window.runtime.worker.build.tag == "cu126"
+    assert rt.runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
+    assert sorted(path.name for path in options.root.iterdir()) == ["cu126"]
+
+
 def test_a_ready_runtime_at_start_offers_the_restart_without_downloading(qtbot, make_window, options, tmp_path):
     build = rt.choose_build(GPU, CPU_TORCH.version)
     rt.install_runtime(build, options.source, path=runtime_folder(options))

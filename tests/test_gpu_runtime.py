@@ -166,10 +166,11 @@ def test_old_driver_stays_on_cpu_with_reason() -> None:
 
 
 @pytest.mark.parametrize(("cuda", "driver", "tag"), [
-    ("12.8", "570.86", "cu126"), ("12.6", "560.35", "cu126"), ("12.5", "555.42", "cu124"),
+    ("13.1", "590.44", "cu130"), ("12.9", "575.57", "cu129"), ("12.8", "570.86", "cu128"),
+    ("12.6", "560.35", "cu126"), ("12.5", "555.42", "cu124"),
     ("12.4", "550.54", "cu124"), ("12.2", "535.104", "cu121"), ("12.0", "525.60", "cu118"),
     ("11.8", "520.61", "cu118"),
-    (None, "560.35.03", "cu126"), (None, "550.54.14", "cu124"), (None, "535.104.05", "cu121"),
+    (None, "580.95.05", "cu130"), (None, "560.35.03", "cu126"), (None, "550.54.14", "cu124"), (None, "535.104.05", "cu121"),
 ])
 def test_choose_build(cuda: str | None, driver: str, tag: str) -> None:
     build = rt.choose_build(rt.GpuInfo("GPU", driver, 8192, cuda), "2.13.0+cpu")
@@ -177,6 +178,12 @@ def test_choose_build(cuda: str | None, driver: str, tag: str) -> None:
     assert build.torch_version == f"2.13.0+{tag}" and build.requirement == f"torch==2.13.0+{tag}"
     assert build.index_url == f"https://download.pytorch.org/whl/{tag}"
     assert build.wheel_glob == f"torch-2.13.0+{tag}-*.whl"
+
+
+def test_candidate_builds_are_every_supported_build_newest_first() -> None:
+    builds = rt.candidate_builds(rt.GpuInfo("GPU", "570.86", 8192, "12.8"), "2.13.0+cpu")
+    assert [build.tag for build in builds] == ["cu128", "cu126", "cu124", "cu121", "cu118"]
+    assert all(build.torch_version == f"2.13.0+{build.tag}" for build in builds)
 
 
 def test_choose_build_unknown_driver() -> None:

@@ -23,7 +23,7 @@ from app.runtime.gpu_runtime import (
     GpuInfo,
     NoCudaBuild,
     apply_runtime,
-    choose_build,
+    candidate_builds,
     detect_nvidia,
     runtime_path,
 )
@@ -98,13 +98,14 @@ def use_ready_runtime(detect: Detector = detect_nvidia, env: dict[str, str] | No
     if gpu is None:
         return None
     try:
-        build = choose_build(gpu, torch.version)
+        builds = candidate_builds(gpu, torch.version)
     except NoCudaBuild:
         return None
-    path = runtime_path(build, env)
-    if not apply_runtime(path, build.torch_version):  # checks the stamp is for this build
-        return None
-    return f"GPU runtime torch {build.torch_version} for {gpu.name} ({path})"
+    for build in builds:  # the newest build that was downloaded (an older one when the newest was not offered)
+        path = runtime_path(build, env)
+        if apply_runtime(path, build.torch_version):  # checks the stamp is for this build
+            return f"GPU runtime torch {build.torch_version} for {gpu.name} ({path})"
+    return None
 
 
 def _on_path(entry: str) -> bool:
