@@ -5,6 +5,7 @@
 #   bash packaging/test_deb.sh [PACKAGE.deb]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
 deb=${1:-$(ls -t dist/folio_*_amd64.deb 2>/dev/null | head -1)}
 [ -f "$deb" ] || { echo "error: no package found: run bash packaging/build_deb.sh first" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "error: installing a package needs root (run with sudo)" >&2; exit 1; }
@@ -29,6 +30,19 @@ if command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then as_user=(run
 cd "$home"
 "${as_user[@]}" folio --version
 "${as_user[@]}" QT_QPA_PLATFORM=offscreen folio --self-test
+# A downloaded GPU runtime must win over the bundled CPU torch: with a fake nvidia-smi and a fake runtime whose
+# torch raises a marker, the installed app must fail with that marker.
+fake=$(mktemp -d /tmp/folio-fake-gpu-XXXXXX)
+"$repo/.venv/bin/python" "$repo/tests/fake_gpu_runtime.py" "$fake" >/dev/null
+chmod -R a+rX "$fake"
+output=$("${as_user[@]}" PATH="$fake/bin:/usr/bin:/bin" FOLIO_RUNTIME_DIR="$fake/runtime" QT_QPA_PLATFORM=offscreen \
+         folio --self-test 2>&1 || true)
+if grep -q "FAKE CUDA TORCH from the runtime was imported" <<<"$output"; then
+  echo "a ready GPU runtime is imported before the bundled torch"
+else
+  echo "error: the installed app did not import torch from the GPU runtime folder" >&2; exit 1
+fi
+rm -rf "$fake"
 if [ -z "${FOLIO_KEEP_INSTALLED:-}" ]; then
   dpkg -r folio >/dev/null
   [ ! -e /opt/folio/folio ] || { echo "error: dpkg -r left /opt/folio behind" >&2; exit 1; }
