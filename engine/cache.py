@@ -133,7 +133,7 @@ class RetrievalLayer(CacheLayerMixin):
         self._train_queries: list[torch.Tensor] = []
         self.n_static_prefix = 0  # static tokens that belong to the prefix (sinks + window)
         self.n_static = 0  # all static tokens: prefix part + question/answer tail
-        self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] float32, CPU
+        self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] kv_dtype, CPU
         self.off_values: torch.Tensor | None = None
         self.index: LayerIndex | None = None
 
@@ -227,7 +227,8 @@ class RetrievalLayer(CacheLayerMixin):
         self.static_k = static_k.to(self.device, model_dtype)
         self.static_v = static_v.to(self.device, model_dtype)
         self.off_start = n_sink  # offloaded id i is prefix position off_start + i
-        self.off_keys = keys[:, n_sink:window_start].float().contiguous()
+        # kv_dtype as stored: the graph index searches float16 keys in place, so no float32 copy is made.
+        self.off_keys = keys[:, n_sink:window_start].contiguous()
         self.off_values = values[:, n_sink:window_start]
         self.prefix = prefix
         self.index = None

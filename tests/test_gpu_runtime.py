@@ -170,7 +170,8 @@ def test_old_driver_stays_on_cpu_with_reason() -> None:
     ("12.6", "560.35", "cu126"), ("12.5", "555.42", "cu124"),
     ("12.4", "550.54", "cu124"), ("12.2", "535.104", "cu121"), ("12.0", "525.60", "cu118"),
     ("11.8", "520.61", "cu118"),
-    (None, "580.95.05", "cu130"), (None, "560.35.03", "cu126"), (None, "550.54.14", "cu124"), (None, "535.104.05", "cu121"),
+    (None, "580.95.05", "cu130"), (None, "560.35.03", "cu126"), (None, "550.54.14", "cu124"),
+    (None, "535.104.05", "cu121"),
 ])
 def test_choose_build(cuda: str | None, driver: str, tag: str) -> None:
     build = rt.choose_build(rt.GpuInfo("GPU", driver, 8192, cuda), "2.13.0+cpu")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
-from engine.index.graph import GraphIndex
+from engine.index.exact import ExactIndex
+from engine.index.graph import GraphIndex, build_graph_index
 
 D = 32
 
@@ -152,3 +153,23 @@ def test_approximate_key_neighbours_match_exact_ones_closely():
     assert np.all(np.diff(approx_dist, axis=1) >= -1e-5), "nearest first"
     overlap = np.mean([len(set(a) & set(e)) / 8 for a, e in zip(approx_ids, exact_ids, strict=True)])
     assert overlap > 0.9
+
+
+def test_float16_keys_are_searched_in_place_and_rank_like_their_float32_values():
+    """The cache keeps offloaded keys in float16: the graph searches them without a float32 copy, and a
+    search that scans every key ranks exactly as the float32 values do (subnormal and large halves too)."""
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((2, 600, 16)).astype(np.float16)
+    keys[0, :50] *= np.float16(1e-3)  # values down to half subnormals (< 6.1e-5)
+    keys[1, :50] = np.float16(-6.0e4) * (rng.random((50, 16)) > 0.5)  # large magnitudes, signed zeros
+    train = rng.standard_normal((4, 200, 16)).astype(np.float32)
+    index = build_graph_index(keys, train, IndexParams(effort=32))
+    assert index.keys.dtype == np.uint16 and np.shares_memory(index.keys, keys)
+    as_float32 = GraphIndex(keys.astype(np.float32), 4, index.indptr, index.indices, index.entries, index.params)
+    queries = rng.standard_normal((4, 5, 16)).astype(np.float32)
+    half, single = index.search(queries, 10), as_float32.search(queries, 10)
+    np.testing.assert_array_equal(half.ids, single.ids)
+    np.testing.assert_array_equal(half.scanned, single.scanned)
+    everything = index.search(queries, 10, effort=600)
+    exact = ExactIndex(keys.astype(np.float32), 4).search(queries, 10)
+    np.testing.assert_array_equal(np.sort(everything.ids, axis=-1), np.sort(exact.ids, axis=-1))

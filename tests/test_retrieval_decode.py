@@ -1,5 +1,6 @@
 """RetrievalAttention end to end on the tiny Llama, against full attention as the exact reference."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
@@ -130,6 +131,16 @@ def test_float16_kv_stays_close_to_full_attention(model):
         assert (got - want).abs().max() <= 0.05
         assert got.argmax() == want.argmax()
 
+
+
+def test_float16_offloaded_keys_are_held_once(model):
+    """The offloaded keys stay in float16 and the graph index searches that very memory (no float32 copy)."""
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float16)
+    _, cache = retrieval_logits(model, prefix, question, 1, settings)
+    for layer in cache.layers:
+        assert layer.off_keys.dtype == torch.float16
+        assert np.shares_memory(layer.index.keys, layer.off_keys.numpy())
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_restored_cache_decodes_exactly_like_the_original(model, method):

@@ -5,7 +5,8 @@ One `LayerIndex` serves all query heads of a layer. Keys are shared per KV head 
 the layer's indexed keys (``0 .. n_keys-1``), never absolute token positions: the cache maps them.
 
 Shapes (numpy, float32 unless said):
-    keys           [H_kv, N, D]   post-RoPE keys of the indexed tokens
+    keys           [H_kv, N, D]   post-RoPE keys of the indexed tokens, float32 or float16 (the cache's
+                                  kv_dtype; the graph searches float16 in place, the baselines copy)
     train_queries  [H, Nq, D]     prefill queries of each query head (attention-aware indexes use them)
     queries        [H, m, D]      search queries, one batch of m per query head
     ids            [H, m, k]      int64, best first by inner product, -1 where fewer than k were found

@@ -34,7 +34,8 @@ import faiss
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
 
@@ -46,6 +47,7 @@ EXACT_KEY_KNN_MAX = 8192  # above this many keys (on a CPU) key neighbours come 
 APPROX_KNN_LINKS = 16
 APPROX_KNN_EF = 64
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
+HALF_SCALE = np.float32(2.0**112)  # see _key_dot
 
 
 # ----------------------------------------------------------------------------- numba kernels
@@ -57,6 +59,41 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s
+
+
+@intrinsic
+def _bits_as_f32(typingctx, bits):
+    """Reinterpret a uint32 as a float32 (no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.uint32), codegen
+
+
+def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
+    """q · key for a float32 key, or for a float16 key stored as its uint16 bits (numba has no float16)."""
+    raise NotImplementedError("numba only (see the overload below)")
+
+
+@overload(_key_dot, jit_options={"fastmath": True, "nogil": True})
+def _key_dot_impl(q, key):
+    if key.dtype == types.uint16:
+        def dot_half(q, key):
+            # A half's exponent and mantissa, shifted into a float32's, give the value times 2^-112 (normals
+            # and subnormals alike); the sign moves to bit 31; one multiply at the end restores the scale.
+            s = np.float32(0.0)
+            for i in range(q.shape[0]):
+                h = np.uint32(key[i])
+                bits = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+                s += q[i] * _bits_as_f32(bits)
+            return s * HALF_SCALE
+        return dot_half
+
+    def dot_float(q, key):
+        s = np.float32(0.0)
+        for i in range(q.shape[0]):
+            s += q[i] * key[i]
+        return s
+    return dot_float
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
@@ -327,7 +364,7 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids):
         if v < 0 or visited[v]:
             continue
         visited[v] = True
-        s = _dot(q, keys[v])
+        s = _key_dot(q, keys[v])
         scanned += 1
         n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
         if n == size and s <= scores[n - 1]:
@@ -351,7 +388,7 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids):
             if visited[v]:
                 continue
             visited[v] = True
-            s = _dot(q, keys[v])
+            s = _key_dot(q, keys[v])
             scanned += 1
             n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
             if n == size and s <= scores[n - 1]:
@@ -537,9 +574,14 @@ class GraphIndex:
         entries: np.ndarray,
         params: IndexParams,
     ) -> None:
-        """keys [H_kv, N, D] float32, indptr [H, N+1] int64 (into indices), indices int32,
-        entries [H, E] int64 (-1 padded)."""
-        self.keys = np.ascontiguousarray(keys, dtype=np.float32)
+        """keys [H_kv, N, D] float32 or float16, indptr [H, N+1] int64 (into indices), indices int32,
+        entries [H, E] int64 (-1 padded). float16 keys are searched in place (as their uint16 bits), so
+        the index adds no float32 copy of the offloaded keys."""
+        keys = np.asarray(keys)
+        if keys.dtype == np.float16:
+            self.keys = np.ascontiguousarray(keys).view(np.uint16)
+        else:
+            self.keys = np.ascontiguousarray(keys, dtype=np.float32)
         self.n_heads = n_heads
         self.n_kv_heads, self.n_keys, _ = self.keys.shape
         self.kv_of = kv_head_of(n_heads, self.n_kv_heads).astype(np.int64)
@@ -586,6 +628,7 @@ def build_graph_index(
 
     key_knn_k: exact L2 neighbours per key merged into the graph (default: `params.degree`; 0 = none).
     """
+    searched_keys = keys  # kept as given (float16 stays float16); the build works on a float32 copy
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     n_heads = train_queries.shape[0]
     n_kv, n_keys, _ = keys.shape
@@ -604,7 +647,7 @@ def build_graph_index(
 
     if n_keys == 0:
         return GraphIndex(
-            keys,
+            searched_keys,
             n_heads,
             np.zeros((n_heads, 1), np.int64),
             np.zeros(0, np.int32),
@@ -618,7 +661,7 @@ def build_graph_index(
     indptr = np.stack([ptr + off for (ptr, _, _), off in zip(heads, offsets[:-1], strict=True)])
     indices = np.concatenate([ind for _, ind, _ in heads])
     entries = np.stack([e for _, _, e in heads])
-    return GraphIndex(keys, n_heads, indptr, indices, entries, params)
+    return GraphIndex(searched_keys, n_heads, indptr, indices, entries, params)
 
 
 def load_graph_index(arrays: dict[str, np.ndarray], keys: np.ndarray, params: IndexParams) -> GraphIndex:
