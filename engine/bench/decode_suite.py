@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (attention, exact top-k)")
     parser.add_argument("--index-threads", type=int, default=1,
                         help="faiss/graph threads for build and search (IndexParams.threads; 1 = serial)")
+    parser.add_argument("--kv-dtype", choices=("float16", "float32"), default="float16",
+                        help="dtype the offloaded K/V are held in (the cache's kv_dtype; default float16)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -268,8 +270,13 @@ def synthetic_vectors(n_tokens: int, heads: int, kv_heads: int, dim: int, n_trai
     return keys, queries[:, :n_train], queries[:, n_train:]
 
 
-def make_workload(keys: np.ndarray, train: np.ndarray, test: np.ndarray, source: str, seed: int) -> Workload:
-    """keys [H_kv, N, D] in position order, train [H, Nq, D], test [H, m, D] -> the split Workload."""
+def make_workload(keys: np.ndarray, train: np.ndarray, test: np.ndarray, source: str, seed: int,
+                  kv_dtype: torch.dtype = torch.float16) -> Workload:
+    """keys [H_kv, N, D] in position order, train [H, Nq, D], test [H, m, D] -> the split Workload.
+
+    The offloaded K/V are held in kv_dtype, as the cache holds them (the indexes search those keys: the graph in
+    place, the faiss baselines from their own float32 copies); full attention keeps float32, its fastest form.
+    """
     n_kv, n, dim = keys.shape
     if n <= N_SINK + N_WINDOW:
         raise SystemExit(f"need more than {N_SINK + N_WINDOW} tokens, got {n}")
@@ -279,9 +286,10 @@ def make_workload(keys: np.ndarray, train: np.ndarray, test: np.ndarray, source:
     window = n - N_WINDOW
     static_k = torch.cat([all_k[:, :N_SINK], all_k[:, window:]], dim=1).contiguous()
     static_v = torch.cat([all_v[:, :N_SINK], all_v[:, window:]], dim=1).contiguous()
-    off_k, off_v = all_k[:, N_SINK:window].contiguous(), all_v[:, N_SINK:window].contiguous()
+    off_k = all_k[:, N_SINK:window].to(kv_dtype).contiguous()
+    off_v = all_v[:, N_SINK:window].to(kv_dtype).contiguous()
     test_t = torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32))
-    _, truth = exact_topk(off_k, test_t, TOP_K)
+    _, truth = exact_topk(off_k.float(), test_t, TOP_K)
     return Workload(static_k, static_v, off_k, off_v, all_k, all_v, test_t,
                     torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)), truth.numpy(), source)
 
@@ -402,7 +410,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
         heads, kv_heads, dim = args.heads or 9, args.kv_heads or 3, args.dim or 64
         keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, _train_count(args, n_tokens), args.seed)
         source = f"synthetic {heads}/{kv_heads} heads, dim {dim}"
-    return make_workload(keys, train, test, source, args.seed)
+    return make_workload(keys, train, test, source, args.seed, getattr(torch, args.kv_dtype))
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
