@@ -71,24 +71,21 @@ def fetch_default_gguf(dest: Path, progress: ProgressCallback | None = None) -> 
 
 
 def _local_gguf() -> Path | None:
-    value = os.environ.get(GGUF_ENV)
-    if not value:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        raise ModelError(f"{GGUF_ENV} points to {path}, which is not a file.",
-                         f"Reinstall Folio, or unset {GGUF_ENV} to download the default model instead.")
-    return path
+    return _file_from_env(GGUF_ENV, f"Reinstall Folio, or unset {GGUF_ENV} to download the default model instead.")
 
 
 def _local_wheel() -> Path | None:
-    value = os.environ.get(WHEEL_ENV)
+    return _file_from_env(WHEEL_ENV, f"Unset {WHEEL_ENV} or point it to the wheel.")
+
+
+def _file_from_env(variable: str, fix: str) -> Path | None:
+    """The file the environment variable names (None when unset); a ModelError when it is not a file."""
+    value = os.environ.get(variable)
     if not value:
         return None
     path = Path(value)
     if not path.is_file():
-        raise ModelError(f"{WHEEL_ENV} points to {path}, which is not a file.",
-                         f"Unset {WHEEL_ENV} or point it to the wheel.")
+        raise ModelError(f"{variable} points to {path}, which is not a file.", fix)
     return path
 
 

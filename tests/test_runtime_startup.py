@@ -16,16 +16,9 @@ import pytest
 
 from app.runtime import gpu_runtime as rt
 from app.runtime.startup import installed_torch, is_cpu_build, use_ready_runtime
+from tests.fake_gpu_runtime import FAKE_SMI, GPU
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU = rt.GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
-FAKE_SMI = """#!/bin/sh
-if [ "$#" -gt 0 ]; then
-  echo "NVIDIA GeForce RTX 4090, 560.35.03, 24564"
-else
-  echo "| NVIDIA-SMI 560.35.03    Driver Version: 560.35.03    CUDA Version: 12.6 |"
-fi
-"""
 PROBE = ("import importlib.metadata, sys; from app.runtime.startup import use_ready_runtime; "
          "print(use_ready_runtime()); print(sys.path[0]); print(importlib.metadata.version('torch'))")
 
