@@ -83,7 +83,9 @@ def test_is_cpu_build(version: str, requires: list[str] | None, cpu: bool) -> No
 
 def test_installed_torch_reads_metadata_without_importing_torch_or_qt() -> None:
     code = ("import sys; from app.runtime.startup import installed_torch; t = installed_torch(); "
-            "print(t.version, t.base_version, any(m.split('.')[0] in ('torch', 'PySide6') for m in sys.modules))")
+            "from app.runtime import gpu_runtime as rt; "
+            "loaded = any(m.split('.')[0] in ('torch', 'PySide6') for m in sys.modules); "
+            "print(t.version, rt.base_torch_version(t.version), loaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=ROOT)
     import torch
@@ -151,3 +153,15 @@ def test_in_process_no_gpu_or_imported_torch_is_a_no_op(tmp_path: Path, monkeypa
     assert use_ready_runtime(lambda: GPU, env) is None  # torch is already imported in the test process
     assert use_ready_runtime(lambda: rt.GpuInfo("Tesla K80", "470.57.02", None, "11.4"), env) is None
     assert sys.path == before
+
+
+def test_without_a_downloaded_runtime_start_up_does_not_run_nvidia_smi(tmp_path: Path) -> None:
+    cpu_torch()
+    calls: list[int] = []
+
+    def detect() -> rt.GpuInfo:
+        calls.append(1)
+        return GPU
+
+    assert use_ready_runtime(detect, env={rt.RUNTIME_DIR_ENV: str(tmp_path / "runtime")}) is None
+    assert calls == []

@@ -206,6 +206,13 @@ def base_torch_version(torch_version: str) -> str:
     return torch_version.split("+", 1)[0]
 
 
+def all_builds(torch_version: str, index_template: str = DEFAULT_INDEX_TEMPLATE) -> list[RuntimeBuild]:
+    """Every CUDA build of ``torch_version`` Folio knows, newest first (whatever the driver supports)."""
+    return [RuntimeBuild(tag=tag, torch_version=f"{base_torch_version(torch_version)}+{tag}",
+                         index_url=index_template.format(tag=tag), approx_size=size)
+            for tag, _cuda, _driver, size in CUDA_BUILDS]
+
+
 def candidate_builds(gpu: GpuInfo, torch_version: str,
                      index_template: str = DEFAULT_INDEX_TEMPLATE) -> list[RuntimeBuild]:
     """The CUDA builds of ``torch_version`` the GPU's driver supports, newest first.
@@ -217,9 +224,8 @@ def candidate_builds(gpu: GpuInfo, torch_version: str,
     cuda = _driver_cuda(gpu)
     if cuda is None:
         raise NoCudaBuild(f"could not tell which CUDA version driver {gpu.driver_version} supports")
-    builds = [RuntimeBuild(tag=tag, torch_version=f"{base_torch_version(torch_version)}+{tag}",
-                           index_url=index_template.format(tag=tag), approx_size=size)
-              for tag, needs_cuda, _driver, size in CUDA_BUILDS if cuda >= needs_cuda]
+    needs = {tag: needs_cuda for tag, needs_cuda, _driver, _size in CUDA_BUILDS}
+    builds = [build for build in all_builds(torch_version, index_template) if cuda >= needs[build.tag]]
     if not builds:
         oldest = ".".join(map(str, CUDA_BUILDS[-1][1]))
         shown = ".".join(map(str, cuda))

@@ -22,10 +22,12 @@ from app.runtime.gpu_runtime import (
     ACTIVE_ENV,
     GpuInfo,
     NoCudaBuild,
+    all_builds,
     apply_runtime,
     candidate_builds,
     detect_nvidia,
     runtime_path,
+    runtime_ready,
 )
 
 Detector = Callable[[], GpuInfo | None]
@@ -37,11 +39,6 @@ class InstalledTorch:
 
     version: str  # "2.13.0+cpu"
     cpu_only: bool  # True for a CPU build: a CUDA runtime can be fetched for it
-
-    @property
-    def base_version(self) -> str:
-        """``2.13.0+cpu`` -> ``2.13.0``."""
-        return self.version.split("+", 1)[0]
 
 
 def is_cpu_build(version: str, requirements: list[str] | None = None) -> bool:
@@ -94,16 +91,21 @@ def use_ready_runtime(detect: Detector = detect_nvidia, env: dict[str, str] | No
         if active and _on_path(active):
             return f"GPU runtime torch {torch.version} ({Path(active).parent})"
         return None
+    # Disk first: most starts have no runtime, and then nvidia-smi (up to seconds) is not run at all.
+    ready = [build for build in all_builds(torch.version)
+             if runtime_ready(runtime_path(build, env), build.torch_version)]
+    if not ready:
+        return None
     gpu = detect()
     if gpu is None:
         return None
     try:
-        builds = candidate_builds(gpu, torch.version)
+        supported = {build.tag for build in candidate_builds(gpu, torch.version)}
     except NoCudaBuild:
         return None
-    for build in builds:  # the newest build that was downloaded (an older one when the newest was not offered)
+    for build in ready:  # the newest downloaded build the driver supports
         path = runtime_path(build, env)
-        if apply_runtime(path, build.torch_version):  # checks the stamp is for this build
+        if build.tag in supported and apply_runtime(path, build.torch_version):
             return f"GPU runtime torch {build.torch_version} for {gpu.name} ({path})"
     return None
 
