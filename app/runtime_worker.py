@@ -269,12 +269,8 @@ class RuntimeWorker(QObject):
         try:
             if need is not None and self.options.free_bytes(folder) < need:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-            if self.builds:
-                build, source = self._offered_build()
-            else:
-                source = self.options.source or RuntimeSource.for_build(build)
-            self.build = build
-            folder = self.options.folder(build)
+            build, source = self._offered_build()  # self.builds is set whenever self.build is
+            self.build, folder = build, self.options.folder(build)
             path = install_runtime(build, source, self._progress_reporter(), self._cancel.is_set, path=folder,
                                    chunk_size=self.options.chunk_size)
         except DownloadCancelled:
