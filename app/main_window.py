@@ -30,7 +30,6 @@ from app.progress_panel import STAGE_NAMES, ProgressPanel
 from app.resources import APP_NAME, resource_path
 from app.runtime_banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
 from app.runtime_worker import ACTIVE, RuntimeController, RuntimeOptions
-from app.runtime_worker import OFFER as OFFER_STATE
 from app.settings import AppSettings, change_impact, save_settings
 from app.settings_dialog import SettingsDialog
 from app.theme import app_icon
@@ -460,12 +459,8 @@ class MainWindow(QMainWindow):
         if state == ACTIVE:  # already on the GPU: nothing to do, say it once
             self.runtime_banner.hide()
             self.statusBar().showMessage(message, 8000)
-        elif state == OFFER_STATE:
-            self.runtime_banner.set_state(OFFER, message)
-        elif state == DOWNLOADING:
-            self.runtime_banner.set_state(DOWNLOADING, message)
-        else:
-            self.runtime_banner.set_state(INFO, message)
+        else:  # the banner shows the offer and the download as such, everything else as information
+            self.runtime_banner.set_state(state if state in (OFFER, DOWNLOADING) else INFO, message)
 
     def _runtime_ready(self, _path: str, message: str) -> None:
         self.runtime_banner.set_state(READY, message)

@@ -12,8 +12,9 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushBu
 
 from app.progress_panel import format_eta
 from app.runtime.gpu_runtime import format_size
+from app.runtime_worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
 
-INFO, OFFER, DOWNLOADING, READY, FAILED, PAUSED = "info", "offer", "downloading", "ready", "failed", "paused"
+INFO, READY, FAILED, PAUSED = "info", "ready", "failed", "paused"
 WHILE_DOWNLOADING = " · running on the CPU until then"
 ACTIONS = {OFFER: "Download", READY: "Restart now", FAILED: "Retry", PAUSED: "Resume"}
 
