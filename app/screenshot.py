@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     run = SampleRun(window, answered, timeout_s=args.timeout)
     run.start()
     code = app.exec()
-    window.controller.shutdown()
+    window.close()  # stops the engine thread
     return code
 
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 
+from app.frozen import is_frozen
 from app.version import app_version
 
 TIMEOUT_S = 900
@@ -26,7 +27,7 @@ def run_self_test(gpu_runtime: str | None = None, timeout_s: float = TIMEOUT_S) 
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     started = time.monotonic()
-    frozen = "frozen" if getattr(sys, "frozen", False) else "from source"
+    frozen = "frozen" if is_frozen() else "from source"
     print(f"Folio {app_version()} self-test ({frozen}, Python {platform.python_version()}, {sys.platform})",
           flush=True)
     if gpu_runtime:
@@ -52,8 +53,7 @@ def run_self_test(gpu_runtime: str | None = None, timeout_s: float = TIMEOUT_S) 
         run = SampleRun(window, finished, timeout_s)  # keep a reference: Qt's timers do not
         run.start()
         app.exec()
-        window.controller.shutdown()
-        window.close()
+        window.close()  # stops the engine thread
     result = outcome[0] if outcome else SampleRunResult(error="the window closed before the run finished")
     info = window.model_info
     if info is not None:
