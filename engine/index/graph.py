@@ -53,14 +53,6 @@ HALF_SCALE = np.float32(2.0**112)  # see _key_dot
 # ----------------------------------------------------------------------------- numba kernels
 
 
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    s = np.float32(0.0)
-    for i in range(a.shape[0]):
-        s += a[i] * b[i]
-    return s
-
-
 @intrinsic
 def _bits_as_f32(typingctx, bits):
     """Reinterpret a uint32 as a float32 (no conversion)."""
