@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import PurePosixPath
 
 from app.resources import resource_path
-from engine.default_model import cache_dir
+from engine.default_model import GGUF_ENV, GGUF_MEMBER, cache_dir
 
-BUNDLED_GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_GGUF = f"models/{PurePosixPath(GGUF_MEMBER).name}"  # where packaging/folio.spec puts it
 
 
 def is_frozen() -> bool:
@@ -25,5 +26,5 @@ def configure_frozen_environment() -> None:
         return
     bundled = resource_path(BUNDLED_GGUF)
     if bundled.is_file():
-        os.environ.setdefault("FOLIO_DEFAULT_MODEL_GGUF", str(bundled))
+        os.environ.setdefault(GGUF_ENV, str(bundled))
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
