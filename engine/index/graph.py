@@ -34,7 +34,9 @@ import faiss
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
@@ -48,6 +50,7 @@ APPROX_KNN_LINKS = 16
 APPROX_KNN_EF = 64
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
 HALF_SCALE = np.float32(2.0**112)  # see _key_dot
+CACHE_LINE = 64  # bytes; see _prefetch
 
 
 # ----------------------------------------------------------------------------- numba kernels
@@ -301,7 +304,7 @@ def _to_csr(adj, deg):
 
 @njit(cache=True, nogil=True, inline="always")
 def _heap_push(heap_s, heap_i, n, cap, s, v):
-    """Keep the best `cap` (score, id) in a min-heap of n entries; returns the new n."""
+    """Keep the best `cap` (score, id) in a min-heap of n entries (the worst kept at 0); returns the new n."""
     if n == cap:
         if s <= heap_s[0]:
             return n
@@ -333,23 +336,105 @@ def _heap_push(heap_s, heap_i, n, cap, s, v):
     return n + 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _max_push(heap_s, heap_i, n, s, v):
+    """Push (score, id) onto a max-heap of n entries (the best at 0); returns the new n."""
+    pos = n
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if heap_s[parent] >= s:
+            break
+        heap_s[pos] = heap_s[parent]
+        heap_i[pos] = heap_i[parent]
+        pos = parent
+    heap_s[pos] = s
+    heap_i[pos] = v
+    return n + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _max_pop(heap_s, heap_i, n):
+    """Drop the root (the best) of a max-heap of n > 0 entries; returns the new n."""
+    n -= 1
+    s = heap_s[n]
+    v = heap_i[n]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and heap_s[child + 1] > heap_s[child]:
+            child += 1
+        if heap_s[child] <= s:
+            break
+        heap_s[pos] = heap_s[child]
+        heap_i[pos] = heap_i[child]
+        pos = child
+    if n > 0:
+        heap_s[pos] = s
+        heap_i[pos] = v
+    return n
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint the CPU to fetch arr[i] (1-D) or every cache line of row arr[i] (2-D) into its caches; no effect
+    on results. The search knows a node's neighbours and the next node to expand before it needs their
+    keys and lists, and these random reads are what it waits on."""
+    def codegen(context, builder, signature, args):
+        arr_type, index_type = signature.args
+        array = context.make_array(arr_type)(context, builder, args[0])
+        index = context.cast(builder, args[1], index_type, types.intp)
+        zero = ir.Constant(ir.IntType(64), 0)
+        pointer = cgutils.get_item_pointer(context, builder, arr_type, array, [index] + [zero] * (arr_type.ndim - 1))
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        read, keep_in_all_levels, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        i64 = ir.IntType(64)
+        n_bytes = ir.Constant(i64, arr_type.dtype.bitwidth // 8)
+        if arr_type.ndim == 2:  # the whole row
+            n_bytes = builder.mul(cgutils.unpack_tuple(builder, array.shape, 2)[1], n_bytes)
+        with cgutils.for_range_slice(builder, zero, n_bytes, ir.Constant(i64, CACHE_LINE)) as (offset, _):
+            builder.call(prefetch, [builder.gep(byte_pointer, [offset]), read, keep_in_all_levels, data])
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
+
+
+@njit(cache=True, nogil=True)
+def _workspace(n_keys, size, k, max_degree):
+    """Scratch for _search_one, reused across searches over n_keys keys: visited [N] bool (all False between
+    searches), the candidate max-heap [N] (scores, ids), the result min-heap [size], the answer min-heap [k]
+    and one node's unvisited neighbours [max_degree]."""
+    return (
+        np.zeros(n_keys, dtype=np.bool_),
+        np.empty(n_keys, dtype=np.float32),
+        np.empty(n_keys, dtype=np.int32),
+        np.empty(size, dtype=np.float32),
+        np.empty(size, dtype=np.int32),
+        np.empty(k, dtype=np.float32),
+        np.empty(k, dtype=np.int32),
+        np.empty(max(max_degree, 1), dtype=np.int32),
+    )
+
+
 @njit(cache=True, nogil=True, fastmath=True)
-def _search_one(q, keys, indptr, indices, entries, size, k, out_ids):
+def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     """Best-first search by inner product over one head's CSR graph; returns the q·k count.
 
-    q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded,
-    at least one valid) seed the search. The candidate list holds the
-    best `size` keys seen; the search ends when all of them are expanded. The answer is the best k of
-    every key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
+    q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded, at least one
+    valid) seed the search; work from _workspace. The result list holds the best `size` keys scanned; the next
+    node to expand is the best unexpanded one among them, and the search ends when none is left (HNSW's
+    termination: the best candidate is worse than the size-th best result). The answer is the best k of every
+    key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
     """
-    visited = np.zeros(keys.shape[0], dtype=np.bool_)
-    ids = np.empty(size, dtype=np.int32)
-    scores = np.empty(size, dtype=np.float32)
-    expanded = np.zeros(size, dtype=np.bool_)
-    heap_s = np.empty(k, dtype=np.float32)
-    heap_i = np.empty(k, dtype=np.int32)
-    n = 0
-    n_heap = 0
+    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
+    separate_answer = k > size
+    n_cand = 0
+    n_res = 0
+    n_ans = 0
     scanned = 0
     for t in range(entries.shape[0]):
         v = entries[t]
@@ -358,79 +443,74 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids):
         visited[v] = True
         s = _key_dot(q, keys[v])
         scanned += 1
-        n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
-        if n == size and s <= scores[n - 1]:
-            continue
-        pos = n - 1 if n == size else n
-        while pos > 0 and scores[pos - 1] < s:
-            ids[pos] = ids[pos - 1]
-            scores[pos] = scores[pos - 1]
-            pos -= 1
-        ids[pos] = v
-        scores[pos] = s
-        if n < size:
-            n += 1
-    cur = 0
-    while cur < n:
-        expanded[cur] = True
-        node = ids[cur]
-        lowest = n
+        if separate_answer:
+            n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+        if n_res < size or s > res_s[0]:
+            n_res = _heap_push(res_s, res_i, n_res, size, s, v)
+            n_cand = _max_push(cand_s, cand_i, n_cand, s, v)
+            _prefetch(indptr, v)
+    while n_cand > 0 and not (n_res == size and cand_s[0] < res_s[0]):
+        node = cand_i[0]
+        n_cand = _max_pop(cand_s, cand_i, n_cand)
+        if n_cand > 0:
+            _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
+        n_fresh = 0
         for e in range(indptr[node], indptr[node + 1]):
             v = indices[e]
-            if visited[v]:
-                continue
-            visited[v] = True
+            if not visited[v]:
+                visited[v] = True
+                fresh[n_fresh] = v
+                n_fresh += 1
+                _prefetch(keys, v)
+        for j in range(n_fresh):
+            v = fresh[j]
             s = _key_dot(q, keys[v])
-            scanned += 1
-            n_heap = _heap_push(heap_s, heap_i, n_heap, k, s, v)
-            if n == size and s <= scores[n - 1]:
-                continue
-            pos = n - 1 if n == size else n
-            while pos > 0 and scores[pos - 1] < s:
-                ids[pos] = ids[pos - 1]
-                scores[pos] = scores[pos - 1]
-                expanded[pos] = expanded[pos - 1]
-                pos -= 1
-            ids[pos] = v
-            scores[pos] = s
-            expanded[pos] = False
-            if n < size:
-                n += 1
-            if pos < lowest:
-                lowest = pos
-        cur = lowest if lowest <= cur else cur + 1
-        while cur < n and expanded[cur]:
-            cur += 1
-    order = np.argsort(-heap_s[:n_heap])
+            if separate_answer:
+                n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+            if n_res < size or s > res_s[0]:
+                n_res = _heap_push(res_s, res_i, n_res, size, s, v)
+                n_cand = _max_push(cand_s, cand_i, n_cand, s, v)
+                _prefetch(indptr, v)
+        scanned += n_fresh
+    if separate_answer:
+        best_s, best_i, n_best = ans_s, ans_i, n_ans
+    else:
+        best_s, best_i, n_best = res_s, res_i, n_res
+    order = np.argsort(-best_s[:n_best])
     for t in range(k):
-        out_ids[t] = heap_i[order[t]] if t < n_heap else -1
+        out_ids[t] = best_i[order[t]] if t < n_best else -1
+    visited[:] = False
     return scanned
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k):
+def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k, max_degree):
     """queries [H, m, D], keys [H_kv, N, D], kv_of [H], indptr [H, N+1], entries [H, E]
-    -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
+    -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and workspace) per (head, query)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
     for job in prange(n_heads * m):
         h = job // m
         i = job % m
-        scanned[h, i] = _search_one(queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i])
+        work = _workspace(keys.shape[1], size, k, max_degree)
+        scanned[h, i] = _search_one(
+            queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i], work
+        )
     return ids, scanned
 
 
 @njit(cache=True, nogil=True)
-def _search_serial(queries, keys, kv_of, indptr, indices, entries, size, k):
-    """As _search_parallel, on the calling thread (no thread-pool wake-up: best for decode steps)."""
+def _search_serial(queries, keys, kv_of, indptr, indices, entries, size, k, max_degree):
+    """As _search_parallel, on the calling thread with one workspace (no thread-pool wake-up: best for decode)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
+    work = _workspace(keys.shape[1], size, k, max_degree)
     for h in range(n_heads):
         for i in range(m):
             scanned[h, i] = _search_one(
-                queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i]
+                queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i], work
             )
     return ids, scanned
 
@@ -583,6 +663,7 @@ class GraphIndex:
         self.params = params
         if self.indptr.shape != (n_heads, self.n_keys + 1):
             raise ValueError(f"indptr {self.indptr.shape} does not match {n_heads} heads x {self.n_keys} keys")
+        self.max_degree = int(np.diff(self.indptr, axis=1).max()) if self.indptr.size > n_heads else 0
 
     def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
         """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
@@ -596,7 +677,9 @@ class GraphIndex:
             )
         size = max(effort or self.params.effort, 1)
         kernel = _search_parallel if n_heads * m >= PARALLEL_MIN_SEARCHES else _search_serial
-        ids, scanned = kernel(queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k)
+        ids, scanned = kernel(
+            queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k, self.max_degree
+        )
         return SearchResult(ids, scanned)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
