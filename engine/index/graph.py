@@ -15,9 +15,11 @@ One graph per query head over the keys of its KV head (see `kv_head_of`). Build,
    nearest keys of a few mutually distant training queries (farthest-point sampling), so that a query
    aimed at a region far from the hottest key does not have to walk (or strand) to get there.
 
-Search: best-first search by inner product from the entry points with a sorted candidate list of
-size `effort`; the answer is the best k of *every* key scanned (a min-heap), so k may exceed effort
-(top-100 at effort 64 works). A visited array, no Python per visited node (numba); a call with many
+Search: best-first search by inner product from the entry points, keeping the best `effort` keys
+scanned (a min-heap) and expanding the best unexpanded one of them (a candidate max-heap); the answer is
+the best k of *every* key scanned, so k may exceed effort (top-100 at effort 64 works). A visited array,
+no Python per visited node (numba), and prefetching of the reads the search already knows it will make
+(they, not the arithmetic, bound a decode search on a cold graph). A call with many
 (head, query) searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids
 waking the thread pool (and stalls of milliseconds when the cores are busy).
 
