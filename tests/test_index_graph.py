@@ -207,9 +207,36 @@ def test_search_follows_its_definition_exactly(size: int, k: int) -> None:
     for h in range(2):
         for i in range(test.shape[1]):
             ids, scanned = reference_search(
-                test[h, i], keys[0], index.indptr[h], index.indices, index.entries[h], size, k
+                test[h, i], keys[0], index.indptr[index.graph_of[h]], index.indices,
+                index.entries[index.graph_of[h]], size, k
             )
             assert found.scanned[h, i] == scanned
             got = found.ids[h, i, : len(ids)]
             assert set(got) == set(ids) and (found.ids[h, i, len(ids) :] == -1).all()
             np.testing.assert_array_equal(keys[0, got] @ test[h, i], keys[0, ids] @ test[h, i])  # ties in any order
+
+
+@pytest.mark.parametrize("per_kv_head", [True, False])
+def test_one_graph_per_kv_head_or_per_query_head(data, per_kv_head: bool) -> None:
+    """Shared graphs (one per KV head, trained on its query heads' pooled queries) and the paper's one per
+    query head both find the exact top-k; the shared layout stores a graph per KV head and survives a round
+    trip with its head mapping."""
+    keys, train, test = data
+    index = build_layer_index("retrieval", keys, train, IndexParams(query_stride=2, graph_per_kv_head=per_kv_head))
+    n_graphs = 2 if per_kv_head else 4
+    assert index.indptr.shape == (n_graphs, keys.shape[1] + 1) and index.entries.shape[0] == n_graphs
+    np.testing.assert_array_equal(index.graph_of, [0, 0, 1, 1] if per_kv_head else [0, 1, 2, 3])
+    assert recall(index.search(test, 10, effort=64).ids, exact_top(keys, test, 10)) >= 0.9
+    restored = load_layer_index("retrieval", index.to_arrays(), keys)
+    np.testing.assert_array_equal(restored.graph_of, index.graph_of)
+    np.testing.assert_array_equal(restored.search(test, 10, effort=32).ids, index.search(test, 10, effort=32).ids)
+
+
+def test_indexes_saved_before_shared_graphs_still_load(data) -> None:
+    """An index saved by an earlier version (one graph per query head, no graph_of array) loads as such."""
+    keys, train, test = data
+    per_query_head = build_layer_index("retrieval", keys, train, IndexParams(query_stride=2, graph_per_kv_head=False))
+    arrays = {name: a for name, a in per_query_head.to_arrays().items() if name != "graph_of"}
+    restored = load_layer_index("retrieval", arrays, keys)
+    np.testing.assert_array_equal(restored.graph_of, [0, 1, 2, 3])
+    np.testing.assert_array_equal(restored.search(test, 10).ids, per_query_head.search(test, 10).ids)

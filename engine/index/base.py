@@ -37,6 +37,9 @@ class IndexParams:
         ivf_lists_per_sqrt_n: IVF: number of lists = this x sqrt(N).
         threads: worker threads for build/search (0 = library default).
         knn_device: where the graph build's exact nearest-neighbour matmuls run ("cpu", "cuda").
+        graph_per_kv_head: graph build: one graph per KV head, trained on the queries of all its query
+            heads, instead of one per query head (the paper's choice). Measured on SmolLM2 (3 query heads per
+            KV head) and Gemma 3 (4): the same or better recall per key scanned, with 3-4x less index memory.
     """
 
     effort: int = 100
@@ -47,6 +50,7 @@ class IndexParams:
     ivf_lists_per_sqrt_n: float = 4.0
     threads: int = 0
     knn_device: str = "cpu"
+    graph_per_kv_head: bool = True
 
 
 @dataclass(frozen=True)

@@ -486,9 +486,10 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k, max_degree):
-    """queries [H, m, D], keys [H_kv, N, D], kv_of [H], indptr [H, N+1], entries [H, E]
-    -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and workspace) per (head, query)."""
+def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
+    """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
+    indptr [G, N+1], entries [G, E] -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and
+    workspace) per (head, query)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
@@ -496,23 +497,25 @@ def _search_parallel(queries, keys, kv_of, indptr, indices, entries, size, k, ma
         h = job // m
         i = job % m
         work = _workspace(keys.shape[1], size, k, max_degree)
+        g = graph_of[h]
         scanned[h, i] = _search_one(
-            queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i], work
+            queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
         )
     return ids, scanned
 
 
 @njit(cache=True, nogil=True)
-def _search_serial(queries, keys, kv_of, indptr, indices, entries, size, k, max_degree):
+def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
     """As _search_parallel, on the calling thread with one workspace (no thread-pool wake-up: best for decode)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
     work = _workspace(keys.shape[1], size, k, max_degree)
     for h in range(n_heads):
+        g = graph_of[h]
         for i in range(m):
             scanned[h, i] = _search_one(
-                queries[h, i], keys[kv_of[h]], indptr[h], indices, entries[h], size, k, ids[h, i], work
+                queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
             )
     return ids, scanned
 
@@ -648,9 +651,10 @@ class GraphIndex:
         entries: np.ndarray,
         params: IndexParams,
     ) -> None:
-        """keys [H_kv, N, D] float32 or float16, indptr [H, N+1] int64 (into indices), indices int32,
-        entries [H, E] int64 (-1 padded). float16 keys are searched in place (as their uint16 bits), so
-        the index adds no float32 copy of the offloaded keys."""
+        """keys [H_kv, N, D] float32 or float16, indptr [G, N+1] int64 (into indices), indices int32,
+        entries [G, E] int64 (-1 padded), with G graphs: one per KV head (shared by its query heads) or one per
+        query head. float16 keys are searched in place (as their uint16 bits), so the index adds no float32
+        copy of the offloaded keys."""
         keys = np.asarray(keys)
         if keys.dtype == np.float16:
             self.keys = np.ascontiguousarray(keys).view(np.uint16)
@@ -661,11 +665,16 @@ class GraphIndex:
         self.kv_of = kv_head_of(n_heads, self.n_kv_heads).astype(np.int64)
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
-        self.entries = np.ascontiguousarray(entries, dtype=np.int64).reshape(n_heads, -1)
         self.params = params
-        if self.indptr.shape != (n_heads, self.n_keys + 1):
-            raise ValueError(f"indptr {self.indptr.shape} does not match {n_heads} heads x {self.n_keys} keys")
-        self.max_degree = int(np.diff(self.indptr, axis=1).max()) if self.indptr.size > n_heads else 0
+        n_graphs = self.indptr.shape[0]
+        if self.indptr.shape[1:] != (self.n_keys + 1,) or n_graphs not in (n_heads, self.n_kv_heads):
+            raise ValueError(
+                f"indptr {self.indptr.shape} does not match {n_heads} query heads or {self.n_kv_heads} KV heads "
+                f"x {self.n_keys} keys"
+            )
+        self.entries = np.ascontiguousarray(entries, dtype=np.int64).reshape(n_graphs, -1)
+        self.graph_of = (np.arange(n_heads) if n_graphs == n_heads else self.kv_of).astype(np.int64)
+        self.max_degree = int(np.diff(self.indptr, axis=1).max()) if self.n_keys else 0
 
     def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
         """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
@@ -680,16 +689,18 @@ class GraphIndex:
         size = max(effort or self.params.effort, 1)
         kernel = _search_parallel if n_heads * m >= PARALLEL_MIN_SEARCHES else _search_serial
         ids, scanned = kernel(
-            queries, self.keys, self.kv_of, self.indptr, self.indices, self.entries, size, k, self.max_degree
+            queries, self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, size, k,
+            self.max_degree,
         )
         return SearchResult(ids, scanned)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """indptr [H, N+1] int64, indices int32, entries [H, E] int64 (the keys are not included)."""
-        return {"indptr": self.indptr, "indices": self.indices, "entries": self.entries}
+        """indptr [G, N+1] int64, indices int32, entries [G, E] int64, graph_of [H] int64 (the graph each query
+        head searches); the keys are not included."""
+        return {"indptr": self.indptr, "indices": self.indices, "entries": self.entries, "graph_of": self.graph_of}
 
     def degree_stats(self) -> tuple[float, int]:
-        """(mean, max) out-degree over all heads."""
+        """(mean, max) out-degree over all graphs."""
         deg = np.diff(self.indptr, axis=1)
         return float(deg.mean()) if deg.size else 0.0, int(deg.max()) if deg.size else 0
 
@@ -703,6 +714,8 @@ def build_graph_index(
 ) -> GraphIndex:
     """Build the layer's index. keys [H_kv, N, D], train_queries [H, Nq, D] float32.
 
+    With `params.graph_per_kv_head`, one graph per KV head is trained on the queries of all its query heads
+    (interleaved by position), else one graph per query head on its own queries.
     key_knn_k: exact L2 neighbours per key merged into the graph (default: `params.degree`; 0 = none).
     """
     searched_keys = keys  # kept as given (float16 stays float16); the build works on a float32 copy
@@ -713,38 +726,44 @@ def build_graph_index(
     stride = max(1, params.query_stride)
     # The latest prefill queries resemble decode queries best: stride from the end.
     train = np.ascontiguousarray(train_queries[:, ::-1][:, ::stride], dtype=np.float32)
+    if params.graph_per_kv_head and n_heads != n_kv:
+        group = n_heads // n_kv
+        train = train.reshape(n_kv, group, -1, train.shape[-1]).transpose(0, 2, 1, 3).reshape(n_kv, -1, train.shape[-1])
+        kv_of = np.arange(n_kv)
+    n_graphs = train.shape[0]
     k_nn = params.degree if key_knn_k is None else key_knn_k
     workers = params.threads or numba.config.NUMBA_NUM_THREADS
 
     def neighbours(g: int) -> tuple[np.ndarray, np.ndarray] | None:
         return key_neighbours(keys[g], k_nn, params.knn_device) if k_nn > 0 and n_keys > 1 else None
 
-    def head(h: int, knn_of_kv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return build_head_graph(keys[kv_of[h]], train[h], params, knn_of_kv[kv_of[h]], n_entries)
+    def graph(g: int, knn_of_kv: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return build_head_graph(keys[kv_of[g]], train[g], params, knn_of_kv[kv_of[g]], n_entries)
 
     if n_keys == 0:
         return GraphIndex(
             searched_keys,
             n_heads,
-            np.zeros((n_heads, 1), np.int64),
+            np.zeros((n_graphs, 1), np.int64),
             np.zeros(0, np.int32),
-            np.full((n_heads, 1), -1, np.int64),
+            np.full((n_graphs, 1), -1, np.int64),
             params,
         )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         knn_of_kv = list(pool.map(neighbours, range(n_kv)))
-        heads = list(pool.map(lambda h: head(h, knn_of_kv), range(n_heads)))
-    offsets = np.cumsum([0] + [len(ind) for _, ind, _ in heads])
-    indptr = np.stack([ptr + off for (ptr, _, _), off in zip(heads, offsets[:-1], strict=True)])
-    indices = np.concatenate([ind for _, ind, _ in heads])
-    entries = np.stack([e for _, _, e in heads])
+        graphs = list(pool.map(lambda g: graph(g, knn_of_kv), range(n_graphs)))
+    offsets = np.cumsum([0] + [len(ind) for _, ind, _ in graphs])
+    indptr = np.stack([ptr + off for (ptr, _, _), off in zip(graphs, offsets[:-1], strict=True)])
+    indices = np.concatenate([ind for _, ind, _ in graphs])
+    entries = np.stack([e for _, _, e in graphs])
     return GraphIndex(searched_keys, n_heads, indptr, indices, entries, params)
 
 
 def load_graph_index(arrays: dict[str, np.ndarray], keys: np.ndarray, params: IndexParams) -> GraphIndex:
     """Restore from `to_arrays()` over the same keys [H_kv, N, D]."""
     indptr = np.asarray(arrays["indptr"])
-    return GraphIndex(keys, indptr.shape[0], indptr, arrays["indices"], arrays["entries"], params)
+    n_heads = len(arrays["graph_of"]) if "graph_of" in arrays else indptr.shape[0]  # older saves: per query head
+    return GraphIndex(keys, n_heads, indptr, arrays["indices"], arrays["entries"], params)
 
 
 register_index(METHOD, build_graph_index, load_graph_index)
