@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads of index build/search (IndexParams.threads, and torch's for exact); on a busy "
         "2-core machine 2 threads made single-query searches 10-40x slower than 1",
     )
+    parser.add_argument("--graph-per-query-head", action="store_true",
+                        help="graph: one graph per query head, as the paper (default: one per KV head)")
 
 
 @dataclass
@@ -143,7 +145,7 @@ def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, c
 
 def run(args: argparse.Namespace, report: Report) -> None:
     torch.set_num_threads(args.torch_threads)
-    params = IndexParams(threads=args.threads)
+    params = IndexParams(threads=args.threads, graph_per_kv_head=not args.graph_per_query_head)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     missing = [m for m in methods if m not in index_methods()]
     for m in missing:
@@ -222,5 +224,6 @@ def run(args: argparse.Namespace, report: Report) -> None:
     report.note(
         "search_us: per query and head in one [H, 64, D] call; decode_ms: one [H, 1, D] call (a layer's "
         f"decode step); build_s: one layer; index threads={args.threads}, prefill threads="
-        f"{args.torch_threads}; train={args.train}"
+        f"{args.torch_threads}; train={args.train}; graph: one per "
+        f"{'query head' if args.graph_per_query_head else 'KV head'}"
     )
