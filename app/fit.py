@@ -55,7 +55,8 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
     per_token_kv = 2 * shape.layers * shape.kv_heads * shape.head_dim  # K and V values per token
     document_kv = per_token_kv * tokens * shape.kv_bytes_per_value
     train_queries = shape.layers * shape.query_heads * min(tokens, 2048) * shape.head_dim * 2
-    index = shape.layers * shape.query_heads * tokens * 32 * 4 if attention not in ("full", "window") else 0
+    # one graph per KV head (IndexParams.graph_per_kv_head), at most 32 int32 neighbours per key (measured ~90 B)
+    index = shape.layers * shape.kv_heads * tokens * 32 * 4 if attention not in ("full", "window") else 0
     if attention == "full":
         on_device = per_token_kv * (tokens + reserved) * shape.weight_bytes_per_value
         ram = on_device if device_is_cpu else 0

@@ -159,3 +159,17 @@ def test_default_model_round_trip_in_new_processes(tmp_path):
     assert not first["cached"] and second["cached"]
     assert second["answer"] == first["answer"]
     assert second["ttft_s"] < first["ttft_s"] / 5
+
+
+def test_the_disk_estimate_before_a_prefill_bounds_the_cache_it_then_stores(tiny_model_dir, doc, capsys):
+    """The app checks free disk with estimate_fit before a prefill: it must not underestimate what the
+    retrieval cache then takes, nor overstate it so much that documents that fit are refused."""
+    from app.fit import ModelShape, estimate_fit
+
+    answer = ask_here(capsys, doc, tiny_model_dir, "--attention", "retrieval", question="When was it lit?")
+    config = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    shape = ModelShape(layers=config["num_hidden_layers"], kv_heads=config["num_key_value_heads"],
+                       query_heads=config["num_attention_heads"], head_dim=config["head_dim"], max_positions=4096)
+    estimate = estimate_fit(shape, answer["prompt_tokens"], 0, "retrieval", 8, 32, device_is_cpu=True,
+                            data_folder=doc.parent, disk_budget_bytes=10**12)
+    assert answer["cache_bytes"] <= estimate.disk_bytes <= 2 * answer["cache_bytes"]
