@@ -16,7 +16,7 @@ One graph per query head over the keys of its KV head (see `kv_head_of`). Build,
    aimed at a region far from the hottest key does not have to walk (or strand) to get there.
 
 Search: best-first search by inner product from the entry points, keeping the best `effort` keys
-scanned (a min-heap) and expanding the best unexpanded one of them (a candidate max-heap); the answer is
+scanned (a min-heap) and expanding the best unexpanded one of them (a heap of candidates); the answer is
 the best k of *every* key scanned, so k may exceed effort (top-100 at effort 64 works). A visited array,
 no Python per visited node (numba), and prefetching of the reads the search already knows it will make
 (they, not the arithmetic, bound a decode search on a cold graph). A call with many
@@ -305,25 +305,30 @@ def _to_csr(adj, deg):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _sift_down(heap_s, heap_i, n, s, v):
+    """Place (s, v) at the root of a min-heap of n entries whose root slot is free, sifting it down."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and heap_s[child + 1] < heap_s[child]:
+            child += 1
+        if heap_s[child] >= s:
+            break
+        heap_s[pos] = heap_s[child]
+        heap_i[pos] = heap_i[child]
+        pos = child
+    heap_s[pos] = s
+    heap_i[pos] = v
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _heap_push(heap_s, heap_i, n, cap, s, v):
     """Keep the best `cap` (score, id) in a min-heap of n entries (the worst kept at 0); returns the new n."""
     if n == cap:
-        if s <= heap_s[0]:
-            return n
-        pos = 0  # replace the root and sift down
-        while True:
-            child = 2 * pos + 1
-            if child >= n:
-                break
-            if child + 1 < n and heap_s[child + 1] < heap_s[child]:
-                child += 1
-            if heap_s[child] >= s:
-                break
-            heap_s[pos] = heap_s[child]
-            heap_i[pos] = heap_i[child]
-            pos = child
-        heap_s[pos] = s
-        heap_i[pos] = v
+        if s > heap_s[0]:
+            _sift_down(heap_s, heap_i, n, s, v)  # replaces the root
         return n
     pos = n  # append and sift up
     while pos > 0:
@@ -339,42 +344,11 @@ def _heap_push(heap_s, heap_i, n, cap, s, v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_push(heap_s, heap_i, n, s, v):
-    """Push (score, id) onto a max-heap of n entries (the best at 0); returns the new n."""
-    pos = n
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if heap_s[parent] >= s:
-            break
-        heap_s[pos] = heap_s[parent]
-        heap_i[pos] = heap_i[parent]
-        pos = parent
-    heap_s[pos] = s
-    heap_i[pos] = v
-    return n + 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _max_pop(heap_s, heap_i, n):
-    """Drop the root (the best) of a max-heap of n > 0 entries; returns the new n."""
+def _heap_pop(heap_s, heap_i, n):
+    """Drop the root (the smallest) of a min-heap of n > 0 entries; returns the new n."""
     n -= 1
-    s = heap_s[n]
-    v = heap_i[n]
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and heap_s[child + 1] > heap_s[child]:
-            child += 1
-        if heap_s[child] <= s:
-            break
-        heap_s[pos] = heap_s[child]
-        heap_i[pos] = heap_i[child]
-        pos = child
     if n > 0:
-        heap_s[pos] = s
-        heap_i[pos] = v
+        _sift_down(heap_s, heap_i, n, heap_s[n], heap_i[n])
     return n
 
 
@@ -408,8 +382,8 @@ def _prefetch(typingctx, arr, i):
 @njit(cache=True, nogil=True)
 def _workspace(n_keys, size, k, max_degree):
     """Scratch for _search_one, reused across searches over n_keys keys: visited [N] bool (all False between
-    searches), the candidate max-heap [N] (scores, ids), the result min-heap [size], the answer min-heap [k]
-    and one node's unvisited neighbours [max_degree]."""
+    searches), the candidate heap [N] (negated scores, ids: a min-heap with the best candidate at 0), the result
+    min-heap [size], the answer min-heap [k] and one node's unvisited neighbours [max_degree]."""
     return (
         np.zeros(n_keys, dtype=np.bool_),
         np.empty(n_keys, dtype=np.float32),
@@ -433,6 +407,7 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
     """
     visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
+    n_keys = keys.shape[0]  # the candidate heap's capacity, never reached
     separate_answer = k > size
     n_cand = 0
     n_res = 0
@@ -449,11 +424,11 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
             n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
         if n_res < size or s > res_s[0]:
             n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-            n_cand = _max_push(cand_s, cand_i, n_cand, s, v)
+            n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
             _prefetch(indptr, v)
-    while n_cand > 0 and not (n_res == size and cand_s[0] < res_s[0]):
+    while n_cand > 0 and not (n_res == size and -cand_s[0] < res_s[0]):
         node = cand_i[0]
-        n_cand = _max_pop(cand_s, cand_i, n_cand)
+        n_cand = _heap_pop(cand_s, cand_i, n_cand)
         if n_cand > 0:
             _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
         n_fresh = 0
@@ -471,7 +446,7 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
                 n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
             if n_res < size or s > res_s[0]:
                 n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-                n_cand = _max_push(cand_s, cand_i, n_cand, s, v)
+                n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
                 _prefetch(indptr, v)
         scanned += n_fresh
     if separate_answer:
