@@ -15,13 +15,12 @@ One graph per query head over the keys of its KV head (see `kv_head_of`). Build,
    nearest keys of a few mutually distant training queries (farthest-point sampling), so that a query
    aimed at a region far from the hottest key does not have to walk (or strand) to get there.
 
-Search: best-first search by inner product from the entry points, keeping the best `effort` keys
-scanned (a min-heap) and expanding the best unexpanded one of them (a heap of candidates); the answer is
-the best k of *every* key scanned, so k may exceed effort (top-100 at effort 64 works). A visited array,
-no Python per visited node (numba), and prefetching of the reads the search already knows it will make
-(they, not the arithmetic, bound a decode search on a cold graph). A call with many
-(head, query) searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids
-waking the thread pool (and stalls of milliseconds when the cores are busy).
+Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
+best `effort` keys scanned and expanding the best unexpanded one; the answer is the best k of every key
+scanned. With one graph per KV head (the default), the query heads of a group are searched together (one
+traversal, each key read once and scored for every head of the group; `IndexParams.group_search`). A call
+with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
+the thread pool (and stalls of milliseconds when the cores are busy).
 
 Storage: CSR per head, concatenated over heads: ``indptr [H, N+1]`` int64 offsets into the flat
 ``indices`` int32; plus ``entries [H, E]`` int64 (-1 padded). `to_arrays()` returns exactly these.
@@ -29,6 +28,8 @@ Storage: CSR per head, concatenated over heads: ``indptr [H, N+1]`` int64 offset
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -36,12 +37,15 @@ import faiss
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba import njit
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
+from engine.index.graph_search import (
+    _search_groups_parallel,
+    _search_groups_serial,
+    _search_parallel,
+    _search_serial,
+)
 
 METHOD = "retrieval"
 OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
@@ -51,46 +55,9 @@ EXACT_KEY_KNN_MAX = 8192  # above this many keys (on a CPU) key neighbours come 
 APPROX_KNN_LINKS = 16
 APPROX_KNN_EF = 64
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
-HALF_SCALE = np.float32(2.0**112)  # see _key_dot
-CACHE_LINE = 64  # bytes; see _prefetch
 
 
-# ----------------------------------------------------------------------------- numba kernels
-
-
-@intrinsic
-def _bits_as_f32(typingctx, bits):
-    """Reinterpret a uint32 as a float32 (no conversion)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.uint32), codegen
-
-
-def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
-    """q · key for a float32 key, or for a float16 key stored as its uint16 bits (numba has no float16)."""
-    raise NotImplementedError("numba only (see the overload below)")
-
-
-@overload(_key_dot, jit_options={"fastmath": True, "nogil": True})
-def _key_dot_impl(q, key):
-    if key.dtype == types.uint16:
-        def dot_half(q, key):
-            # A half's exponent and mantissa, shifted into a float32's, give the value times 2^-112 (normals
-            # and subnormals alike); the sign moves to bit 31; one multiply at the end restores the scale.
-            s = np.float32(0.0)
-            for i in range(q.shape[0]):
-                h = np.uint32(key[i])
-                bits = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
-                s += q[i] * _bits_as_f32(bits)
-            return s * HALF_SCALE
-        return dot_half
-
-    def dot_float(q, key):
-        s = np.float32(0.0)
-        for i in range(q.shape[0]):
-            s += q[i] * key[i]
-        return s
-    return dot_float
+# ----------------------------------------------------------------------------- numba kernels (build)
 
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
@@ -304,196 +271,6 @@ def _to_csr(adj, deg):
     return indptr, indices
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _sift_down(heap_s, heap_i, n, s, v):
-    """Place (s, v) at the root of a min-heap of n entries whose root slot is free, sifting it down."""
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and heap_s[child + 1] < heap_s[child]:
-            child += 1
-        if heap_s[child] >= s:
-            break
-        heap_s[pos] = heap_s[child]
-        heap_i[pos] = heap_i[child]
-        pos = child
-    heap_s[pos] = s
-    heap_i[pos] = v
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _heap_push(heap_s, heap_i, n, cap, s, v):
-    """Keep the best `cap` (score, id) in a min-heap of n entries (the worst kept at 0); returns the new n."""
-    if n == cap:
-        if s > heap_s[0]:
-            _sift_down(heap_s, heap_i, n, s, v)  # replaces the root
-        return n
-    pos = n  # append and sift up
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if heap_s[parent] <= s:
-            break
-        heap_s[pos] = heap_s[parent]
-        heap_i[pos] = heap_i[parent]
-        pos = parent
-    heap_s[pos] = s
-    heap_i[pos] = v
-    return n + 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _heap_pop(heap_s, heap_i, n):
-    """Drop the root (the smallest) of a min-heap of n > 0 entries; returns the new n."""
-    n -= 1
-    if n > 0:
-        _sift_down(heap_s, heap_i, n, heap_s[n], heap_i[n])
-    return n
-
-
-@intrinsic
-def _prefetch(typingctx, arr, i):
-    """Hint the CPU to fetch arr[i] (1-D) or every cache line of row arr[i] (2-D) into its caches; no effect
-    on results. The search knows a node's neighbours and the next node to expand before it needs their
-    keys and lists, and these random reads are what it waits on."""
-    def codegen(context, builder, signature, args):
-        arr_type, index_type = signature.args
-        array = context.make_array(arr_type)(context, builder, args[0])
-        index = context.cast(builder, args[1], index_type, types.intp)
-        zero = ir.Constant(ir.IntType(64), 0)
-        pointer = cgutils.get_item_pointer(context, builder, arr_type, array, [index] + [zero] * (arr_type.ndim - 1))
-        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        read, keep_in_all_levels, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
-        i64 = ir.IntType(64)
-        n_bytes = ir.Constant(i64, arr_type.dtype.bitwidth // 8)
-        if arr_type.ndim == 2:  # the whole row
-            n_bytes = builder.mul(cgutils.unpack_tuple(builder, array.shape, 2)[1], n_bytes)
-        with cgutils.for_range_slice(builder, zero, n_bytes, ir.Constant(i64, CACHE_LINE)) as (offset, _):
-            builder.call(prefetch, [builder.gep(byte_pointer, [offset]), read, keep_in_all_levels, data])
-        return context.get_dummy_value()
-    return types.void(arr, i), codegen
-
-
-@njit(cache=True, nogil=True)
-def _workspace(n_keys, size, k, max_degree):
-    """Scratch for _search_one, reused across searches over n_keys keys: visited [N] bool (all False between
-    searches), the candidate heap [N] (negated scores, ids: a min-heap with the best candidate at 0), the result
-    min-heap [size], the answer min-heap [k] and one node's unvisited neighbours [max_degree]."""
-    return (
-        np.zeros(n_keys, dtype=np.bool_),
-        np.empty(n_keys, dtype=np.float32),
-        np.empty(n_keys, dtype=np.int32),
-        np.empty(size, dtype=np.float32),
-        np.empty(size, dtype=np.int32),
-        np.empty(k, dtype=np.float32),
-        np.empty(k, dtype=np.int32),
-        np.empty(max(max_degree, 1), dtype=np.int32),
-    )
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
-    """Best-first search by inner product over one head's CSR graph; returns the q·k count.
-
-    q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded, at least one
-    valid) seed the search; work from _workspace. The result list holds the best `size` keys scanned; the next
-    node to expand is the best unexpanded one among them, and the search ends when none is left (HNSW's
-    termination: the best candidate is worse than the size-th best result). The answer is the best k of every
-    key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
-    """
-    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
-    n_keys = keys.shape[0]  # the candidate heap's capacity, never reached
-    separate_answer = k > size
-    n_cand = 0
-    n_res = 0
-    n_ans = 0
-    scanned = 0
-    for t in range(entries.shape[0]):
-        v = entries[t]
-        if v < 0 or visited[v]:
-            continue
-        visited[v] = True
-        s = _key_dot(q, keys[v])
-        scanned += 1
-        if separate_answer:
-            n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
-        if n_res < size or s > res_s[0]:
-            n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-            n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
-            _prefetch(indptr, v)
-    while n_cand > 0 and not (n_res == size and -cand_s[0] < res_s[0]):
-        node = cand_i[0]
-        n_cand = _heap_pop(cand_s, cand_i, n_cand)
-        if n_cand > 0:
-            _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
-        n_fresh = 0
-        for e in range(indptr[node], indptr[node + 1]):
-            v = indices[e]
-            if not visited[v]:
-                visited[v] = True
-                fresh[n_fresh] = v
-                n_fresh += 1
-                _prefetch(keys, v)
-        for j in range(n_fresh):
-            v = fresh[j]
-            s = _key_dot(q, keys[v])
-            if separate_answer:
-                n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
-            if n_res < size or s > res_s[0]:
-                n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-                n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
-                _prefetch(indptr, v)
-        scanned += n_fresh
-    if separate_answer:
-        best_s, best_i, n_best = ans_s, ans_i, n_ans
-    else:
-        best_s, best_i, n_best = res_s, res_i, n_res
-    order = np.argsort(-best_s[:n_best])
-    for t in range(k):
-        out_ids[t] = best_i[order[t]] if t < n_best else -1
-    visited[:] = False
-    return scanned
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
-    """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
-    indptr [G, N+1], entries [G, E] -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and
-    workspace) per (head, query)."""
-    n_heads, m, _ = queries.shape
-    ids = np.empty((n_heads, m, k), dtype=np.int64)
-    scanned = np.zeros((n_heads, m), dtype=np.int64)
-    for job in prange(n_heads * m):
-        h = job // m
-        i = job % m
-        work = _workspace(keys.shape[1], size, k, max_degree)
-        g = graph_of[h]
-        scanned[h, i] = _search_one(
-            queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
-        )
-    return ids, scanned
-
-
-@njit(cache=True, nogil=True)
-def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
-    """As _search_parallel, on the calling thread with one workspace (no thread-pool wake-up: best for decode)."""
-    n_heads, m, _ = queries.shape
-    ids = np.empty((n_heads, m, k), dtype=np.int64)
-    scanned = np.zeros((n_heads, m), dtype=np.int64)
-    work = _workspace(keys.shape[1], size, k, max_degree)
-    for h in range(n_heads):
-        g = graph_of[h]
-        for i in range(m):
-            scanned[h, i] = _search_one(
-                queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
-            )
-    return ids, scanned
-
 
 # ----------------------------------------------------------------------------- build (python side)
 
@@ -662,12 +439,30 @@ class GraphIndex:
                 np.full((n_heads, m, max(k, 0)), -1, dtype=np.int64), np.zeros((n_heads, m), dtype=np.int64)
             )
         size = max(effort or self.params.effort, 1)
-        kernel = _search_parallel if n_heads * m >= PARALLEL_MIN_SEARCHES else _search_serial
-        ids, scanned = kernel(
-            queries, self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, size, k,
-            self.max_degree,
-        )
+        parallel = n_heads * m >= PARALLEL_MIN_SEARCHES
+        if self.searches_groups:
+            kernel = _search_groups_parallel if parallel else _search_groups_serial
+            ids, scanned = kernel(queries, self.keys, self.indptr, self.indices, self.entries, size, k, self.max_degree)
+        else:
+            kernel = _search_parallel if parallel else _search_serial
+            ids, scanned = kernel(
+                queries, self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, size, k,
+                self.max_degree,
+            )
         return SearchResult(ids, scanned)
+
+    def with_group_search(self, group_search: bool) -> GraphIndex:
+        """The same graphs and keys (shared, not copied), searched per GQA group or per query head."""
+        other = copy.copy(self)
+        other.params = dataclasses.replace(self.params, group_search=group_search)
+        return other
+
+    @property
+    def searches_groups(self) -> bool:
+        """Whether a search runs once per GQA group (shared graphs, several query heads per KV head, and
+        `params.group_search`) rather than once per query head."""
+        shared = self.indptr.shape[0] == self.n_kv_heads < self.n_heads
+        return shared and self.params.group_search
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """indptr [G, N+1] int64, indices int32, entries [G, E] int64, graph_of [H] int64 (the graph each query

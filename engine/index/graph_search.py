@@ -1,0 +1,436 @@
+"""Searching the attention-aware graph (numba kernels): one query head at a time, or a GQA group at once.
+
+Best-first search by inner product from the entry points, keeping the best `size` keys scanned (a 4-ary
+min-heap) and expanding the best unexpanded one of them (a heap of candidates); the answer is the best k of
+*every* key scanned, so k may exceed size. A visited array, no Python per visited node, and prefetching of
+the reads the search already knows it will make (they, and the heaps' branches, bound a decode search on a
+cold graph, not the arithmetic).
+
+Group search: the query heads of a GQA group share their KV head's keys and (by default) one graph, and
+their top keys overlap. Searching them together reads each key once for the whole group: one traversal
+scores every key it reaches for all g heads, keeps one result heap per head, and expands a key while it is
+among the best `size` of any head, best first by max_h q_h·k / |q_h|. Measured at 128K keys (9 heads, 3 per
+KV head, recall@100 0.95): 2.4x fewer keys read per decode step and a faster step than one search per head,
+at more q·k products per head (each head scores every key the group reads).
+
+Shapes: keys [N, D] (float32, or float16 as its uint16 bits: numba has no float16), indptr [N+1] absolute
+offsets into indices int32, entries [E] int64 (-1 padded, at least one valid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+HALF_SCALE = np.float32(2.0**112)  # see _key_dot
+CACHE_LINE = 64  # bytes; see _prefetch
+HEAP_ARITY = 4  # children per heap node: half the levels of a binary heap, the children in one cache line
+
+
+@intrinsic
+def _bits_as_f32(typingctx, bits):
+    """Reinterpret a uint32 as a float32 (no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.uint32), codegen
+
+
+def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
+    """q · key for a float32 key, or for a float16 key stored as its uint16 bits (numba has no float16)."""
+    raise NotImplementedError("numba only (see the overload below)")
+
+
+@overload(_key_dot, jit_options={"fastmath": True, "nogil": True})
+def _key_dot_impl(q, key):
+    if key.dtype == types.uint16:
+        def dot_half(q, key):
+            # A half's exponent and mantissa, shifted into a float32's, give the value times 2^-112 (normals
+            # and subnormals alike); the sign moves to bit 31; one multiply at the end restores the scale.
+            s = np.float32(0.0)
+            for i in range(q.shape[0]):
+                h = np.uint32(key[i])
+                bits = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+                s += q[i] * _bits_as_f32(bits)
+            return s * HALF_SCALE
+        return dot_half
+
+    def dot_float(q, key):
+        s = np.float32(0.0)
+        for i in range(q.shape[0]):
+            s += q[i] * key[i]
+        return s
+    return dot_float
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sift_down(heap_s, heap_i, n, s, v):
+    """Place (s, v) at the root of a HEAP_ARITY-ary min-heap of n entries whose root slot is free, sifting it
+    down."""
+    pos = 0
+    while True:
+        first = HEAP_ARITY * pos + 1
+        if first >= n:
+            break
+        child = first
+        child_s = heap_s[first]
+        for c in range(first + 1, min(first + HEAP_ARITY, n)):
+            if heap_s[c] < child_s:
+                child = c
+                child_s = heap_s[c]
+        if child_s >= s:
+            break
+        heap_s[pos] = child_s
+        heap_i[pos] = heap_i[child]
+        pos = child
+    heap_s[pos] = s
+    heap_i[pos] = v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _heap_push(heap_s, heap_i, n, cap, s, v):
+    """Keep the best `cap` (score, id) in a HEAP_ARITY-ary min-heap of n entries (the worst kept at 0); returns
+    the new n."""
+    if n == cap:
+        if s > heap_s[0]:
+            _sift_down(heap_s, heap_i, n, s, v)  # replaces the root
+        return n
+    pos = n  # append and sift up
+    while pos > 0:
+        parent = (pos - 1) // HEAP_ARITY
+        if heap_s[parent] <= s:
+            break
+        heap_s[pos] = heap_s[parent]
+        heap_i[pos] = heap_i[parent]
+        pos = parent
+    heap_s[pos] = s
+    heap_i[pos] = v
+    return n + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _heap_pop(heap_s, heap_i, n):
+    """Drop the root (the smallest) of a min-heap of n > 0 entries; returns the new n."""
+    n -= 1
+    if n > 0:
+        _sift_down(heap_s, heap_i, n, heap_s[n], heap_i[n])
+    return n
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint the CPU to fetch arr[i] (1-D) or every cache line of row arr[i] (2-D) into its caches; no effect
+    on results. The search knows a node's neighbours and the next node to expand before it needs their
+    keys and lists, and these random reads are what it waits on."""
+    def codegen(context, builder, signature, args):
+        arr_type, index_type = signature.args
+        array = context.make_array(arr_type)(context, builder, args[0])
+        index = context.cast(builder, args[1], index_type, types.intp)
+        zero = ir.Constant(ir.IntType(64), 0)
+        pointer = cgutils.get_item_pointer(context, builder, arr_type, array, [index] + [zero] * (arr_type.ndim - 1))
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        read, keep_in_all_levels, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        i64 = ir.IntType(64)
+        n_bytes = ir.Constant(i64, arr_type.dtype.bitwidth // 8)
+        if arr_type.ndim == 2:  # the whole row
+            n_bytes = builder.mul(cgutils.unpack_tuple(builder, array.shape, 2)[1], n_bytes)
+        with cgutils.for_range_slice(builder, zero, n_bytes, ir.Constant(i64, CACHE_LINE)) as (offset, _):
+            builder.call(prefetch, [builder.gep(byte_pointer, [offset]), read, keep_in_all_levels, data])
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unvisited_neighbours(node, indptr, indices, visited, fresh, keys):
+    """Mark node's neighbours visited, collect the ones that were not into fresh [max_degree + 1] (written
+    unconditionally, kept by advancing the count: no branch to mispredict) and prefetch their keys; returns
+    how many."""
+    n_fresh = 0
+    for e in range(indptr[node], indptr[node + 1]):
+        v = indices[e]
+        fresh[n_fresh] = v
+        n_fresh += 1 - np.int64(visited[v])
+        visited[v] = True
+    for j in range(n_fresh):
+        _prefetch(keys, fresh[j])
+    return n_fresh
+
+
+@njit(cache=True, nogil=True)
+def _workspace(n_keys, size, k, max_degree):
+    """Scratch for _search_one, reused across searches over n_keys keys: visited [N] bool (all False between
+    searches), the candidate heap [N] (negated scores, ids: a min-heap with the best candidate at 0), the result
+    min-heap [size], the answer min-heap [k] and one node's unvisited neighbours [max_degree + 1]."""
+    return (
+        np.zeros(n_keys, dtype=np.bool_),
+        np.empty(n_keys, dtype=np.float32),
+        np.empty(n_keys, dtype=np.int32),
+        np.empty(size, dtype=np.float32),
+        np.empty(size, dtype=np.int32),
+        np.empty(k, dtype=np.float32),
+        np.empty(k, dtype=np.int32),
+        np.empty(max_degree + 1, dtype=np.int32),
+    )
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
+    """Best-first search by inner product over one head's CSR graph; returns the q·k count.
+
+    q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded, at least one
+    valid) seed the search; work from _workspace. The result list holds the best `size` keys scanned; the next
+    node to expand is the best unexpanded one among them, and the search ends when none is left (HNSW's
+    termination: the best candidate is worse than the size-th best result). The answer is the best k of every
+    key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
+    """
+    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
+    n_keys = keys.shape[0]  # the candidate heap's capacity, never reached
+    separate_answer = k > size
+    n_cand = 0
+    n_res = 0
+    n_ans = 0
+    scanned = 0
+    for t in range(entries.shape[0]):
+        v = entries[t]
+        if v < 0 or visited[v]:
+            continue
+        visited[v] = True
+        s = _key_dot(q, keys[v])
+        scanned += 1
+        if separate_answer:
+            n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+        if n_res < size or s > res_s[0]:
+            n_res = _heap_push(res_s, res_i, n_res, size, s, v)
+            n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
+            _prefetch(indptr, v)
+    while n_cand > 0 and not (n_res == size and -cand_s[0] < res_s[0]):
+        node = cand_i[0]
+        n_cand = _heap_pop(cand_s, cand_i, n_cand)
+        if n_cand > 0:
+            _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
+        n_fresh = _unvisited_neighbours(node, indptr, indices, visited, fresh, keys)
+        for j in range(n_fresh):
+            v = fresh[j]
+            s = _key_dot(q, keys[v])
+            if separate_answer:
+                n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+            if n_res < size or s > res_s[0]:
+                n_res = _heap_push(res_s, res_i, n_res, size, s, v)
+                n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
+                _prefetch(indptr, v)
+        scanned += n_fresh
+    if separate_answer:
+        best_s, best_i, n_best = ans_s, ans_i, n_ans
+    else:
+        best_s, best_i, n_best = res_s, res_i, n_res
+    order = np.argsort(-best_s[:n_best])
+    for t in range(k):
+        out_ids[t] = best_i[order[t]] if t < n_best else -1
+    visited[:] = False
+    return scanned
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
+    """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
+    indptr [G, N+1], entries [G, E] -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and
+    workspace) per (head, query)."""
+    n_heads, m, _ = queries.shape
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    for job in prange(n_heads * m):
+        h = job // m
+        i = job % m
+        work = _workspace(keys.shape[1], size, k, max_degree)
+        g = graph_of[h]
+        scanned[h, i] = _search_one(
+            queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
+        )
+    return ids, scanned
+
+
+@njit(cache=True, nogil=True)
+def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
+    """As _search_parallel, on the calling thread with one workspace (no thread-pool wake-up: best for decode)."""
+    n_heads, m, _ = queries.shape
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    work = _workspace(keys.shape[1], size, k, max_degree)
+    for h in range(n_heads):
+        g = graph_of[h]
+        for i in range(m):
+            scanned[h, i] = _search_one(
+                queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
+            )
+    return ids, scanned
+
+
+
+# ----------------------------------------------------------------------------- group search
+
+
+@njit(cache=True, nogil=True)
+def _group_workspace(n_keys, group, size, max_degree):
+    """Scratch for _search_group, reused across searches over n_keys keys: visited [N] bool (all False between
+    searches), the candidate heap [N] (negated priorities, pool slots), per head the result min-heap [g, size]
+    and its length [g], the pool of keys scanned (scores [N, g], key [N]) and one node's unvisited neighbours
+    [max_degree + 1]."""
+    return (
+        np.zeros(n_keys, dtype=np.bool_),
+        np.empty(n_keys, dtype=np.float32),
+        np.empty(n_keys, dtype=np.int32),
+        np.empty((group, size), dtype=np.float32),
+        np.empty((group, size), dtype=np.int32),
+        np.zeros(group, dtype=np.int64),
+        np.empty((n_keys, group), dtype=np.float32),
+        np.empty(n_keys, dtype=np.int32),
+        np.empty(max_degree + 1, dtype=np.int32),
+    )
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _score_for_group(queries, inv_norms, keys, indptr, v, size, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i,
+                     n_cand, n_pool):
+    """Score key v for every head of the group into pool slot n_pool (the pool holds every key scanned) and into
+    each head's result heap. If it entered some head's results it becomes a candidate, with priority
+    max_h q_h·k / |q_h| (for every head h, q_h·k <= priority * |q_h|). Returns (n_cand, n_pool + 1)."""
+    entered = False
+    priority = np.float32(-np.inf)
+    for h in range(queries.shape[0]):
+        s = _key_dot(queries[h], keys[v])
+        pool_s[n_pool, h] = s
+        share = s * inv_norms[h]
+        if share > priority:
+            priority = share
+        if n_res[h] < size or s > res_s[h, 0]:
+            n_res[h] = _heap_push(res_s[h], res_i[h], n_res[h], size, s, v)
+            entered = True
+    pool_i[n_pool] = v
+    if entered:
+        n_cand = _heap_push(cand_s, cand_i, n_cand, cand_s.shape[0], -priority, n_pool)
+        _prefetch(indptr, v)
+    return n_cand, n_pool + 1
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _search_group(queries, inv_norms, keys, indptr, indices, entries, size, k, out_ids, work):
+    """Best-first search for the g query heads of one GQA group over their shared graph; returns the number of
+    keys scanned (each one scored for every head: that many q·k products per head).
+
+    queries [g, D] contiguous, inv_norms [g] = 1/|q_h|, out_ids [g, k] int64 (best first, -1 padded); work from
+    _group_workspace. A key is a candidate while it is among the best `size` keys scanned for at least one
+    head; the next to expand is the candidate of highest max_h q_h·k/|q_h|; the search ends when no candidate
+    is left. Each head's answer is the best k of every key scanned. With g = 1 it is _search_one exactly.
+    """
+    visited, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i, fresh = work
+    group = queries.shape[0]
+    n_res[:] = 0
+    n_cand = 0
+    n_pool = 0  # = keys scanned
+    for t in range(entries.shape[0]):
+        v = entries[t]
+        if v < 0 or visited[v]:
+            continue
+        visited[v] = True
+        n_cand, n_pool = _score_for_group(
+            queries, inv_norms, keys, indptr, v, size, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i, n_cand,
+            n_pool
+        )
+    while n_cand > 0:
+        # Stop when even the best priority is below every head's size-th best: no candidate is left (a
+        # candidate's score for head h is at most priority * |q_h|; rounding is monotone, so this is exact).
+        bound = -cand_s[0]
+        full_and_below = True
+        for h in range(group):
+            if n_res[h] < size or bound >= res_s[h, 0] * inv_norms[h]:
+                full_and_below = False
+                break
+        if full_and_below:
+            break
+        slot = cand_i[0]
+        n_cand = _heap_pop(cand_s, cand_i, n_cand)
+        if n_cand > 0:
+            _prefetch(indices, indptr[pool_i[cand_i[0]]])  # the likely next node's list
+        still_candidate = False  # later keys may have pushed it out of every head's results
+        for h in range(group):
+            if n_res[h] < size or pool_s[slot, h] >= res_s[h, 0]:
+                still_candidate = True
+                break
+        if not still_candidate:
+            continue
+        n_fresh = _unvisited_neighbours(pool_i[slot], indptr, indices, visited, fresh, keys)
+        for j in range(n_fresh):
+            n_cand, n_pool = _score_for_group(
+                queries, inv_norms, keys, indptr, fresh[j], size, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i,
+                n_cand, n_pool
+            )
+    for h in range(group):
+        if k > size:  # the best k of every key scanned: all of them are in the pool
+            order = np.argsort(-pool_s[:n_pool, h])
+            for t in range(k):
+                out_ids[h, t] = pool_i[order[t]] if t < n_pool else -1
+        else:
+            order = np.argsort(-res_s[h, : n_res[h]])
+            for t in range(k):
+                out_ids[h, t] = res_i[h, order[t]] if t < n_res[h] else -1
+    visited[:] = False
+    return n_pool
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _group_job(queries, keys, indptr, indices, entries, size, k, j, i, ids, scanned, q_buf, inv_norms, out, work):
+    """Group search of KV head j's query heads for query i; writes ids[heads of j, i] and scanned[heads of j, i]."""
+    group = q_buf.shape[0]
+    for h in range(group):
+        norm_sq = np.float32(0.0)
+        for d in range(q_buf.shape[1]):
+            q_buf[h, d] = queries[j * group + h, i, d]
+            norm_sq += q_buf[h, d] * q_buf[h, d]
+        inv_norms[h] = np.float32(1.0) / max(np.sqrt(norm_sq), np.float32(1e-30))
+    n = _search_group(q_buf, inv_norms, keys[j], indptr[j], indices, entries[j], size, k, out, work)
+    for h in range(group):
+        ids[j * group + h, i] = out[h]
+        scanned[j * group + h, i] = n
+
+
+@njit(cache=True, nogil=True)
+def _search_groups_serial(queries, keys, indptr, indices, entries, size, k, max_degree):
+    """queries [H, m, D] (H = H_kv * g), keys [H_kv, N, D], indptr [H_kv, N+1], entries [H_kv, E] -> ids [H, m, k]
+    int64, scanned [H, m] int64: one group search per (KV head, query) on the calling thread, one workspace."""
+    n_heads, m, dim = queries.shape
+    group = n_heads // keys.shape[0]
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    work = _group_workspace(keys.shape[1], group, size, max_degree)
+    q_buf = np.empty((group, dim), dtype=np.float32)
+    inv_norms = np.empty(group, dtype=np.float32)
+    out = np.empty((group, k), dtype=np.int64)
+    for j in range(keys.shape[0]):
+        for i in range(m):
+            _group_job(queries, keys, indptr, indices, entries, size, k, j, i, ids, scanned, q_buf, inv_norms, out,
+                       work)
+    return ids, scanned
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _search_groups_parallel(queries, keys, indptr, indices, entries, size, k, max_degree):
+    """As _search_groups_serial, one numba task (and workspace) per (KV head, query)."""
+    n_heads, m, dim = queries.shape
+    n_kv = keys.shape[0]
+    group = n_heads // n_kv
+    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    scanned = np.zeros((n_heads, m), dtype=np.int64)
+    for job in prange(n_kv * m):
+        work = _group_workspace(keys.shape[1], group, size, max_degree)
+        q_buf = np.empty((group, dim), dtype=np.float32)
+        inv_norms = np.empty(group, dtype=np.float32)
+        out = np.empty((group, k), dtype=np.int64)
+        _group_job(queries, keys, indptr, indices, entries, size, k, job // m, job % m, ids, scanned, q_buf,
+                   inv_norms, out, work)
+    return ids, scanned
