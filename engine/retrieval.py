@@ -16,6 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import merge_attention_states, partial_attention, retrieved_attention
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
+from engine.retrieved_cpu import SUPPORTED_KV_DTYPES, retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
 
@@ -53,7 +54,8 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ca
     Returns (o [H, m, D], lse [H, m], retrieved): retrieved is (ids [H, m, k], weights [H, m, k]) when
     an index was searched, else None.
 
-    One query per head (decoding): exact attention over the top_k keys the index retrieves.
+    One query per head (decoding): exact attention over the top_k keys the index retrieves (compiled, reading
+    the retrieved rows in place).
     Several (a question prefilled after the cached document): exact attention over all of them, as
     the paper's prefill would. Window-only mode: the offloaded set is not attended at all.
     """
@@ -72,7 +74,10 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ca
     stats.indexed += layer.n_offloaded * n_heads
     stats.searches += n_heads
     ids = torch.from_numpy(found.ids)
-    o, lse, weights = retrieved_attention(q_cpu, layer.off_keys, layer.off_values, ids, scale, return_weights=True)
+    if layer.off_keys.dtype in SUPPORTED_KV_DTYPES and layer.off_values.dtype in SUPPORTED_KV_DTYPES:
+        o, lse, weights = retrieved_attention_cpu(q_cpu, layer.off_keys, layer.off_values, ids, scale)
+    else:
+        o, lse, weights = retrieved_attention(q_cpu, layer.off_keys, layer.off_values, ids, scale, return_weights=True)
     return o, lse, (ids, weights)
 
 

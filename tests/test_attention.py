@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import merge_attention_states, partial_attention, retrieved_attention
+from engine.retrieved_cpu import retrieved_attention_cpu
 
 H, H_KV, D = 6, 2, 16
 SCALE = D**-0.5
@@ -97,3 +98,21 @@ def test_retrieved_attention_weights_are_the_softmax_over_the_retrieved_keys():
     group = H // H_KV
     expected = torch.softmax(q @ k[:, :10].repeat_interleave(group, 0).transpose(1, 2) * SCALE, -1)
     torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_compiled_cpu_retrieved_attention_equals_the_torch_reference(kv_dtype):
+    """What decoding runs on the CPU (one numba pass over the retrieved rows, float16 read in place) gives the
+    torch function's o, lse and weights, with -1 padding and a head that retrieved nothing."""
+    q, k, v = random_qkv(m=2, n=200, seed=4)
+    k, v = k.to(kv_dtype), v.to(kv_dtype)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.argsort(torch.rand(H, 2, 200, generator=g), dim=-1)[..., :20].clone()  # distinct per row
+    ids[0, 1, 15:] = -1
+    ids[1, 0, :] = -1
+    o, lse, weights = retrieved_attention_cpu(q, k, v, ids, SCALE)
+    o_ref, lse_ref, weights_ref = retrieved_attention(q, k, v, ids, SCALE, return_weights=True)
+    torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, weights_ref, atol=1e-6, rtol=1e-5)
+    assert lse[1, 0] == float("-inf") and torch.all(o[1, 0] == 0)

@@ -3,8 +3,8 @@
 One step = H query heads x 1 query over a static set (first 128 + last 512 tokens) and an offloaded
 set of the other N - 640 keys, top_k = 100:
 - full: exact attention over all N keys (partial_attention);
-- flat, ivf, hnsw, exact, retrieval: index.search over the offloaded keys, retrieved_attention over
-  the ids found, partial_attention over the static set, merge_attention_states.
+- flat, ivf, hnsw, exact, retrieval: index.search over the offloaded keys, attention over the ids found
+  (retrieved_attention_cpu, what decoding runs), partial_attention over the static set, merge_attention_states.
 Each index method runs at the smallest effort of its sweep whose recall@100 (against the exact
 inner-product top-100, over the last 64 positions' queries) reaches --target-recall, so the step
 times compare at (about) equal recall. attn_err = mean ||o - o_full|| / ||o_full|| of those queries.
@@ -38,12 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.attention import merge_attention_states, partial_attention, retrieved_attention
+from engine.attention import merge_attention_states, partial_attention
 from engine.bench.index_suite import recall_at_k
 from engine.bench.report import Report
 from engine.cache import training_stride
 from engine.index import IndexParams, LayerIndex, build_layer_index
 from engine.index.exact import exact_topk
+from engine.retrieved_cpu import retrieved_attention_cpu
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
 SEGMENT = 8192  # tokens per captured segment: the default model's max positions
@@ -313,7 +314,7 @@ def retrieval_step(w: Workload, index: LayerIndex, effort: int | None, search_s:
         started = time.perf_counter()
         found = index.search(q.numpy(), TOP_K, effort)
         search_s.append(time.perf_counter() - started)
-        o_off, lse_off = retrieved_attention(q, w.off_k, w.off_v, torch.from_numpy(found.ids), w.scale)
+        o_off, lse_off, _ = retrieved_attention_cpu(q, w.off_k, w.off_v, torch.from_numpy(found.ids), w.scale)
         o_static, lse_static = partial_attention(q, w.static_k, w.static_v, w.scale)
         return merge_attention_states(o_static, lse_static, o_off, lse_off)[0]
 

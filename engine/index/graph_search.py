@@ -276,11 +276,11 @@ def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, siz
 
 
 @njit(cache=True, nogil=True)
-def _group_workspace(n_keys, group, size, max_degree):
+def _group_workspace(n_keys, group, size, k, max_degree):
     """Scratch for _search_group, reused across searches over n_keys keys: visited [N] bool (all False between
     searches), the candidate heap [N] (negated priorities, pool slots), per head the result min-heap [g, size]
-    and its length [g], the pool of keys scanned (scores [N, g], key [N]) and one node's unvisited neighbours
-    [max_degree + 1]."""
+    and its length [g], the pool of keys scanned (scores [N, g], key [N]), a min-heap [k] to pick a head's
+    answer from the pool when k > size, and one node's unvisited neighbours [max_degree + 1]."""
     return (
         np.zeros(n_keys, dtype=np.bool_),
         np.empty(n_keys, dtype=np.float32),
@@ -290,6 +290,8 @@ def _group_workspace(n_keys, group, size, max_degree):
         np.zeros(group, dtype=np.int64),
         np.empty((n_keys, group), dtype=np.float32),
         np.empty(n_keys, dtype=np.int32),
+        np.empty(k, dtype=np.float32),
+        np.empty(k, dtype=np.int32),
         np.empty(max_degree + 1, dtype=np.int32),
     )
 
@@ -328,7 +330,7 @@ def _search_group(queries, inv_norms, keys, indptr, indices, entries, size, k, o
     head; the next to expand is the candidate of highest max_h q_h·k/|q_h|; the search ends when no candidate
     is left. Each head's answer is the best k of every key scanned. With g = 1 it is _search_one exactly.
     """
-    visited, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i, fresh = work
+    visited, cand_s, cand_i, res_s, res_i, n_res, pool_s, pool_i, ans_s, ans_i, fresh = work
     group = queries.shape[0]
     n_res[:] = 0
     n_cand = 0
@@ -372,9 +374,12 @@ def _search_group(queries, inv_norms, keys, indptr, indices, entries, size, k, o
             )
     for h in range(group):
         if k > size:  # the best k of every key scanned: all of them are in the pool
-            order = np.argsort(-pool_s[:n_pool, h])
+            n_ans = 0
+            for slot in range(n_pool):
+                n_ans = _heap_push(ans_s, ans_i, n_ans, k, pool_s[slot, h], pool_i[slot])
+            order = np.argsort(-ans_s[:n_ans])
             for t in range(k):
-                out_ids[h, t] = pool_i[order[t]] if t < n_pool else -1
+                out_ids[h, t] = ans_i[order[t]] if t < n_ans else -1
         else:
             order = np.argsort(-res_s[h, : n_res[h]])
             for t in range(k):
@@ -407,7 +412,7 @@ def _search_groups_serial(queries, keys, indptr, indices, entries, size, k, max_
     group = n_heads // keys.shape[0]
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
-    work = _group_workspace(keys.shape[1], group, size, max_degree)
+    work = _group_workspace(keys.shape[1], group, size, k, max_degree)
     q_buf = np.empty((group, dim), dtype=np.float32)
     inv_norms = np.empty(group, dtype=np.float32)
     out = np.empty((group, k), dtype=np.int64)
@@ -427,7 +432,7 @@ def _search_groups_parallel(queries, keys, indptr, indices, entries, size, k, ma
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
     for job in prange(n_kv * m):
-        work = _group_workspace(keys.shape[1], group, size, max_degree)
+        work = _group_workspace(keys.shape[1], group, size, k, max_degree)
         q_buf = np.empty((group, dim), dtype=np.float32)
         inv_norms = np.empty(group, dtype=np.float32)
         out = np.empty((group, k), dtype=np.int64)
