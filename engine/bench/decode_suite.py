@@ -32,14 +32,14 @@ import argparse
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.attention import merge_attention_states, partial_attention
-from engine.bench.index_suite import recall_at_k
+from engine.bench.index_suite import PER_HEAD, recall_at_k, search_variants
 from engine.bench.report import Report
 from engine.cache import training_stride
 from engine.index import IndexParams, LayerIndex, build_layer_index
@@ -321,19 +321,36 @@ def retrieval_step(w: Workload, index: LayerIndex, effort: int | None, search_s:
     return step
 
 
-def time_steps(step: Callable[[torch.Tensor], torch.Tensor], test: torch.Tensor, steps: int, repeats: int
-               ) -> tuple[float, float]:
-    """(median, minimum) ms of step(test[:, i:i+1]) over `steps` decode queries x `repeats` (after one
-    warm-up); the minimum is the contention-free bound on a shared machine."""
+@dataclass
+class Contender:
+    """One method (or search variant) of a run: its table row so far, its decode step, and the search
+    seconds its step records."""
+
+    row: dict
+    step: Callable[[torch.Tensor], torch.Tensor]
+    search_s: list[float] = field(default_factory=list)
+
+
+def time_interleaved(contenders: list[Contender], test: torch.Tensor, steps: int, repeats: int) -> None:
+    """Time every contender's step on the same `steps` decode queries test[:, i:i+1], `repeats` times, in
+    round-robin (query by query, method by method) after one warm-up each; sets step_ms (median), step_ms_min
+    and search_ms in each row. Interleaving spreads the machine's slow spells over all methods alike, and each
+    step starts with the caches the other methods left, as a layer's search does in a real decode."""
     queries = [test[:, i : i + 1].contiguous() for i in range(min(steps, test.shape[1]))]
-    step(queries[0])
-    times = []
+    for c in contenders:
+        c.step(queries[0])
+        c.search_s.clear()
+    times: list[list[float]] = [[] for _ in contenders]
     for _ in range(repeats):
         for q in queries:
-            started = time.perf_counter()
-            step(q)
-            times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3
+            for c, spent in zip(contenders, times, strict=True):
+                started = time.perf_counter()
+                c.step(q)
+                spent.append(time.perf_counter() - started)
+    for c, spent in zip(contenders, times, strict=True):
+        c.row["step_ms"] = float(np.median(spent)) * 1e3
+        c.row["step_ms_min"] = float(np.min(spent)) * 1e3
+        c.row["search_ms"] = float(np.median(c.search_s)) * 1e3 if c.search_s else 0.0
 
 
 def relative_error(o: torch.Tensor, reference: torch.Tensor) -> float:
@@ -361,34 +378,35 @@ def choose_effort(method: str, index: LayerIndex, w: Workload, target: float
     return (*result[:3], NOT_REACHED)
 
 
-def measure_method(method: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor) -> dict:
-    """One row: build (index methods), effort at target recall, step time, attention error."""
+def prepare_method(method: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor) -> list[Contender]:
+    """Build the method's index, choose its effort at the target recall, and return its contenders (the graph
+    with shared graphs: searched per GQA group, and per query head for comparison); timing comes later."""
     row: dict = {"method": method, "param": "", "tokens": w.n_tokens, "n_offloaded": w.off_k.shape[1]}
     if method == "full":
-        ms, ms_min = time_steps(full_step(w), w.test, args.steps, args.repeats)
-        return row | {"recall_at_100": 1.0, "scanned_fraction": 1.0, "build_s": 0.0, "step_ms": ms,
-                      "step_ms_min": ms_min, "search_ms": 0.0, "attn_err": 0.0}
+        return [Contender(row | {"recall_at_100": 1.0, "scanned_fraction": 1.0, "build_s": 0.0, "attn_err": 0.0},
+                          full_step(w))]
     started = time.perf_counter()
-    index = build_layer_index(method, w.off_k.numpy(), w.train.numpy(), IndexParams(threads=args.index_threads))
+    built = build_layer_index(method, w.off_k.numpy(), w.train.numpy(), IndexParams(threads=args.index_threads))
     build_s = time.perf_counter() - started
-    effort, recall, scanned, how = choose_effort(method, index, w, args.target_recall)
-    search_s: list[float] = []
-    step = retrieval_step(w, index, effort, search_s)
-    ms, ms_min = time_steps(step, w.test, args.steps, args.repeats)
-    o = step(w.test)
-    return row | {
-        "param": f"{EFFORT_NAME[method]}={effort}" if effort is not None else "",
-        "recall_at_100": recall, "scanned_fraction": scanned, "build_s": build_s, "step_ms": ms,
-        "step_ms_min": ms_min, "search_ms": float(np.median(search_s[1:-1] or search_s)) * 1e3,
-        "attn_err": relative_error(o, reference), "target_reached": how != NOT_REACHED,
-    }
+    contenders = []
+    for label, index in search_variants(method, built):
+        effort, recall, scanned, how = choose_effort(method, index, w, args.target_recall)
+        search_s: list[float] = []
+        step = retrieval_step(w, index, effort, search_s)
+        search = " per-head search" if label.endswith(PER_HEAD) else ""
+        contenders.append(Contender(row | {
+            "param": (f"{EFFORT_NAME[method]}={effort}" if effort is not None else "") + search,
+            "recall_at_100": recall, "scanned_fraction": scanned, "build_s": build_s,
+            "attn_err": relative_error(step(w.test), reference), "target_reached": how != NOT_REACHED,
+        }, step, search_s))
+    return contenders
 
 
 def add_ratios(rows: list[dict]) -> None:
     """speedup_vs_<base> = base step_ms / this step_ms, for the bases measured in the same run (and
     min_speedup_vs_<base> from the step_ms_min columns)."""
-    times = {row["method"]: row["step_ms"] for row in rows}
-    best = {row["method"]: row["step_ms_min"] for row in rows}
+    times = {row["method"]: row["step_ms"] for row in rows if row["method"] in RATIO_BASES}
+    best = {row["method"]: row["step_ms_min"] for row in rows if row["method"] in RATIO_BASES}
     for row in rows:
         for base in RATIO_BASES:
             if base in times:
@@ -438,17 +456,19 @@ def run(args: argparse.Namespace, report: Report) -> None:
         w = workload_for(n_tokens, args, real)
         print(f"N = {n_tokens}: {w.source}; offloaded {w.off_k.shape[1]} keys", flush=True)
         reference = full_step(w)(w.test)
-        rows = []
-        for method in methods:
-            rows.append(measure_method(method, w, args, reference))
-            print(f"  {method:9s} {rows[-1]['param']:14s} step {rows[-1]['step_ms']:.3f} ms", flush=True)
+        contenders = [c for method in methods for c in prepare_method(method, w, args, reference)]
+        time_interleaved(contenders, w.test, args.steps, args.repeats)
+        rows = [c.row for c in contenders]
+        for row in rows:
+            print(f"  {row['method']:9s} {row['param']:30s} step {row['step_ms']:.3f} ms", flush=True)
         add_ratios(rows)
         for row in rows:
             report.add(echo=False, **row)
         report.note(f"N={n_tokens}: vectors {w.source}")
     report.note(
-        f"step_ms (step_ms_min): median (minimum) of one decode step's attention for one layer (H x 1 query, "
-        f"top_k={TOP_K}, static {N_SINK}+{N_WINDOW}); search_ms: the index search within it; speedup_vs_X = X's "
+        "step_ms (step_ms_min): median (minimum), methods timed in round-robin, of one decode step's attention "
+        f"for one layer (H x 1 query, top_k={TOP_K}, static {N_SINK}+{N_WINDOW}); search_ms: the index search "
+        "within it; speedup_vs_X = X's "
         f"step_ms / this step_ms (min_: from step_ms_min); build_s: one layer's index. torch threads="
         f"{args.threads}, index threads={args.index_threads}; recall@100 and attn_err over the last {N_TEST} "
         "positions' queries."

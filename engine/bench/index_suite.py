@@ -122,7 +122,7 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
 PER_HEAD = " per-head"  # label suffix: shared graphs searched one query head at a time
 
 
-def _variants(method: str, index) -> list[tuple[str, object]]:
+def search_variants(method: str, index) -> list[tuple[str, object]]:
     """(label, index) to measure: the index as built and, where shared graphs are searched per GQA group,
     the same graphs searched per query head (fewest q·k per head) for comparison."""
     if getattr(index, "searches_groups", False):
@@ -131,13 +131,13 @@ def _variants(method: str, index) -> list[tuple[str, object]]:
 
 
 def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curves: dict[str, Curve]) -> None:
-    """Build one layer's index and search it at every effort (per variant, see _variants). keys [H_kv, N, D],
+    """Build one layer's index and search it at every effort (per variant, see search_variants). keys [H_kv, N, D],
     train [H, Nq, D], test [H, 64, D], truth [H, 64, 100]."""
     start = time.perf_counter()
     built = build_layer_index(method, keys, train, params)
     build_s = time.perf_counter() - start
     n_keys = keys.shape[1]
-    for label, index in _variants(method, built):
+    for label, index in search_variants(method, built):
         curve = curves[label]
         curve.build_s.append(build_s)
         if hasattr(index, "nlist"):
