@@ -1,6 +1,8 @@
 """The attention-aware graph index of RetrievalAttention (RoarGraph-style), method "retrieval".
 
-One graph per query head over the keys of its KV head (see `kv_head_of`). Build, per head:
+One graph per KV head, trained on the queries of all its query heads (`IndexParams.graph_per_kv_head`, the
+default), or one per query head as in the paper, over the keys of its KV head (see `kv_head_of`). Build, per
+graph:
 
 1. exact top-Nq keys of each training query (every `query_stride`-th prefill query) by inner product
    (chunked torch matmul + topk);
@@ -22,14 +24,15 @@ traversal, each key read once and scored for every head of the group; `IndexPara
 with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
 the thread pool (and stalls of milliseconds when the cores are busy).
 
-Storage: CSR per head, concatenated over heads: ``indptr [H, N+1]`` int64 offsets into the flat
-``indices`` int32; plus ``entries [H, E]`` int64 (-1 padded). `to_arrays()` returns exactly these.
+Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
+the flat ``indices`` int32; ``entries [G, E]`` int64 (-1 padded); ``graph_of [H]``. `to_arrays()` returns these.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -41,10 +44,12 @@ from numba import njit
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
 from engine.index.graph_search import (
+    _group_workspace,
     _search_groups_parallel,
     _search_groups_serial,
     _search_parallel,
     _search_serial,
+    _workspace,
 )
 
 METHOD = "retrieval"
@@ -389,6 +394,25 @@ def _approximate_key_neighbours(keys: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.ascontiguousarray(ids), np.ascontiguousarray(dist)
 
 
+_WORKSPACES = threading.local()
+WORKSPACES_KEPT = 4  # per thread: a decode step's layers share one (same N, effort, top-k)
+
+
+def _reused_workspace(shape: tuple, make):
+    """The search scratch for `shape` (a key of make's arguments after its tag), kept per thread and reused: a
+    decode step's searches then touch warm memory instead of fresh pages (measured at 128K keys: allocating it
+    per call made the group search slower than the per-head one in a cache-cold decode). The kernels leave the
+    visited array all False, so a kept workspace is ready for the next search."""
+    kept = getattr(_WORKSPACES, "kept", None)
+    if kept is None:
+        kept = _WORKSPACES.kept = {}
+    if shape not in kept:
+        if len(kept) >= WORKSPACES_KEPT:
+            kept.pop(next(iter(kept)))
+        kept[shape] = make(*shape[1:])
+    return kept[shape]
+
+
 class GraphIndex:
     """RetrievalAttention's attention-aware index over all query heads of one layer."""
 
@@ -440,15 +464,20 @@ class GraphIndex:
             )
         size = max(effort or self.params.effort, 1)
         parallel = n_heads * m >= PARALLEL_MIN_SEARCHES
-        if self.searches_groups:
-            kernel = _search_groups_parallel if parallel else _search_groups_serial
-            ids, scanned = kernel(queries, self.keys, self.indptr, self.indices, self.entries, size, k, self.max_degree)
+        arrays = (self.keys, self.indptr, self.indices, self.entries)
+        if self.searches_groups and parallel:
+            ids, scanned = _search_groups_parallel(queries, *arrays, size, k, self.max_degree)
+        elif self.searches_groups:
+            group = n_heads // self.n_kv_heads
+            work = _reused_workspace(("group", self.n_keys, group, size, k, self.max_degree), _group_workspace)
+            ids, scanned = _search_groups_serial(queries, *arrays, size, k, work)
         else:
-            kernel = _search_parallel if parallel else _search_serial
-            ids, scanned = kernel(
-                queries, self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, size, k,
-                self.max_degree,
-            )
+            heads = (self.kv_of, self.graph_of)
+            if parallel:
+                ids, scanned = _search_parallel(queries, self.keys, *heads, *arrays[1:], size, k, self.max_degree)
+            else:
+                work = _reused_workspace(("head", self.n_keys, size, k, self.max_degree), _workspace)
+                ids, scanned = _search_serial(queries, self.keys, *heads, *arrays[1:], size, k, work)
         return SearchResult(ids, scanned)
 
     def with_group_search(self, group_search: bool) -> GraphIndex:

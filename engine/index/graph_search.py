@@ -256,12 +256,12 @@ def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, s
 
 
 @njit(cache=True, nogil=True)
-def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
-    """As _search_parallel, on the calling thread with one workspace (no thread-pool wake-up: best for decode)."""
+def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, work):
+    """As _search_parallel, on the calling thread with the given workspace (from _workspace(N, size, k,
+    max_degree), reusable across calls: no thread-pool wake-up and no fresh pages, best for decode)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
-    work = _workspace(keys.shape[1], size, k, max_degree)
     for h in range(n_heads):
         g = graph_of[h]
         for i in range(m):
@@ -405,14 +405,14 @@ def _group_job(queries, keys, indptr, indices, entries, size, k, j, i, ids, scan
 
 
 @njit(cache=True, nogil=True)
-def _search_groups_serial(queries, keys, indptr, indices, entries, size, k, max_degree):
+def _search_groups_serial(queries, keys, indptr, indices, entries, size, k, work):
     """queries [H, m, D] (H = H_kv * g), keys [H_kv, N, D], indptr [H_kv, N+1], entries [H_kv, E] -> ids [H, m, k]
-    int64, scanned [H, m] int64: one group search per (KV head, query) on the calling thread, one workspace."""
+    int64, scanned [H, m] int64: one group search per (KV head, query) on the calling thread, with the given
+    workspace (from _group_workspace(N, g, size, k, max_degree), reusable across calls)."""
     n_heads, m, dim = queries.shape
     group = n_heads // keys.shape[0]
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
-    work = _group_workspace(keys.shape[1], group, size, k, max_degree)
     q_buf = np.empty((group, dim), dtype=np.float32)
     inv_norms = np.empty(group, dtype=np.float32)
     out = np.empty((group, k), dtype=np.int64)
