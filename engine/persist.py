@@ -86,7 +86,7 @@ class CacheIdentity:
 def index_identity(cache_id: str, settings: RetrievalSettings) -> tuple[str, dict]:
     """(index id, params): the build-time settings of an index; search-time ones (top_k, effort) excluded."""
     params = dataclasses.asdict(settings.index_params)
-    for search_only in ("effort", "threads", "knn_device", "group_search"):  # do not change what the index is
+    for search_only in ("effort", "threads", "knn_device"):  # do not change what the index is
         params.pop(search_only)
     key = {"cache": cache_id, "method": settings.method, "n_sink": settings.n_sink,
            "n_window": settings.n_window, "params": params}

@@ -202,8 +202,7 @@ def test_search_follows_its_definition_exactly(size: int, k: int) -> None:
     make every q·k exact in float32, so the comparison does not depend on summation order."""
     keys, train, test = attention_like(n_heads=2, n_kv=1, n_keys=1500, n_train=600, n_test=6, seed=5)
     keys, test = np.round(keys * 40), np.round(test * 40)
-    index = build_layer_index("retrieval", keys, train, IndexParams(group_search=False))
-    assert not index.searches_groups
+    index = build_layer_index("retrieval", keys, train)
     found = index.search(test, k, effort=size)
     for h in range(2):
         for i in range(test.shape[1]):
@@ -215,72 +214,6 @@ def test_search_follows_its_definition_exactly(size: int, k: int) -> None:
             got = found.ids[h, i, : len(ids)]
             assert set(got) == set(ids) and (found.ids[h, i, len(ids) :] == -1).all()
             np.testing.assert_array_equal(keys[0, got] @ test[h, i], keys[0, ids] @ test[h, i])  # ties in any order
-
-
-def reference_group_search(queries, keys, indptr, indices, entries, size: int, k: int
-                           ) -> tuple[list[list[int]], int]:
-    """The group search's definition in plain Python, for the g query heads [g, D] of one KV head: scan the
-    entry points (every key scanned is scored for every head); while some unexpanded key is among the best
-    `size` scanned for at least one head, expand the one with the highest max_h q_h·k / |q_h|. Each head's
-    answer is its best k of every key scanned; returns (answers best first, keys scanned)."""
-    inv_norms = (1.0 / np.linalg.norm(queries, axis=1)).astype(np.float32)
-    scores: dict[int, np.ndarray] = {}
-
-    def scan(v: int) -> None:
-        scores.setdefault(v, (queries @ keys[v]).astype(np.float32))
-
-    def best(h: int, n: int) -> list[int]:
-        return sorted(scores, key=lambda v: -scores[v][h])[:n]
-
-    for v in entries:
-        if v >= 0:
-            scan(int(v))
-    expanded: set[int] = set()
-    while True:
-        todo = {v for h in range(len(queries)) for v in best(h, size)} - expanded
-        if not todo:
-            break
-        node = max(todo, key=lambda v: float(np.max(scores[v] * inv_norms)))
-        expanded.add(node)
-        for v in indices[indptr[node] : indptr[node + 1]]:
-            scan(int(v))
-    return [best(h, k) for h in range(len(queries))], len(scores)
-
-
-@pytest.mark.parametrize(("size", "k"), [(4, 10), (16, 10), (40, 25), (40, 60)])
-def test_group_search_follows_its_definition_exactly(size: int, k: int) -> None:
-    """The compiled group search (one traversal for the query heads sharing a graph) returns exactly what its
-    plain definition does; integer-valued vectors keep every q·k exact in float32."""
-    keys, train, test = attention_like(n_heads=6, n_kv=2, n_keys=1200, n_train=600, n_test=4, seed=8)
-    keys, test = np.round(keys * 200), np.round(test * 200)
-    index = build_layer_index("retrieval", keys, train)
-    assert index.searches_groups
-    found = index.search(test, k, effort=size)
-    for j in range(2):
-        for i in range(test.shape[1]):
-            heads = slice(3 * j, 3 * j + 3)
-            answers, scanned = reference_group_search(
-                test[heads, i], keys[j], index.indptr[j], index.indices, index.entries[j], size, k
-            )
-            assert (found.scanned[heads, i] == scanned).all()
-            for h, ids in zip(range(3 * j, 3 * j + 3), answers, strict=True):
-                got = found.ids[h, i, : len(ids)]
-                assert set(got) == set(ids) and (found.ids[h, i, len(ids) :] == -1).all()
-
-
-def test_group_search_reaches_recall_with_fewer_keys_read_per_group(data) -> None:
-    """On shared graphs, searching a GQA group together reads fewer distinct keys per group than searching
-    its heads one by one at the same queue size, and finds at least as many of the exact top-k per head."""
-    keys, train, test = data
-    group = build_layer_index("retrieval", keys, train, IndexParams(query_stride=2))
-    per_head = GraphIndex(keys, test.shape[0], group.indptr, group.indices, group.entries,
-                          IndexParams(group_search=False))
-    exact = ExactIndex(keys, test.shape[0]).search(test, 20)
-    together, alone = group.search(test, 20, effort=48), per_head.search(test, 20, effort=48)
-    n_groups = keys.shape[0]
-    reads_together = together.scanned.sum() / (test.shape[0] // n_groups)  # one traversal per group
-    assert reads_together < alone.scanned.sum()
-    assert recall(together.ids, exact.ids) >= recall(alone.ids, exact.ids) - 0.01
 
 
 @pytest.mark.parametrize("per_kv_head", [True, False])

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from engine.attention import merge_attention_states, partial_attention
-from engine.bench.index_suite import PER_HEAD, recall_at_k, search_variants
+from engine.bench.index_suite import recall_at_k
 from engine.bench.report import Report
 from engine.cache import training_stride
 from engine.index import IndexParams, LayerIndex, build_layer_index
@@ -378,35 +378,30 @@ def choose_effort(method: str, index: LayerIndex, w: Workload, target: float
     return (*result[:3], NOT_REACHED)
 
 
-def prepare_method(method: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor) -> list[Contender]:
-    """Build the method's index, choose its effort at the target recall, and return its contenders (the graph
-    with shared graphs: searched per GQA group, and per query head for comparison); timing comes later."""
+def prepare_method(method: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor) -> Contender:
+    """Build the method's index and choose its effort at the target recall; timing comes later."""
     row: dict = {"method": method, "param": "", "tokens": w.n_tokens, "n_offloaded": w.off_k.shape[1]}
     if method == "full":
-        return [Contender(row | {"recall_at_100": 1.0, "scanned_fraction": 1.0, "build_s": 0.0, "attn_err": 0.0},
-                          full_step(w))]
+        return Contender(row | {"recall_at_100": 1.0, "scanned_fraction": 1.0, "build_s": 0.0, "attn_err": 0.0},
+                         full_step(w))
     started = time.perf_counter()
-    built = build_layer_index(method, w.off_k.numpy(), w.train.numpy(), IndexParams(threads=args.index_threads))
+    index = build_layer_index(method, w.off_k.numpy(), w.train.numpy(), IndexParams(threads=args.index_threads))
     build_s = time.perf_counter() - started
-    contenders = []
-    for label, index in search_variants(method, built):
-        effort, recall, scanned, how = choose_effort(method, index, w, args.target_recall)
-        search_s: list[float] = []
-        step = retrieval_step(w, index, effort, search_s)
-        search = " per-head search" if label.endswith(PER_HEAD) else ""
-        contenders.append(Contender(row | {
-            "param": (f"{EFFORT_NAME[method]}={effort}" if effort is not None else "") + search,
-            "recall_at_100": recall, "scanned_fraction": scanned, "build_s": build_s,
-            "attn_err": relative_error(step(w.test), reference), "target_reached": how != NOT_REACHED,
-        }, step, search_s))
-    return contenders
+    effort, recall, scanned, how = choose_effort(method, index, w, args.target_recall)
+    search_s: list[float] = []
+    step = retrieval_step(w, index, effort, search_s)
+    return Contender(row | {
+        "param": f"{EFFORT_NAME[method]}={effort}" if effort is not None else "",
+        "recall_at_100": recall, "scanned_fraction": scanned, "build_s": build_s,
+        "attn_err": relative_error(step(w.test), reference), "target_reached": how != NOT_REACHED,
+    }, step, search_s)
 
 
 def add_ratios(rows: list[dict]) -> None:
     """speedup_vs_<base> = base step_ms / this step_ms, for the bases measured in the same run (and
     min_speedup_vs_<base> from the step_ms_min columns)."""
-    times = {row["method"]: row["step_ms"] for row in rows if row["method"] in RATIO_BASES}
-    best = {row["method"]: row["step_ms_min"] for row in rows if row["method"] in RATIO_BASES}
+    times = {row["method"]: row["step_ms"] for row in rows}
+    best = {row["method"]: row["step_ms_min"] for row in rows}
     for row in rows:
         for base in RATIO_BASES:
             if base in times:
@@ -456,11 +451,11 @@ def run(args: argparse.Namespace, report: Report) -> None:
         w = workload_for(n_tokens, args, real)
         print(f"N = {n_tokens}: {w.source}; offloaded {w.off_k.shape[1]} keys", flush=True)
         reference = full_step(w)(w.test)
-        contenders = [c for method in methods for c in prepare_method(method, w, args, reference)]
+        contenders = [prepare_method(method, w, args, reference) for method in methods]
         time_interleaved(contenders, w.test, args.steps, args.repeats)
         rows = [c.row for c in contenders]
         for row in rows:
-            print(f"  {row['method']:9s} {row['param']:30s} step {row['step_ms']:.3f} ms", flush=True)
+            print(f"  {row['method']:9s} {row['param']:14s} step {row['step_ms']:.3f} ms", flush=True)
         add_ratios(rows)
         for row in rows:
             report.add(echo=False, **row)

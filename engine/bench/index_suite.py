@@ -119,42 +119,28 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted({min(int(x), n_layers - 1) for x in spec.split(",") if x.strip()})
 
 
-PER_HEAD = " per-head"  # label suffix: shared graphs searched one query head at a time
-
-
-def search_variants(method: str, index) -> list[tuple[str, object]]:
-    """(label, index) to measure: the index as built and, where shared graphs are searched per GQA group,
-    the same graphs searched per query head (fewest q·k per head) for comparison."""
-    if getattr(index, "searches_groups", False):
-        return [(method, index), (method + PER_HEAD, index.with_group_search(False))]
-    return [(method, index)]
-
-
-def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curves: dict[str, Curve]) -> None:
-    """Build one layer's index and search it at every effort (per variant, see search_variants). keys [H_kv, N, D],
-    train [H, Nq, D], test [H, 64, D], truth [H, 64, 100]."""
+def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curve: Curve) -> None:
+    """Build one layer's index and search it at every effort. keys [H_kv, N, D], train [H, Nq, D],
+    test [H, 64, D], truth [H, 64, 100]."""
     start = time.perf_counter()
-    built = build_layer_index(method, keys, train, params)
-    build_s = time.perf_counter() - start
+    index = build_layer_index(method, keys, train, params)
+    curve.build_s.append(time.perf_counter() - start)
     n_keys = keys.shape[1]
-    for label, index in search_variants(method, built):
-        curve = curves[label]
-        curve.build_s.append(build_s)
-        if hasattr(index, "nlist"):
-            curve.extra["centroid_fraction"].append(index.nlist / n_keys)
-        for effort in EFFORTS[method]:
+    if hasattr(index, "nlist"):
+        curve.extra["centroid_fraction"].append(index.nlist / n_keys)
+    for effort in EFFORTS[method]:
+        start = time.perf_counter()
+        result = index.search(test, TOP_K, effort)
+        curve.batch_us[effort].append((time.perf_counter() - start) / test.shape[0] / test.shape[1] * 1e6)
+        curve.recall[effort].append(recall_at_k(result.ids, truth))
+        curve.scanned[effort].append(float(result.scanned.mean()) / n_keys)
+        times = []
+        for i in range(DECODE_CALLS):
+            one = np.ascontiguousarray(test[:, i : i + 1])
             start = time.perf_counter()
-            result = index.search(test, TOP_K, effort)
-            curve.batch_us[effort].append((time.perf_counter() - start) / test.shape[0] / test.shape[1] * 1e6)
-            curve.recall[effort].append(recall_at_k(result.ids, truth))
-            curve.scanned[effort].append(float(result.scanned.mean()) / n_keys)
-            times = []
-            for i in range(DECODE_CALLS):
-                one = np.ascontiguousarray(test[:, i : i + 1])
-                start = time.perf_counter()
-                index.search(one, TOP_K, effort)
-                times.append(time.perf_counter() - start)
-            curve.decode_ms[effort].append(float(np.median(times)) * 1e3)
+            index.search(one, TOP_K, effort)
+            times.append(time.perf_counter() - start)
+        curve.decode_ms[effort].append(float(np.median(times)) * 1e3)
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
@@ -179,7 +165,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
         flush=True,
     )
 
-    curves: dict[str, Curve] = defaultdict(Curve)
+    curves = {m: Curve() for m in methods}
     for layer_id in layer_ids:
         vectors = layers[layer_id]
         keys = np.ascontiguousarray(vectors.keys[:, N_SINK : n_tokens - N_WINDOW])
@@ -190,13 +176,13 @@ def run(args: argparse.Namespace, report: Report) -> None:
         _, truth = exact_topk(torch.from_numpy(keys), torch.from_numpy(test), TOP_K)
         truth = truth.numpy()
         for method in methods:
-            _measure_layer(method, keys, train, test, truth, params, curves)
+            _measure_layer(method, keys, train, test, truth, params, curves[method])
             print(f"  layer {layer_id:2d} {method:9s} build {curves[method].build_s[-1]:7.3f} s", flush=True)
 
     common = {"tokens": n_tokens, "n_keys": n_keys}
     summaries = []
-    for label, curve in curves.items():
-        method, search = label.removesuffix(PER_HEAD), " per-head search" if label.endswith(PER_HEAD) else ""
+    for method in methods:
+        curve = curves[method]
         points = []
         for effort in EFFORTS[method]:
             recall = float(np.mean(curve.recall[effort]))
@@ -204,7 +190,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
             points.append((scanned, recall))
             report.add(
                 method=method,
-                param=(f"{EFFORT_NAME[method]}={effort}" if effort is not None else "") + search,
+                param=f"{EFFORT_NAME[method]}={effort}" if effort is not None else "",
                 **common,
                 recall_at_100=recall,
                 recall_min_layer=float(np.min(curve.recall[effort])),
@@ -217,7 +203,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
         summaries.append(
             dict(
                 method=method,
-                param=f"recall>={args.target_recall:g} {how}{search}",
+                param=f"recall>={args.target_recall:g} {how}",
                 **common,
                 recall_at_100=best_recall,
                 scanned_fraction=best,
@@ -239,7 +225,5 @@ def run(args: argparse.Namespace, report: Report) -> None:
         "search_us: per query and head in one [H, 64, D] call; decode_ms: one [H, 1, D] call (a layer's "
         f"decode step); build_s: one layer; index threads={args.threads}, prefill threads="
         f"{args.torch_threads}; train={args.train}; graph: one per "
-        f"{'query head' if args.graph_per_query_head else 'KV head'}; retrieval: the query heads of a KV head "
-        "searched together (scanned = keys the group's search read, each scored for every head), "
-        "'per-head search': the same graphs searched one query head at a time"
+        f"{'query head' if args.graph_per_query_head else 'KV head'}"
     )

@@ -40,9 +40,6 @@ class IndexParams:
         graph_per_kv_head: graph build: one graph per KV head, trained on the queries of all its query
             heads, instead of one per query head (the paper's choice). Measured on SmolLM2 (3 query heads per
             KV head) and Gemma 3 (4): the same or better recall per key scanned, with 3-4x less index memory.
-        group_search: graph search with shared graphs: the query heads of a KV head are searched together,
-            one traversal that reads each key once for the group (faster per decode step, more q·k products
-            per head); False searches each query head on its own (fewest keys scanned per head).
     """
 
     effort: int = 100
@@ -54,7 +51,6 @@ class IndexParams:
     threads: int = 0
     knn_device: str = "cpu"
     graph_per_kv_head: bool = True
-    group_search: bool = True
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ graph:
 
 Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
 best `effort` keys scanned and expanding the best unexpanded one; the answer is the best k of every key
-scanned. With one graph per KV head (the default), the query heads of a group are searched together (one
-traversal, each key read once and scored for every head of the group; `IndexParams.group_search`). A call
-with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
+scanned. A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
 the thread pool (and stalls of milliseconds when the cores are busy).
 
 Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
@@ -30,8 +28,6 @@ the flat ``indices`` int32; ``entries [G, E]`` int64 (-1 padded); ``graph_of [H]
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -43,14 +39,7 @@ import torch
 from numba import njit
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
-from engine.index.graph_search import (
-    _group_workspace,
-    _search_groups_parallel,
-    _search_groups_serial,
-    _search_parallel,
-    _search_serial,
-    _workspace,
-)
+from engine.index.graph_search import _search_parallel, _search_serial, _workspace
 
 METHOD = "retrieval"
 OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
@@ -399,17 +388,16 @@ WORKSPACES_KEPT = 4  # per thread: a decode step's layers share one (same N, eff
 
 
 def _reused_workspace(shape: tuple, make):
-    """The search scratch for `shape` (a key of make's arguments after its tag), kept per thread and reused: a
-    decode step's searches then touch warm memory instead of fresh pages (measured at 128K keys: allocating it
-    per call made the group search slower than the per-head one in a cache-cold decode). The kernels leave the
-    visited array all False, so a kept workspace is ready for the next search."""
+    """The search scratch make(*shape), kept per thread and reused: a decode step's searches (every layer has
+    the same N, effort and top-k) then touch warm memory instead of fresh pages. The kernels leave the visited
+    array all False, so a kept workspace is ready for the next search."""
     kept = getattr(_WORKSPACES, "kept", None)
     if kept is None:
         kept = _WORKSPACES.kept = {}
     if shape not in kept:
         if len(kept) >= WORKSPACES_KEPT:
             kept.pop(next(iter(kept)))
-        kept[shape] = make(*shape[1:])
+        kept[shape] = make(*shape)
     return kept[shape]
 
 
@@ -463,35 +451,13 @@ class GraphIndex:
                 np.full((n_heads, m, max(k, 0)), -1, dtype=np.int64), np.zeros((n_heads, m), dtype=np.int64)
             )
         size = max(effort or self.params.effort, 1)
-        parallel = n_heads * m >= PARALLEL_MIN_SEARCHES
-        arrays = (self.keys, self.indptr, self.indices, self.entries)
-        if self.searches_groups and parallel:
-            ids, scanned = _search_groups_parallel(queries, *arrays, size, k, self.max_degree)
-        elif self.searches_groups:
-            group = n_heads // self.n_kv_heads
-            work = _reused_workspace(("group", self.n_keys, group, size, k, self.max_degree), _group_workspace)
-            ids, scanned = _search_groups_serial(queries, *arrays, size, k, work)
+        arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries)
+        if n_heads * m >= PARALLEL_MIN_SEARCHES:
+            ids, scanned = _search_parallel(queries, *arrays, size, k, self.max_degree)
         else:
-            heads = (self.kv_of, self.graph_of)
-            if parallel:
-                ids, scanned = _search_parallel(queries, self.keys, *heads, *arrays[1:], size, k, self.max_degree)
-            else:
-                work = _reused_workspace(("head", self.n_keys, size, k, self.max_degree), _workspace)
-                ids, scanned = _search_serial(queries, self.keys, *heads, *arrays[1:], size, k, work)
+            work = _reused_workspace((self.n_keys, size, k, self.max_degree), _workspace)
+            ids, scanned = _search_serial(queries, *arrays, size, k, work)
         return SearchResult(ids, scanned)
-
-    def with_group_search(self, group_search: bool) -> GraphIndex:
-        """The same graphs and keys (shared, not copied), searched per GQA group or per query head."""
-        other = copy.copy(self)
-        other.params = dataclasses.replace(self.params, group_search=group_search)
-        return other
-
-    @property
-    def searches_groups(self) -> bool:
-        """Whether a search runs once per GQA group (shared graphs, several query heads per KV head, and
-        `params.group_search`) rather than once per query head."""
-        shared = self.indptr.shape[0] == self.n_kv_heads < self.n_heads
-        return shared and self.params.group_search
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """indptr [G, N+1] int64, indices int32, entries [G, E] int64, graph_of [H] int64 (the graph each query
