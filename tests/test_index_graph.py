@@ -240,3 +240,19 @@ def test_indexes_saved_before_shared_graphs_still_load(data) -> None:
     restored = load_layer_index("retrieval", arrays, keys)
     np.testing.assert_array_equal(restored.graph_of, [0, 1, 2, 3])
     np.testing.assert_array_equal(restored.search(test, 10).ids, per_query_head.search(test, 10).ids)
+
+
+def test_decode_searches_reuse_their_workspace_without_carrying_anything_over(data) -> None:
+    """Decode-sized searches reuse a per-thread workspace across calls and layers; interleaved with another
+    layer's searches (other graph, degree and effort) they return exactly what a batch search returns, where
+    every search gets a fresh workspace."""
+    keys, train, test = data
+    layer = build_layer_index("retrieval", keys, train, IndexParams(query_stride=2))
+    other = build_layer_index("retrieval", np.ascontiguousarray(keys[:, ::-1]), train, IndexParams(degree=8))
+    batch = layer.search(test, 10, effort=24)  # 4 heads x 40 queries: the parallel kernel
+    for i in range(test.shape[1]):
+        one = np.ascontiguousarray(test[:, i : i + 1])
+        other.search(one, 10, effort=40)
+        found = layer.search(one, 10, effort=24)
+        np.testing.assert_array_equal(found.ids[:, 0], batch.ids[:, i])
+        np.testing.assert_array_equal(found.scanned[:, 0], batch.scanned[:, i])

@@ -455,7 +455,8 @@ class GraphIndex:
         if n_heads * m >= PARALLEL_MIN_SEARCHES:
             ids, scanned = _search_parallel(queries, *arrays, size, k, self.max_degree)
         else:
-            work = _reused_workspace((self.n_keys, size, k, self.max_degree), _workspace)
+            degree_room = max(64, 1 << self.max_degree.bit_length())  # layers differ a little in max degree
+            work = _reused_workspace((self.n_keys, size, k, degree_room), _workspace)
             ids, scanned = _search_serial(queries, *arrays, size, k, work)
         return SearchResult(ids, scanned)
 
