@@ -208,6 +208,8 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
         if n_cand > 0:
             _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
         n_fresh = _unvisited_neighbours(node, indptr, indices, visited, fresh, keys)
+        # The same scoring as for the entry points above, written out: an inline helper taking the workspace
+        # made this loop 10-30% slower under numba (measured at 128K keys).
         for j in range(n_fresh):
             v = fresh[j]
             s = _key_dot(q, keys[v])
