@@ -323,8 +323,7 @@ def retrieval_step(w: Workload, index: LayerIndex, effort: int | None, search_s:
 
 @dataclass
 class Contender:
-    """One method (or search variant) of a run: its table row so far, its decode step, and the search
-    seconds its step records."""
+    """One method of a run: its table row so far, its decode step, and the search seconds its step records."""
 
     row: dict
     step: Callable[[torch.Tensor], torch.Tensor]
