@@ -14,9 +14,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from engine.attention import merge_attention_states, partial_attention, retrieved_attention
+from engine.attention import merge_attention_states, partial_attention
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
-from engine.retrieved_cpu import SUPPORTED_KV_DTYPES, retrieved_attention_cpu
+from engine.retrieved_cpu import retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
 
@@ -74,10 +74,7 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ca
     stats.indexed += layer.n_offloaded * n_heads
     stats.searches += n_heads
     ids = torch.from_numpy(found.ids)
-    if layer.off_keys.dtype in SUPPORTED_KV_DTYPES and layer.off_values.dtype in SUPPORTED_KV_DTYPES:
-        o, lse, weights = retrieved_attention_cpu(q_cpu, layer.off_keys, layer.off_values, ids, scale)
-    else:
-        o, lse, weights = retrieved_attention(q_cpu, layer.off_keys, layer.off_values, ids, scale, return_weights=True)
+    o, lse, weights = retrieved_attention_cpu(q_cpu, layer.off_keys, layer.off_values, ids, scale)
     return o, lse, (ids, weights)
 
 

@@ -116,3 +116,10 @@ def test_compiled_cpu_retrieved_attention_equals_the_torch_reference(kv_dtype):
     torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights, weights_ref, atol=1e-6, rtol=1e-5)
     assert lse[1, 0] == float("-inf") and torch.all(o[1, 0] == 0)
+
+
+def test_compiled_cpu_retrieved_attention_refuses_other_kv_dtypes():
+    q, k, v = random_qkv(m=1, n=20)
+    ids = torch.zeros(H, 1, 4, dtype=torch.int64)
+    with pytest.raises(TypeError, match="float32 or float16"):
+        retrieved_attention_cpu(q, k.bfloat16(), v.bfloat16(), ids, SCALE)
