@@ -102,8 +102,11 @@ def _download_from_hub(repo_id: str, progress: ProgressCallback | None) -> Path:
 
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
-               progress: ProgressCallback | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load model `spec` ("default", a folder or a hub id) ready for inference. Never runs remote code."""
+               progress: ProgressCallback | None = None, attn_implementation: str = "sdpa",
+               config_overrides: dict | None = None) -> LoadedModel:
+    """Load model `spec` ("default", a folder or a hub id) ready for inference. Never runs remote code.
+
+    config_overrides: config attributes to replace at load (benchmarks stretch RoPE this way)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = resolve_model_path(spec, progress)
@@ -113,7 +116,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=False, attn_implementation=attn_implementation
+            path, dtype=torch_dtype, trust_remote_code=False, attn_implementation=attn_implementation,
+            **(config_overrides or {}),
         )
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"The model in {path} could not be loaded: {str(error).splitlines()[0]}",

@@ -38,6 +38,29 @@ def test_decode_suite_synthetic_rows(tmp_path, capsys):
     assert "speedup_vs_full" in capsys.readouterr().out
 
 
+def test_decode_suite_on_one_untiled_prefill(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "decode", "--vectors", "prefill", "--model", str(tiny_model_dir), "--layer", "1",
+                     "--tokens", "900,1100", "--methods", "full,exact,retrieval", "--repeats", "1", "--steps", "2",
+                     "--threads", "1", "--vectors-cache", str(tmp_path / "vectors"))
+    rows = data["rows"]
+    assert [(row["method"], row["tokens"]) for row in rows] == [
+        (method, n) for n in (900, 1100) for method in ("full", "exact", "retrieval")]
+    assert all(row["recall_at_100"] == 1.0 for row in rows if row["method"] == "exact")
+    assert any("one prefill of" in note for note in data["notes"])
+    assert len(list((tmp_path / "vectors").glob("capture-*/k1.npy"))) == 1  # one capture of the longest N
+
+
+def test_index_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "index", "--model", str(tiny_model_dir), "--tokens", "1000", "--layers", "0,1",
+                     "--methods", "retrieval,ivf,exact", "--torch-threads", "1")
+    summary = {row["method"]: row for row in data["rows"] if row["param"].startswith("recall>=")}
+    assert sorted(summary) == ["exact", "ivf", "retrieval"]
+    assert summary["exact"]["recall_at_100"] == 1.0 and summary["exact"]["scanned_fraction"] == 1.0
+    assert all(row["tokens"] == 1000 and row["n_keys"] == 1000 - 640 for row in data["rows"])
+    graph = [row for row in data["rows"] if row["method"] == "retrieval" and row["param"].startswith("queue=")]
+    assert [row["recall_at_100"] for row in graph] == sorted(row["recall_at_100"] for row in graph)
+
+
 def _rope(x: torch.Tensor, pos: int, inv_freq: torch.Tensor) -> torch.Tensor:
     """Llama's rotary embedding of x [..., D] at position pos (rotate_half layout)."""
     from transformers.models.llama.modeling_llama import rotate_half

@@ -19,11 +19,14 @@ Vectors (--vectors):
   so the test queries keep their real recent context; earlier tiles cycle backwards over the segments
   (repeating when N needs more than --segments tiles); a head piece of another segment's first tokens
   fills the start. Values are random normal (they affect neither the timing nor the recall).
+- prefill: one prefill of the first max(--tokens) tokens of the index suite's document by --model, layer
+  --layer, no tiling; each N uses the vectors of the first N tokens (a causal prefill's prefix). For real
+  long vectors: gemma3-270m (32K positions), with --rope-scale 4 to reach 128K.
 - synthetic: clustered Gaussian keys with a common offset and queries aimed at clusters (for other
   shapes, e.g. Llama-3-8B's --heads 32 --kv-heads 8 --dim 128); for timing, recall is still measured.
 
     python -m engine.bench decode [--tokens 8192,32768,131072] [--layer 15] [--segments 4]
-                               [--vectors-cache F.npz] [--json-out F]
+                               [--vectors real|prefill|synthetic] [--vectors-cache DIR] [--json-out F]
 """
 
 from __future__ import annotations
@@ -66,14 +69,18 @@ NOT_REACHED = "target never reached: largest effort"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", default="8192,32768,131072", help="comma list of N (context tokens)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS))
-    parser.add_argument("--vectors", choices=("real", "synthetic"), default="real")
+    parser.add_argument("--vectors", choices=("real", "prefill", "synthetic"), default="real",
+                        help="real: RoPE-tiled 8K captures; prefill: one untiled prefill of max(--tokens)")
     parser.add_argument("--layer", type=int, default=15, help="real vectors: layer of the default model (15)")
     parser.add_argument("--segments", type=int, default=4,
                         help="real vectors beyond 8192 tokens: at most this many distinct 8192-token text "
                         "segments are captured and tiled (4)")
-    parser.add_argument("--vectors-cache", metavar="FILE", help="real vectors: .npz to reuse/store the capture")
+    parser.add_argument("--vectors-cache", metavar="DIR", help="folder to keep captured vectors in and reuse them from")
     parser.add_argument("--model", default="default",
                         help="model for real vectors (default: the bundled one; gemma3-270m: 32K context)")
+    parser.add_argument("--rope-scale", type=float, default=1.0,
+                        help="prefill vectors: stretch the model's RoPE linearly by this factor "
+                        "(4: gemma3-270m at 128K)")
     parser.add_argument("--heads", type=int, help="synthetic: query heads (default 9; Llama-3-8B: 32)")
     parser.add_argument("--kv-heads", type=int, help="synthetic: KV heads (default 3; Llama-3-8B: 8)")
     parser.add_argument("--dim", type=int, help="synthetic: head dim (default 64; Llama-3-8B: 128)")
@@ -219,20 +226,24 @@ def capture_segments(model_spec: str, layer: int, n_segments: int, segment_len: 
         segments = []
         for s in range(n_segments):
             started = time.perf_counter()
-            captured = capture_qk(loaded.model, ids[s * segment_len : (s + 1) * segment_len])[layer]
+            captured = capture_qk(loaded.model, ids[s * segment_len : (s + 1) * segment_len], layers=[layer])[layer]
             segments.append(Segment(captured.queries, captured.keys))
             print(f"  captured segment {s + 1}/{n_segments} ({segment_len} tokens, layers 0..{layer}) "
                   f"in {time.perf_counter() - started:.1f} s", flush=True)
     finally:
         inner.layers = all_layers
-    inv_freq = inner.rotary_emb.inv_freq.double().numpy()
+    rotary = inner.rotary_emb  # Gemma 3 keeps one inv_freq per layer type
+    inv_freq = getattr(rotary, "inv_freq", getattr(rotary, "full_attention_inv_freq", None)).double().numpy()
     return segments, inv_freq
 
 
 def load_real_segments(args: argparse.Namespace, n_segments: int, segment_len: int
                        ) -> tuple[list[Segment], np.ndarray]:
     """capture_segments, through the --vectors-cache file when given."""
-    path = Path(args.vectors_cache) if args.vectors_cache else None
+    path = None
+    if args.vectors_cache:
+        name = f"segments-{Path(args.model).name}-l{args.layer}-s{n_segments}x{segment_len}.npz"
+        path = Path(args.vectors_cache) / name
     tag = np.array([args.layer, n_segments, segment_len])
     if path and path.exists():
         data = np.load(path)
@@ -249,6 +260,23 @@ def load_real_segments(args: argparse.Namespace, n_segments: int, segment_len: i
             np.savez(handle, tag=tag, model=np.array(args.model), inv_freq=inv_freq, **arrays)
         path.with_name(path.name + ".tmp").replace(path)
     return segments, inv_freq
+
+
+def load_prefill(args: argparse.Namespace, n_tokens: int) -> tuple[list[Segment], np.ndarray]:
+    """Layer --layer of one prefill of n_tokens (prefill_vectors, through --vectors-cache), as one segment."""
+    from engine.bench.index_suite import index_text
+    from engine.bench.vectors import prefill_vectors
+
+    print(f"prefill of {n_tokens} tokens with {args.model} (RoPE x{args.rope_scale:g}) ...", flush=True)
+    capture = prefill_vectors(args.model, index_text(), n_tokens, [args.layer], args.rope_scale,
+                              Path(args.vectors_cache) if args.vectors_cache else None)
+    vectors = capture.layers[args.layer]
+    if vectors.keys.shape[1] != vectors.queries.shape[1]:
+        raise SystemExit(f"layer {args.layer} keeps {vectors.keys.shape[1]} of {vectors.queries.shape[1]} keys "
+                         "(a sliding-window layer): choose a full-attention layer")
+    if vectors.keys.shape[1] < n_tokens:
+        raise SystemExit(f"the document has {vectors.keys.shape[1]} tokens: fewer than {n_tokens}")
+    return [Segment(np.asarray(vectors.queries), np.asarray(vectors.keys))], np.zeros(1)
 
 
 def synthetic_vectors(n_tokens: int, heads: int, kv_heads: int, dim: int, n_train: int, seed: int
@@ -417,7 +445,9 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
         segments, inv_freq = real
         keys, train, test = tile_vectors(segments, n_tokens, inv_freq, _train_count(args, n_tokens))
         seg_len = segments[0].keys.shape[1]
-        if n_tokens <= seg_len:
+        if args.vectors == "prefill":
+            source = f"real, one prefill of {args.model} (RoPE x{args.rope_scale:g}), layer {args.layer}"
+        elif n_tokens <= seg_len:
             source = f"real (layer {args.layer})"
         else:
             source = f"real layer {args.layer}, RoPE-tiled from {len(segments)} x {seg_len}-token segments"
@@ -445,6 +475,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         longest = max(token_counts)
         n_segments = max(1, min(args.segments, math.ceil((longest - N_SINK) / (SEGMENT - N_SINK))))
         real = load_real_segments(args, n_segments, min(SEGMENT, longest))
+    elif vectors == "prefill":
+        real = load_prefill(args, max(token_counts))
 
     for n_tokens in token_counts:
         w = workload_for(n_tokens, args, real)

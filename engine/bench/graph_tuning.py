@@ -52,7 +52,7 @@ def load_vectors(tokens: int, cache: Path | None) -> list[Layer]:
     loaded = load_model("default", device="cpu", dtype="float32")
     tok, model = loaded.tokenizer, loaded.model
     ids = tok("\n\n".join(topics.values()), return_tensors="pt").input_ids[0][:tokens]
-    layers = [Layer(v.queries, v.keys) for v in capture_qk(model, ids)]
+    layers = [Layer(v.queries, v.keys) for v in capture_qk(model, ids).values()]
     if cache is not None:
         arrays = {f"q{i}": ly.queries.astype(np.float16) for i, ly in enumerate(layers)}
         arrays |= {f"k{i}": ly.keys.astype(np.float16) for i, ly in enumerate(layers)}

@@ -3,8 +3,11 @@ optionally with a "needle" fact hidden at a given depth."""
 
 from __future__ import annotations
 
+import ast
+import sysconfig
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -25,10 +28,29 @@ DEFAULT_NEEDLE = Needle(
 
 @cache
 def english_text() -> str:
-    """About 113K tokens of English prose: the pydoc topic pages of the running Python."""
+    """About 290K tokens of English prose: the pydoc topic pages of the running Python (~113K tokens),
+    then the standard library's docstrings (stdlib_docstrings())."""
     from pydoc_data.topics import topics
 
-    return "\n\n".join(topics[key].strip() for key in sorted(topics))
+    return "\n\n".join(topics[key].strip() for key in sorted(topics)) + "\n\n" + stdlib_docstrings()
+
+
+@cache
+def stdlib_docstrings() -> str:
+    """The docstrings (over 200 characters) of the standard library's top-level modules and their classes and
+    functions, in file order: ~178K more tokens of English, for documents longer than the pydoc topics."""
+    docs = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 200:
+                    docs.append(doc)
+    return "\n\n".join(docs)
 
 
 def filler_text(tokenizer: PreTrainedTokenizerBase, n_tokens: int) -> str:

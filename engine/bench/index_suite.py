@@ -16,11 +16,13 @@ import argparse
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.bench.report import Report
+from engine.bench.vectors import Capture, prefill_vectors
 from engine.cache import training_stride
 from engine.index import IndexParams, build_layer_index, index_methods
 from engine.index.exact import exact_topk
@@ -60,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads of index build/search (IndexParams.threads, and torch's for exact); on a busy "
         "2-core machine 2 threads made single-query searches 10-40x slower than 1",
     )
+    parser.add_argument("--rope-scale", type=float, default=1.0,
+                        help="stretch the model's RoPE linearly by this factor to go past its context "
+                        "(e.g. 4 for gemma3-270m at 128K)")
+    parser.add_argument("--vectors-cache", metavar="DIR",
+                        help="folder to keep captured vectors in and reuse them from (a long prefill takes minutes)")
     parser.add_argument("--graph-per-query-head", action="store_true",
                         help="graph: one graph per query head, as the paper (default: one per KV head)")
 
@@ -96,21 +103,25 @@ def smallest_scanned(points: list[tuple[float, float]], target: float) -> tuple[
     return None, None, "never reached"
 
 
-def load_vectors(model_spec: str, tokens: int) -> tuple[list, int, float]:
-    """Prefill the first `tokens` tokens of pydoc's topics; return (layers, T, prefill seconds)."""
+def index_text() -> str:
+    """The suite's document: pydoc's topics in their stored order, then the standard library's docstrings."""
     from pydoc_data.topics import topics
 
-    from engine.bench.gemma import resolve_bench_model
-    from engine.bench.vectors import capture_qk
-    from engine.model import load_model
+    from engine.bench.haystack import stdlib_docstrings
 
-    loaded = load_model(resolve_bench_model(model_spec), device="cpu", dtype="float32")
-    tokenizer, model = loaded.tokenizer, loaded.model
-    text = "\n\n".join(topics.values())
-    ids = tokenizer(text, return_tensors="pt").input_ids[0][:tokens]
-    start = time.perf_counter()
-    layers = capture_qk(model, ids)
-    return layers, int(ids.shape[0]), time.perf_counter() - start
+    return "\n\n".join(topics.values()) + "\n\n" + stdlib_docstrings()
+
+
+def load_vectors(args: argparse.Namespace) -> Capture:
+    """The vectors of the --layers of a prefill of the first --tokens tokens of index_text()."""
+    from transformers import AutoConfig
+
+    from engine.bench.gemma import resolve_bench_model
+
+    n_layers = AutoConfig.from_pretrained(resolve_bench_model(args.model)).get_text_config().num_hidden_layers
+    cache_dir = Path(args.vectors_cache) if args.vectors_cache else None
+    return prefill_vectors(args.model, index_text(), args.tokens, _parse_layers(args.layers, n_layers),
+                           args.rope_scale, cache_dir)
 
 
 def _parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -153,14 +164,16 @@ def run(args: argparse.Namespace, report: Report) -> None:
     methods = [m for m in methods if m not in missing]
 
     print(f"prefill of {args.tokens} tokens with {args.model} ...", flush=True)
-    layers, n_tokens, prefill_s = load_vectors(args.model, args.tokens)
+    capture = load_vectors(args)
+    layers, prefill_s = capture.layers, capture.prefill_s
+    n_tokens = next(iter(layers.values())).queries.shape[1]
     if n_tokens <= N_SINK + N_WINDOW + N_TEST:
         raise SystemExit(f"need more than {N_SINK + N_WINDOW + N_TEST} tokens, got {n_tokens}")
     torch.set_num_threads(args.threads)
-    layer_ids = _parse_layers(args.layers, len(layers))
+    layer_ids = sorted(layers)
     n_keys = n_tokens - N_SINK - N_WINDOW
     print(
-        f"{n_tokens} tokens, prefill {prefill_s:.2f} s, {len(layers)} layers, measuring {layer_ids}, "
+        f"{n_tokens} tokens, prefill {prefill_s:.2f} s, {capture.n_layers} layers, measuring {layer_ids}, "
         f"N = {n_keys} indexed keys per layer",
         flush=True,
     )
@@ -208,17 +221,17 @@ def run(args: argparse.Namespace, report: Report) -> None:
                 recall_at_100=best_recall,
                 scanned_fraction=best,
                 build_s=build_layer,
-                build_total_s=build_layer * len(layers),
+                build_total_s=build_layer * capture.n_layers,
                 prefill_s=prefill_s,
-                build_vs_prefill=build_layer * len(layers) / prefill_s,
+                build_vs_prefill=build_layer * capture.n_layers / prefill_s,
                 **{name: float(np.mean(values)) for name, values in curve.extra.items()},
             )
         )
     for row in summaries:
         report.add(**row)
-    if len(layer_ids) != len(layers):
+    if len(layer_ids) != capture.n_layers:
         report.note(
-            f"build_total_s extrapolated to all {len(layers)} layers from {len(layer_ids)} measured "
+            f"build_total_s extrapolated to all {capture.n_layers} layers from {len(layer_ids)} measured "
             f"({layer_ids}); build_s is the mean per layer"
         )
     report.note(
