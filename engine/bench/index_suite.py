@@ -31,9 +31,9 @@ N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
 DEFAULT_LAYERS = "0,5,10,15,20,25,29"
 METHODS = ("retrieval", "hnsw", "ivf", "flat", "exact")
 EFFORTS: dict[str, list[int | None]] = {
-    "retrieval": [16, 32, 64, 128, 256, 512],
-    "hnsw": [16, 32, 64, 128, 256, 512, 1024],
-    "ivf": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    "retrieval": [16, 32, 64, 128, 256, 512, 1024, 2048],
+    "hnsw": [16, 32, 64, 128, 256, 512, 1024, 2048],
+    "ivf": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
     "flat": [None],
     "exact": [None],
 }
@@ -130,6 +130,12 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted({min(int(x), n_layers - 1) for x in spec.split(",") if x.strip()})
 
 
+def efforts_for(method: str, index, n_keys: int) -> list[int | None]:
+    """The method's efforts that can differ: a queue or efSearch up to half the keys, nprobe up to nlist."""
+    limit = getattr(index, "nlist", None) if method == "ivf" else n_keys // 2
+    return [e for e in EFFORTS[method] if e is None or limit is None or e <= limit]
+
+
 def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curve: Curve) -> None:
     """Build one layer's index and search it at every effort. keys [H_kv, N, D], train [H, Nq, D],
     test [H, 64, D], truth [H, 64, 100]."""
@@ -139,7 +145,7 @@ def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, c
     n_keys = keys.shape[1]
     if hasattr(index, "nlist"):
         curve.extra["centroid_fraction"].append(index.nlist / n_keys)
-    for effort in EFFORTS[method]:
+    for effort in efforts_for(method, index, n_keys):
         start = time.perf_counter()
         result = index.search(test, TOP_K, effort)
         curve.batch_us[effort].append((time.perf_counter() - start) / test.shape[0] / test.shape[1] * 1e6)
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
     for method in methods:
         curve = curves[method]
         points = []
-        for effort in EFFORTS[method]:
+        for effort in curve.recall:  # the same efforts on every layer: they depend on N only
             recall = float(np.mean(curve.recall[effort]))
             scanned = float(np.mean(curve.scanned[effort]))
             points.append((scanned, recall))
