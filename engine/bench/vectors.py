@@ -98,7 +98,7 @@ def prefill_vectors(model_spec: str, text: str, tokens: int, layers: Collection[
     `model_spec` (RoPE stretched linearly by rope_scale, see load_bench_model).
 
     With cache_dir, a capture of the same model, scale and token ids that holds those layers is loaded from
-    <cache_dir>/capture-<key>/ (meta.json, q<L>.npy, k<L>.npy; memory-mapped) instead of prefilling again, and a new
+    <cache_dir>/capture-<key>/ (meta.json, q<L>.npy, k<L>.npy) instead of prefilling again, and a new
     capture is stored there: written to a temporary folder and renamed, so a killed run leaves no half capture.
     """
     from transformers import AutoTokenizer
@@ -118,9 +118,9 @@ def prefill_vectors(model_spec: str, text: str, tokens: int, layers: Collection[
             wanted = set(range(meta["n_layers"])) if layers is None else set(layers)
             if wanted <= set(meta["layers"]):
                 print(f"  vectors from {folder}", flush=True)
-                return Capture({layer: LayerVectors(np.load(folder / f"q{layer}.npy", mmap_mode="r"),
-                                                    np.load(folder / f"k{layer}.npy", mmap_mode="r"))
-                                for layer in sorted(wanted)}, meta["n_layers"], meta["prefill_s"])
+                loaded = {layer: LayerVectors(np.load(folder / f"q{layer}.npy"), np.load(folder / f"k{layer}.npy"))
+                          for layer in sorted(wanted)}
+                return Capture(loaded, meta["n_layers"], meta["prefill_s"])
     model = load_bench_model(model_spec, rope_scale)
     started = time.perf_counter()
     vectors = capture_qk(model, ids, layers=layers)
