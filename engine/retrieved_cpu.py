@@ -14,7 +14,7 @@ import torch
 from numba import njit, types
 from numba.extending import overload
 
-from engine.index.graph_search import HALF_SCALE, _bits_as_f32, _key_dot
+from engine.index.graph_search import _half_to_f32, _key_dot
 
 
 def _add_scaled(out: np.ndarray, weight: float, row: np.ndarray) -> None:
@@ -26,11 +26,8 @@ def _add_scaled(out: np.ndarray, weight: float, row: np.ndarray) -> None:
 def _add_scaled_impl(out, weight, row):
     if row.dtype == types.uint16:
         def add_half(out, weight, row):
-            scaled = weight * HALF_SCALE  # see graph_search._key_dot for the bit trick
             for i in range(out.shape[0]):
-                h = np.uint32(row[i])
-                bits = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
-                out[i] += scaled * _bits_as_f32(bits)
+                out[i] += weight * _half_to_f32(row[i])
         return add_half
 
     def add_float(out, weight, row):

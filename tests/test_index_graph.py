@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
 from engine.index.exact import ExactIndex
 from engine.index.graph import GraphIndex, build_graph_index
+from engine.index.graph_search import _half_to_f32, _half_to_f32_by_bits
 
 D = 32
 
@@ -256,3 +258,23 @@ def test_decode_searches_reuse_their_workspace_without_carrying_anything_over(da
         found = layer.search(one, 10, effort=24)
         np.testing.assert_array_equal(found.ids[:, 0], batch.ids[:, i])
         np.testing.assert_array_equal(found.scanned[:, 0], batch.scanned[:, i])
+
+
+@njit
+def _convert_halves(bits, native, by_bits):
+    for i in range(bits.shape[0]):
+        native[i] = _half_to_f32(bits[i])
+        by_bits[i] = _half_to_f32_by_bits(bits[i])
+
+
+def test_float16_keys_are_converted_exactly_on_both_routes():
+    """The search and the retrieved attention read float16 keys as bits: the CPU's conversion (where it has
+    one) and the integer route (every other CPU) must both give numpy's float32 for every finite half."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    halves = bits.view(np.float16)
+    finite = np.isfinite(halves)
+    native, by_bits = np.empty(bits.shape, np.float32), np.empty(bits.shape, np.float32)
+    _convert_halves(bits, native, by_bits)
+    expected = halves[finite].astype(np.float32).view(np.uint32)  # compared as bits: -0.0 and subnormals too
+    np.testing.assert_array_equal(native[finite].view(np.uint32), expected)
+    np.testing.assert_array_equal(by_bits[finite].view(np.uint32), expected)

