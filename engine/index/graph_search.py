@@ -44,24 +44,22 @@ def _half_by_bits(builder: ir.IRBuilder, bits16: ir.Value) -> ir.Value:
     return builder.fmul(value, ir.Constant(ir.FloatType(), 2.0**112))
 
 
-@intrinsic
-def _half_to_f32(typingctx, bits):
-    """A float16 given as its uint16 bits -> float32 (numba has no float16). The CPU's conversion instruction
-    where it has one (NATIVE_HALF: LLVM's fpext, vectorised to vcvtph2ps): 1.4-1.6 x faster per key than the
-    integer route (_half_by_bits), which any other CPU gets."""
-    def codegen(context, builder, signature, args):
-        if NATIVE_HALF:
-            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-        return _half_by_bits(builder, args[0])
-    return types.float32(types.uint16), codegen
+def _half_conversion(native: bool):
+    """An intrinsic: a float16 given as its uint16 bits -> float32 (numba has no float16). native: the CPU's
+    conversion instruction (LLVM's fpext, vectorised to vcvtph2ps), 1.4-1.6 x faster per key; else the
+    integer route (_half_by_bits)."""
+    @intrinsic
+    def half_to_f32(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            if native:
+                return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+            return _half_by_bits(builder, args[0])
+        return types.float32(types.uint16), codegen
+    return half_to_f32
 
 
-@intrinsic
-def _half_to_f32_by_bits(typingctx, bits):
-    """_half_to_f32 by the integer route on every CPU (what a CPU without NATIVE_HALF runs; for tests)."""
-    def codegen(context, builder, signature, args):
-        return _half_by_bits(builder, args[0])
-    return types.float32(types.uint16), codegen
+_half_to_f32 = _half_conversion(NATIVE_HALF)  # what the search and the retrieved attention use
+_half_to_f32_by_bits = _half_conversion(False)  # what a CPU without NATIVE_HALF runs (tested everywhere)
 
 
 def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
