@@ -16,7 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import merge_attention_states, partial_attention
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
-from engine.retrieved_cpu import retrieved_attention_cpu
+from engine.retrieved_cpu import SUPPORTED_KV_DTYPES, decode_attention_cpu, retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
 
@@ -37,45 +37,56 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout,
                                       **kwargs)
     q = query[0]
-    o_static, lse_static = partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
-    o_off, lse_off, retrieved = offloaded_attention(layer, q, scale, folio_cache)
-    o, lse = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
-    if retrieved is not None and folio_cache.trace is not None:
-        ids, weights = retrieved  # [H, 1, k] each; weights are shares of the retrieved part only
-        share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)
+    compiled = q.device.type == "cpu" and q.shape[1] == 1 and key.dtype in SUPPORTED_KV_DTYPES
+    # On a GPU the static part is queued first, so that the device computes it while the CPU searches.
+    static = None if compiled else partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
+    ids = search_offloaded(layer, q, folio_cache)
+    if static is None and ids is not None:  # a CPU decode step: static, retrieved and merge in one pass
+        o, lse, lse_off, weights = decode_attention_cpu(q, key[0], value[0], layer.off_keys, layer.off_values, ids,
+                                                        scale)
+    else:
+        o_static, lse_static = static or partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
+        o_off, lse_off, weights = offloaded_attention(layer, q, scale, ids)
+        o, lse = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
+    if ids is not None and folio_cache.trace is not None:
+        share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)  # weights: shares of the retrieved part
         valid = ids >= 0
         folio_cache.trace.add(module.layer_idx, (ids[valid] + layer.off_start).numpy(), share[valid].numpy())
     return o.to(query.dtype).transpose(0, 1).unsqueeze(0), None
 
 
-def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, cache: RetrievalCache):
-    """Attention of q [H, m, D] over the layer's offloaded set, on the CPU.
-
-    Returns (o [H, m, D], lse [H, m], retrieved): retrieved is (ids [H, m, k], weights [H, m, k]) when
-    an index was searched, else None.
-
-    One query per head (decoding): exact attention over the top_k keys the index retrieves (compiled, reading
-    the retrieved rows in place).
-    Several (a question prefilled after the cached document): exact attention over all of them, as
-    the paper's prefill would. Window-only mode: the offloaded set is not attended at all.
-    """
-    n_heads, m, dim = q.shape
-    if layer.n_offloaded == 0 or layer.settings.method == WINDOW_ONLY:
-        empty = torch.full((n_heads, m), float("-inf"))
-        return torch.zeros(n_heads, m, dim), empty, None
-    q_cpu = q.detach().float().cpu()
-    if m > 1:
-        return (*partial_attention(q_cpu, layer.off_keys, layer.off_values, scale), None)
+def search_offloaded(layer: RetrievalLayer, q: torch.Tensor, cache: RetrievalCache) -> torch.Tensor | None:
+    """The ids [H, 1, top_k] (int64, CPU, -1 for none) of the offloaded keys the layer's index retrieves for a
+    decode query q [H, 1, D], or None where nothing is searched: window-only mode, an empty offloaded set, or
+    several queries per head (a question prefilled after the cached document, attended exactly)."""
+    n_heads, m, _ = q.shape
+    if m != 1 or layer.n_offloaded == 0 or layer.settings.method == WINDOW_ONLY:
+        return None
     started = time.perf_counter()
-    found = layer.index.search(q_cpu.numpy(), layer.settings.top_k, layer.settings.effort)
+    found = layer.index.search(q.detach().float().cpu().numpy(), layer.settings.top_k, layer.settings.effort)
     stats = cache.stats
     stats.search_s += time.perf_counter() - started
     stats.scanned += int(found.scanned.sum())
     stats.indexed += layer.n_offloaded * n_heads
     stats.searches += n_heads
-    ids = torch.from_numpy(found.ids)
-    o, lse, weights = retrieved_attention_cpu(q_cpu, layer.off_keys, layer.off_values, ids, scale)
-    return o, lse, (ids, weights)
+    return torch.from_numpy(found.ids)
+
+
+def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ids: torch.Tensor | None):
+    """Attention of q [H, m, D] over the layer's offloaded set, on the CPU, given search_offloaded's ids.
+
+    Returns (o [H, m, D], lse [H, m], weights [H, m, k] or None): with ids, exact attention over those keys
+    (compiled, reading the rows in place; weights are the softmax over them). Without: exact attention over all
+    offloaded keys for several queries, as the paper's prefill would, and nothing in window-only mode.
+    """
+    n_heads, m, dim = q.shape
+    if ids is None and (layer.n_offloaded == 0 or layer.settings.method == WINDOW_ONLY):
+        empty = torch.full((n_heads, m), float("-inf"))
+        return torch.zeros(n_heads, m, dim), empty, None
+    q_cpu = q.detach().float().cpu()
+    if ids is None:
+        return (*partial_attention(q_cpu, layer.off_keys, layer.off_values, scale), None)
+    return retrieved_attention_cpu(q_cpu, layer.off_keys, layer.off_values, ids, scale)
 
 
 AttentionInterface.register(RETRIEVAL_ATTENTION, retrieval_attention)

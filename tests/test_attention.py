@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import merge_attention_states, partial_attention, retrieved_attention
-from engine.retrieved_cpu import retrieved_attention_cpu
+from engine.retrieved_cpu import decode_attention_cpu, retrieved_attention_cpu
 
 H, H_KV, D = 6, 2, 16
 SCALE = D**-0.5
@@ -123,3 +123,44 @@ def test_compiled_cpu_retrieved_attention_refuses_other_kv_dtypes():
     ids = torch.zeros(H, 1, 4, dtype=torch.int64)
     with pytest.raises(TypeError, match="float32 or float16"):
         retrieved_attention_cpu(q, k.bfloat16(), v.bfloat16(), ids, SCALE)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_compiled_cpu_decode_step_equals_static_plus_retrieved_merged(kv_dtype):
+    """The one-pass CPU decode step gives what the device route computes: partial attention over the static set,
+    retrieved attention over the ids, merged by log-sum-exp; with -1 padding, a head that retrieved nothing, and
+    the static set as the cache hands it over (a slice of a larger buffer)."""
+    q, k, v = random_qkv(m=1, n=300, seed=6)
+    _, static_k, static_v = random_qkv(m=1, n=70, seed=7)
+    static_k, static_v = static_k[:, :40], static_v[:, :40]  # rows contiguous, heads strided, as in the cache
+    k, v, static_k, static_v = (x.to(kv_dtype) for x in (k, v, static_k, static_v))
+    g = torch.Generator().manual_seed(8)
+    ids = torch.argsort(torch.rand(H, 1, 300, generator=g), dim=-1)[..., :25].clone()
+    ids[0, 0, 20:] = -1
+    ids[3, 0, :] = -1
+    o, lse, lse_off, weights = decode_attention_cpu(q, static_k, static_v, k, v, ids, SCALE)
+    o_static, lse_static = partial_attention(q, static_k, static_v, SCALE)
+    o_off, lse_off_ref, weights_ref = retrieved_attention(q, k, v, ids, SCALE, return_weights=True)
+    o_ref, lse_ref = merge_attention_states(o_static, lse_static, o_off, lse_off_ref)
+    torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse_off, lse_off_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, weights_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(o[3], o_static[3], atol=1e-5, rtol=1e-5)  # nothing retrieved: the static part
+
+
+def test_compiled_cpu_decode_step_over_all_keys_is_full_attention():
+    q, k, v = random_qkv(m=1, n=120, seed=9)
+    ids = torch.arange(20, 120).expand(H, 1, 100).contiguous()
+    o, lse, _, _ = decode_attention_cpu(q, k[:, :20], v[:, :20], k[:, 20:], v[:, 20:], ids - 20, SCALE)
+    torch.testing.assert_close(o, reference(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, partial_attention(q, k, v, SCALE)[1], atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_cpu_decode_step_refuses_several_queries_and_other_dtypes():
+    q, k, v = random_qkv(m=2, n=20)
+    ids = torch.zeros(H, 2, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="one query per head"):
+        decode_attention_cpu(q, k, v, k, v, ids, SCALE)
+    with pytest.raises(TypeError, match="float32 or float16"):
+        decode_attention_cpu(q[:, :1], k.bfloat16(), v.bfloat16(), k, v, ids[:, :1], SCALE)

@@ -55,8 +55,13 @@ def retrieval_logits(model, prefix, question, steps, settings):
     return logits, cache
 
 
+@pytest.mark.parametrize("route", ["compiled", "device"])
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_top_k_covering_the_offloaded_set_equals_full_attention(model, method):
+def test_top_k_covering_the_offloaded_set_equals_full_attention(model, method, route, monkeypatch):
+    """Both decode routes: the CPU's one-pass kernel, and the one a GPU host takes (static part on the device,
+    retrieved part on the CPU, merged), forced here by offering the kernel no dtype."""
+    if route == "device":
+        monkeypatch.setattr("engine.retrieval.SUPPORTED_KV_DTYPES", ())
     prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
     reference = full_attention_logits(model, torch.cat([prefix, question]), steps=4)
     settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX,
