@@ -2,14 +2,16 @@
 
 `engine.attention.retrieved_attention` gathers the retrieved K/V rows into new tensors and runs a handful of
 torch ops over them; for one decode query per head (top-100 of 9 heads) that is about 0.2 ms, mostly
-per-op overhead and copies. This kernel reads each retrieved row in place (float16 rows as their bits, like
-the graph search) and computes the same (o, lse, weights) in one pass: it is what decoding uses when the
-offloaded set is in CPU memory. `retrieved_attention` stays the reference it is tested against.
+per-op overhead and copies. The kernel here reads each retrieved row in place (float16 rows as their bits,
+like the graph search) and computes the same (o, lse, weights) in one pass; `retrieved_attention` stays the
+reference it is tested against.
 
-`decode_attention_cpu` goes one step further where the static set is in CPU memory too (no GPU): the static
-part, the retrieved part and their merge in one pass. A decode step meets these arrays and torch's operator
-code cold, after 29 other layers' work; measured in the decode suite's round-robin (synthetic Gemma 3 shape,
-32K keys), the non-search part of a step went from 0.6-0.9 ms as separate torch ops to 0.24-0.31 ms.
+`decode_attention_cpu` does the whole step where the static set is in CPU memory too (no GPU): the static
+part, the retrieved part and their merge in one pass; `retrieved_attention_cpu` is the same kernel with an
+empty static set, for a GPU host whose static part stays on the device. A decode step meets these arrays and
+torch's operator code cold, after 29 other layers' work; measured in the decode suite's round-robin
+(synthetic Gemma 3 shape, 32K keys), the non-search part of a step went from 0.6-0.9 ms as separate torch
+ops to 0.24-0.31 ms.
 """
 
 from __future__ import annotations
@@ -41,43 +43,6 @@ def _add_scaled_impl(out, weight, row):
     return add_float
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def _retrieved_attention_kernel(q, keys, values, ids, scale, out, lse, weights):
-    """q [H, m, D] float32, keys/values [H_kv, N, D] (float32 or uint16 bits of float16), ids [H, m, k] int64
-    (-1 = none) -> fills out [H, m, D], lse [H, m], weights [H, m, k] (float32)."""
-    n_heads, m, _ = q.shape
-    group = n_heads // keys.shape[0]
-    for h in range(n_heads):
-        kv = h // group
-        for i in range(m):
-            row_ids = ids[h, i]
-            best = np.float32(-np.inf)
-            for t in range(row_ids.shape[0]):
-                v = row_ids[t]
-                if v >= 0:
-                    s = _key_dot(q[h, i], keys[kv, v]) * scale
-                    weights[h, i, t] = s
-                    best = max(best, s)
-            out[h, i] = 0.0
-            if best == -np.inf:  # nothing retrieved: an empty set (lse -inf, o 0)
-                lse[h, i] = -np.inf
-                weights[h, i] = 0.0
-                continue
-            total = np.float32(0.0)
-            for t in range(row_ids.shape[0]):
-                if row_ids[t] >= 0:
-                    weights[h, i, t] = np.exp(weights[h, i, t] - best)
-                    total += weights[h, i, t]
-                else:
-                    weights[h, i, t] = 0.0
-            for t in range(row_ids.shape[0]):
-                v = row_ids[t]
-                if v >= 0:
-                    weights[h, i, t] /= total
-                    _add_scaled(out[h, i], weights[h, i, t], values[kv, v])
-            lse[h, i] = best + np.log(total)
-
-
 SUPPORTED_KV_DTYPES = (torch.float32, torch.float16)
 
 
@@ -89,28 +54,20 @@ def _as_kernel_array(x: torch.Tensor) -> np.ndarray:
 
 def retrieved_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor, scale: float
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`engine.attention.retrieved_attention(..., return_weights=True)` for CPU tensors, compiled.
+    """`engine.attention.retrieved_attention(..., return_weights=True)` for CPU tensors, compiled: the decode
+    step's kernel with an empty static set (what a GPU host runs on the CPU; its static part stays on the device).
 
     Args:
-        q: [H, m, D] queries.
+        q: [H, 1, D] one query per head.
         k, v: [H_kv, N, D] CPU tensors of a SUPPORTED_KV_DTYPES dtype (read in place).
-        ids: [H, m, top_k] int64 positions in 0..N-1, -1 for none.
+        ids: [H, 1, top_k] int64 positions in 0..N-1, -1 for none.
         scale: the softmax scale.
     Returns:
-        o [H, m, D], lse [H, m] over the retrieved keys only, weights [H, m, top_k] (0 for padding), float32.
+        o [H, 1, D], lse [H, 1] over the retrieved keys only, weights [H, 1, top_k] (0 for padding), float32.
     """
-    if k.dtype not in SUPPORTED_KV_DTYPES or v.dtype not in SUPPORTED_KV_DTYPES:
-        raise TypeError(f"compiled retrieved attention reads float32 or float16 K/V, not {k.dtype}/{v.dtype}")
-    n_heads, m, dim = q.shape
-    out = np.empty((n_heads, m, dim), dtype=np.float32)
-    lse = np.empty((n_heads, m), dtype=np.float32)
-    weights = np.empty(tuple(ids.shape), dtype=np.float32)
-    _retrieved_attention_kernel(
-        np.ascontiguousarray(q.detach().float().numpy()), _as_kernel_array(k), _as_kernel_array(v),
-        np.ascontiguousarray(ids.numpy(), dtype=np.int64), np.float32(scale), out, lse, weights,
-    )
-    return torch.from_numpy(out), torch.from_numpy(lse), torch.from_numpy(weights)
-
+    no_static = k.new_empty((k.shape[0], 0, k.shape[-1]))
+    o, _, lse, weights = decode_attention_cpu(q, no_static, no_static, k, v, ids, scale)
+    return o, lse, weights
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -146,7 +103,7 @@ def _decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, ou
                 best = max(best, scratch[g, j])
             total = np.float32(0.0)
             for j in range(n_static):
-                scratch[g, j] = np.exp(scratch[g, j] - best) if best > -np.inf else np.float32(0.0)
+                scratch[g, j] = np.exp(scratch[g, j] - best)
                 total += scratch[g, j]
             static_max[g], static_total[g] = best, total
             acc[:] = 0.0  # one head at a time: a local accumulator the compiler keeps apart from the rows
@@ -177,13 +134,18 @@ def _decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, ou
             for t in range(row_ids.shape[0]):
                 weights[h, t] = weights[h, t] / total if total > 0 else np.float32(0.0)
             lse_off[h] = best + np.log(total) if total > 0 else -np.inf
-            both = max(static_max[g], best)
-            if both == -np.inf:  # neither set has a key: o 0, lse -inf
+            # which parts hold keys is decided by their totals: fastmath may not compare with infinities
+            if static_total[g] == 0 and total == 0:  # neither set has a key: o 0, lse -inf
                 out[h] = 0.0
                 lse[h] = -np.inf
                 continue
-            a = np.exp(static_max[g] - both) if static_total[g] > 0 else np.float32(0.0)
-            b = np.exp(best - both) if total > 0 else np.float32(0.0)
+            if total == 0:
+                both, a, b = static_max[g], np.float32(1.0), np.float32(0.0)
+            elif static_total[g] == 0:
+                both, a, b = best, np.float32(0.0), np.float32(1.0)
+            else:
+                both = max(static_max[g], best)
+                a, b = np.exp(static_max[g] - both), np.exp(best - both)
             denominator = a * static_total[g] + b * total
             for i in range(dim):
                 out[h, i] = (a * out[h, i] + b * acc[i]) / denominator
