@@ -6,13 +6,18 @@ from engine.bench import gpu_suite
 from engine.bench.report import Report
 
 
-def test_memory_suite_reports_prefill_build_and_decode():
+def test_memory_suite_compares_full_attention_and_retrieval_at_each_length():
     parser = argparse.ArgumentParser()
     gpu_suite.add_arguments(parser)
-    args = parser.parse_args(["--shape", "tiny", "--tokens", "1500", "--chunk", "256", "--device", "cpu",
+    args = parser.parse_args(["--shape", "tiny", "--tokens", "1500,1800", "--chunk", "256", "--device", "cpu",
                               "--dtype", "float32", "--decode-steps", "3"])
     report = Report("memory")
     gpu_suite.run(args, report)
-    (row,) = report.rows
-    assert row["tokens"] == 1500 and row["step_ms"] > 0 and row["prefill_s"] > 0 and row["build_s"] > 0
-    assert 0 < row["scanned_fraction"] < 1
+    assert [(r["method"], r["tokens"]) for r in report.rows] == [
+        ("full", 1500), ("retrieval", 1500), ("full", 1800), ("retrieval", 1800)]
+    for row in report.rows:
+        assert row["step_ms"] > 0 and row["prefill_s"] > 0 and "error" not in row
+    full, retrieval = report.rows[:2]
+    assert full["build_s"] == 0 and full["scanned_fraction"] == 1.0 and full["step_vs_full"] == 1.0
+    assert retrieval["build_s"] > 0 and 0 < retrieval["scanned_fraction"] < 1
+    assert retrieval["step_vs_full"] == round(retrieval["step_ms"] / full["step_ms"], 2)

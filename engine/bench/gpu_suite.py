@@ -1,22 +1,30 @@
-"""Peak memory and decode time of a random-initialised model of a real shape at long context (GPU check).
+"""memory: peak device memory and time per token of a random-initialised model of a real shape at long context.
 
-For the GPU check (packaging/gpu_check.sh): Llama-3-8B's shape in bfloat16 at 128K tokens shows
-what the device holds (weights + static set + one layer's K/V during prefill + working buffers)
-against the weights alone, and the time per decode token. Random weights give meaningless text but
-real shapes, memory and timing. `--shape tiny` runs the same path on a CPU in seconds.
+For the GPU check (packaging/gpu_check.sh): Llama-3-8B's shape in bfloat16 at 32K and 128K tokens, run two ways
+in one process on the same weights and tokens:
+- full: transformers' sdpa attention with its DynamicCache: every layer's K/V stays on the device (the
+  strongest baseline wherever it fits);
+- retrieval (or another index method): the RetrievalCache: the device holds the weights, the static set and
+  one layer's K/V during the prefill; the offloaded K/V and the index live in CPU memory.
+Each row gives the prefill and index-build time, the median decode step of the whole model, and the device's peak
+memory in the prefill and in decoding against the weights alone. Random weights give meaningless text but real
+shapes, memory and timing. `--shape tiny --device cpu` runs the same path on a CPU in seconds.
+
+    python -m engine.bench memory [--shape llama3-8b] [--tokens 32768,131072] [--methods full,retrieval]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 from engine.cache import RetrievalCache, RetrievalSettings
-from engine.generate import prefill
+from engine.generate import prefill_steps
 from engine.index import IndexParams
 from engine.retrieval import RETRIEVAL_ATTENTION
 
@@ -26,40 +34,87 @@ SHAPES = {
     "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000},
 }
+FULL = "full"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
-    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--tokens", default="131072", help="comma list of context lengths")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--chunk", type=int, default=4096, help="prefill chunk (tokens)")
     parser.add_argument("--decode-steps", type=int, default=16)
-    parser.add_argument("--method", default="retrieval", help="index method for the offloaded set")
+    parser.add_argument("--methods", default=f"{FULL},retrieval",
+                        help=f"comma list: {FULL} (sdpa + DynamicCache) and/or index methods for the offloaded set")
 
 
 def run(args: argparse.Namespace, report) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    config = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=max(args.tokens + 64, 8192),
+    token_counts = [int(t) for t in str(args.tokens).split(",") if t.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=max(max(token_counts) + 64, 8192),
                          rope_theta=500000.0, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.eval().set_attn_implementation(RETRIEVAL_ATTENTION)
+    model.eval()
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
-    _reset_peak(device)
-    settings = RetrievalSettings(method=args.method, index_params=IndexParams(knn_device=device.type))
-    cache = RetrievalCache(config.num_hidden_layers, args.tokens, device, settings, dtype)
-    kwargs = {"folio_cache": cache}
-    ids = torch.randint(0, config.vocab_size, (args.tokens,))
+    for n_tokens in token_counts:
+        ids = torch.randint(0, config.vocab_size, (n_tokens,), generator=torch.Generator().manual_seed(n_tokens))
+        kv_gib = 2 * config.num_hidden_layers * config.num_key_value_heads * n_tokens * config.head_dim \
+            * dtype.itemsize / 2**30
+        rows = []
+        for method in methods:
+            print(f"== {method}, {n_tokens} tokens", flush=True)
+            row = {"method": method, "param": f"shape={args.shape},{args.dtype}", "tokens": n_tokens,
+                   "weights_gib": round(weights_gib, 2), "kv_gib": round(kv_gib, 2)}
+            try:
+                row |= measure(model, ids, method, device, dtype, args)
+            except torch.OutOfMemoryError as error:
+                row["error"] = f"out of device memory: {str(error).splitlines()[0]}"
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            row["process_peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+            print(f"   {row}", flush=True)
+            rows.append(row)
+        full = next((r for r in rows if r["method"] == FULL and "step_ms" in r), None)
+        for row in rows:
+            if full is not None and "step_ms" in row:
+                row["step_vs_full"] = round(row["step_ms"] / full["step_ms"], 2)
+                if full["peak_decode_gib"]:
+                    row["decode_peak_vs_full"] = round(row["peak_decode_gib"] / full["peak_decode_gib"], 3)
+            report.add(**row)
+    report.note(
+        f"device {device}; kv_gib: all layers' K/V of the context in {args.dtype}; peak_*_gib = "
+        "torch.cuda.max_memory_allocated (0 on CPU) in the prefill and in decoding; step_ms = median decode step of "
+        "the whole model; process_peak_gib = the process's peak resident memory so far (it only grows); "
+        "step_vs_full and decode_peak_vs_full: this row over full attention's; random weights, so the text is "
+        "meaningless"
+    )
 
+
+def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: torch.dtype,
+            args: argparse.Namespace) -> dict:
+    """Prefill ids [n] with `method`, build its index, decode --decode-steps tokens; the row's measured columns."""
+    config = model.config
+    if method == FULL:
+        model.set_attn_implementation("sdpa")
+        cache, kwargs = DynamicCache(config=config), {}
+    else:
+        model.set_attn_implementation(RETRIEVAL_ATTENTION)
+        settings = RetrievalSettings(method=method, index_params=IndexParams(knn_device=device.type))
+        cache = RetrievalCache(config.num_hidden_layers, len(ids), device, settings, dtype)
+        kwargs = {"folio_cache": cache}
+    _reset_peak(device)
     started = time.perf_counter()
-    logits = prefill(model, ids, cache, args.chunk, forward_kwargs=kwargs)
+    logits = _drain(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs))
     prefill_s = _elapsed(started, device)
     prefill_peak = _peak_gib(device)
     started = time.perf_counter()
-    for _ in cache.build_index_steps():
-        pass
+    if method != FULL:
+        _drain(cache.build_index_steps())
     build_s = time.perf_counter() - started
     _reset_peak(device)
     steps = []
@@ -69,16 +124,26 @@ def run(args: argparse.Namespace, report) -> None:
             started = time.perf_counter()
             token = model(input_ids=token, cache=cache, **kwargs).logits[0, -1].argmax().view(1, 1)
             steps.append(_elapsed(started, device))
-    decode_peak = _peak_gib(device)
     steady = sorted(steps[1:] or steps)
-    report.add(method=args.method, param=f"shape={args.shape},{args.dtype}", tokens=args.tokens,
-               prefill_s=round(prefill_s, 2), build_s=round(build_s, 2),
-               step_ms=round(1000 * steady[len(steady) // 2], 1), weights_gib=round(weights_gib, 2),
-               peak_prefill_gib=prefill_peak, peak_decode_gib=decode_peak,
-               process_peak_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-               scanned_fraction=round(cache.stats.scanned_fraction, 4))
-    report.note(f"device {device}; peak_*_gib = torch.cuda.max_memory_allocated (0 on CPU); step_ms = median "
-                "decode step of the whole model; random weights, so the text is meaningless")
+    return {"prefill_s": round(prefill_s, 2), "build_s": round(build_s, 2),
+            "step_ms": round(1000 * steady[len(steady) // 2], 1), "peak_prefill_gib": prefill_peak,
+            "peak_decode_gib": _peak_gib(device),
+            "scanned_fraction": 1.0 if method == FULL else round(cache.stats.scanned_fraction, 4)}
+
+
+def _drain(steps):
+    """Run a generator of Progress events to its end, printing about ten of them; returns its return value."""
+    shown = -1
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as done:
+            return done.value
+        tenth = int(10 * event.fraction)
+        if tenth > shown:
+            shown = tenth
+            eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None else ""
+            print(f"   {event.stage} {event.done}/{event.total} {event.unit}{eta}", flush=True)
 
 
 def _elapsed(started: float, device: torch.device) -> float:

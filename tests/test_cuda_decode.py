@@ -1,0 +1,63 @@
+"""RetrievalAttention on a CUDA device: the static set on the GPU, the offloaded set and its index in CPU memory.
+
+Skipped without CUDA (CI has none); packaging/gpu_check.sh runs it first on a GPU machine. Imports only the
+engine's model-side modules, so it runs on a machine with torch, transformers, numba and faiss alone.
+"""
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from engine.cache import RetrievalCache, RetrievalSettings
+from engine.generate import prefill
+from engine.index import IndexParams
+from engine.retrieval import RETRIEVAL_ATTENTION
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+PREFIX, QUESTION, STEPS = 700, 6, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LlamaConfig(vocab_size=400, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to("cuda", torch.float32).eval()
+
+
+@torch.inference_mode()
+def greedy_logits(model, prefix, question, settings=None):
+    """Logits [vocab] after the prompt and after each of STEPS greedy tokens: full attention when settings is
+    None, else the retrieval cache (prefix prefilled and indexed, then the question prefilled after it)."""
+    if settings is None:
+        model.set_attn_implementation("sdpa")
+        cache, kwargs = DynamicCache(config=model.config), {}
+        logits = [prefill(model, torch.cat([prefix, question]), cache, chunk=256)]
+    else:
+        model.set_attn_implementation(RETRIEVAL_ATTENTION)
+        cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), torch.device("cuda"), settings)
+        kwargs = {"folio_cache": cache}
+        prefill(model, prefix, cache, chunk=256, forward_kwargs=kwargs)
+        list(cache.build_index_steps())
+        logits = [prefill(model, question, cache, chunk=256, forward_kwargs=kwargs)]
+    for _ in range(STEPS):
+        token = logits[-1].argmax().view(1, 1)
+        logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
+    return logits, cache
+
+
+@pytest.mark.parametrize("method", ["retrieval", "exact"])
+def test_retrieval_on_cuda_equals_full_attention_when_top_k_covers_the_offloaded_set(model, method):
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, 400, (PREFIX,), generator=gen)
+    question = torch.randint(0, 400, (QUESTION,), generator=gen)
+    reference, _ = greedy_logits(model, prefix, question)
+    settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX,
+                                 kv_dtype=torch.float32, index_params=IndexParams(knn_device="cuda"))
+    logits, cache = greedy_logits(model, prefix, question, settings)
+    layer = cache.layers[0]
+    assert layer.static_k.device.type == "cuda" and layer.off_keys.device.type == "cpu"
+    assert cache.stats.searches > 0
+    for got, want in zip(logits, reference, strict=True):
+        assert got.device.type == "cuda"
+        assert (got - want).abs().max() <= 1e-4
