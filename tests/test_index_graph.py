@@ -278,3 +278,72 @@ def test_float16_keys_are_converted_exactly_on_both_routes():
     expected = halves[finite].astype(np.float32).view(np.uint32)  # compared as bits: -0.0 and subnormals too
     np.testing.assert_array_equal(native[finite].view(np.uint32), expected)
     np.testing.assert_array_equal(by_bits[finite].view(np.uint32), expected)
+
+
+def unconnected_graph(n_keys: int = 2000, seed: int = 1):
+    """Structureless keys [N, D] (as a random-weight model gives) and the lists a projection of 100 queries' top-32
+    leaves them: most keys are unreachable from the entry. Returns keys, adj [N, cap], deg [N], m, entry."""
+    import torch
+
+    from engine.index import graph
+
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((n_keys, D), dtype=np.float32)
+    queries = rng.standard_normal((100, D), dtype=np.float32)
+    knn, _ = graph.exact_topk(torch.from_numpy(keys), torch.from_numpy(queries), 32)
+    m = 16
+    adj, deg = graph._project(keys, knn, m, m * graph.OVERFLOW_SLACK)
+    return keys, adj, deg, m, int(knn[0, 0])
+
+
+def reachable(adj: np.ndarray, deg: np.ndarray, entry: int) -> np.ndarray:
+    """[N] bool: keys reachable from entry (plain Python)."""
+    seen, stack = np.zeros(len(deg), dtype=bool), [entry]
+    seen[entry] = True
+    while stack:
+        x = stack.pop()
+        for c in adj[x, : deg[x]]:
+            if not seen[c]:
+                seen[c] = True
+                stack.append(int(c))
+    return seen
+
+
+def test_connect_makes_every_key_reachable_from_the_entry():
+    from engine.index import graph
+
+    keys, adj, deg, m, entry = unconnected_graph()
+    unreached_before = int((~reachable(adj, deg, entry)).sum())
+    assert unreached_before > 300
+    linked = graph._connect(keys, adj, deg, entry, m)
+    assert 0 < linked <= unreached_before
+    assert reachable(adj, deg, entry).all()
+    assert deg.max() <= adj.shape[1]
+
+
+def test_connect_links_each_unreached_key_from_its_nearest_reached_key_with_room(monkeypatch):
+    """With batches of one key, the batched connect is its definition: in key order, each key still unreachable is
+    linked from the nearest reachable key whose list has room (reference in plain Python)."""
+    from engine.index import graph
+
+    keys, adj, deg, m, entry = unconnected_graph(n_keys=600, seed=2)
+    want_adj, want_deg = adj.copy(), deg.copy()
+    cap = adj.shape[1]
+    buf_i, buf_d = np.empty(cap + 1, np.int32), np.empty(cap + 1, np.float32)
+    seen = reachable(want_adj, want_deg, entry)
+    assert not seen.all()
+    for x in range(len(keys)):
+        if seen[x]:
+            continue
+        dist = ((keys - keys[x]) ** 2).sum(1)
+        dist[~seen | (want_deg >= cap)] = np.inf
+        parent = int(np.argmin(dist))
+        want_adj[parent, want_deg[parent]] = x
+        want_deg[parent] += 1
+        graph._add_edge(keys, want_adj, want_deg, x, parent, m, buf_i, buf_d)
+        seen |= reachable(want_adj, want_deg, x)
+    monkeypatch.setattr(graph, "CONNECT_BATCH", 1)
+    graph._connect(keys, adj, deg, entry, m)
+    assert np.array_equal(deg, want_deg)
+    for x in range(len(keys)):
+        assert np.array_equal(np.sort(adj[x, : deg[x]]), np.sort(want_adj[x, : want_deg[x]]))

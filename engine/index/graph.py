@@ -48,6 +48,8 @@ KNN_CHUNK = 1024  # queries per matmul chunk in the exact top-k
 EXACT_KEY_KNN_MAX = 8192  # above this many keys (on a CPU) key neighbours come from HNSW, not a matmul
 APPROX_KNN_LINKS = 16
 APPROX_KNN_EF = 64
+CONNECT_CANDIDATES = 16  # nearest reached keys kept per unreachable key (the first with a free slot links it)
+CONNECT_BATCH = 256  # unreachable keys whose nearest reached keys come from one matmul
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
 
 
@@ -222,33 +224,75 @@ def _mark_reached(adj, deg, start, seen, queue):
 
 
 @njit(cache=True, nogil=True)
-def _connect(keys, adj, deg, entry, m):
-    """Link every key unreachable from entry from its nearest reached key that has a free slot (and
-    back); returns how many keys had to be linked. Edges are only added, so one pass suffices."""
+def _reached_from(adj, deg, entry):
+    """[N] bool: the keys reachable from entry over the lists as they are now."""
+    seen = np.zeros(adj.shape[0], dtype=np.bool_)
+    _mark_reached(adj, deg, entry, seen, np.empty(adj.shape[0], dtype=np.int32))
+    return seen
+
+
+@njit(cache=True, nogil=True)
+def _link(keys, adj, deg, m, x, parent, seen, buf_i, buf_d, queue):
+    """Add parent -> x and x -> parent, then mark what x reaches in seen."""
+    adj[parent, deg[parent]] = x
+    deg[parent] += 1
+    _add_edge(keys, adj, deg, x, parent, m, buf_i, buf_d)
+    _mark_reached(adj, deg, x, seen, queue)
+
+
+@njit(cache=True, nogil=True)
+def _link_unreached(keys, adj, deg, entry, m, batch, candidates, seen):
+    """Link each key of batch [B] (in order) that is still unreachable from the first of its candidates [B, C]
+    (keys reached before the batch, nearest first, -1 padded) with a free slot, and back; when all are full,
+    from the nearest reached key with a free slot, found by a scan (or, if none has one, a slot taken over at
+    entry). seen [N] bool is updated. Returns how many keys were linked."""
     n_keys, cap = adj.shape
     buf_i = np.empty(cap + 1, dtype=np.int32)
     buf_d = np.empty(cap + 1, dtype=np.float32)
-    seen = np.zeros(n_keys, dtype=np.bool_)
     queue = np.empty(n_keys, dtype=np.int32)
-    _mark_reached(adj, deg, entry, seen, queue)
     linked = 0
-    for x in range(n_keys):
-        if seen[x]:
+    for b in range(batch.shape[0]):
+        x = batch[b]
+        if seen[x]:  # an earlier link reached it
             continue
-        best, best_d = -1, np.float32(np.inf)
-        for i in range(n_keys):
-            if seen[i] and deg[i] < cap:
-                d = _l2(keys[x], keys[i])
-                if d < best_d:
-                    best, best_d = i, d
-        if best < 0:  # every reached list is full (never seen in practice): take over a last slot
-            best = entry
-            deg[best] -= 1
-        adj[best, deg[best]] = x
-        deg[best] += 1
-        _add_edge(keys, adj, deg, x, best, m, buf_i, buf_d)
-        _mark_reached(adj, deg, x, seen, queue)
+        parent = -1
+        for t in range(candidates.shape[1]):
+            c = candidates[b, t]
+            if c >= 0 and deg[c] < cap:
+                parent = c
+                break
+        if parent < 0:
+            best_d = np.float32(np.inf)
+            for i in range(n_keys):
+                if seen[i] and deg[i] < cap:
+                    d = _l2(keys[x], keys[i])
+                    if d < best_d:
+                        parent, best_d = i, d
+        if parent < 0:  # every reached list is full (never seen in practice): take over a last slot
+            parent = entry
+            deg[parent] -= 1
+        _link(keys, adj, deg, m, x, parent, seen, buf_i, buf_d, queue)
         linked += 1
+    return linked
+
+
+def _connect(keys: np.ndarray, adj: np.ndarray, deg: np.ndarray, entry: int, m: int, device: str = "cpu") -> int:
+    """Make every key reachable from entry: each unreachable key, in order, is linked from its nearest reached key
+    with a free slot (and back), and what it reaches is marked. keys [N, D] float32; adj [N, cap] / deg [N] are
+    edited in place. Returns how many keys were linked.
+
+    The nearest reached keys come in batches of CONNECT_BATCH still-unreached keys, from one exact L2 top-k each (a
+    matmul on `device`) over the keys reached before the batch, instead of a scan of every key per linked key."""
+    seen = _reached_from(adj, deg, entry)
+    dev = torch.device(device)
+    linked = 0
+    while not seen.all():
+        batch = np.flatnonzero(~seen)[:CONNECT_BATCH].astype(np.int32)
+        reached = np.flatnonzero(seen)
+        local, _ = exact_topk(torch.from_numpy(keys[reached]).to(dev), torch.from_numpy(keys[batch]).to(dev),
+                              CONNECT_CANDIDATES, metric="l2")
+        candidates = np.ascontiguousarray(reached[local], dtype=np.int32)
+        linked += _link_unreached(keys, adj, deg, entry, m, batch, candidates, seen)
     return linked
 
 
@@ -343,7 +387,7 @@ def build_head_graph(
         adj, deg = np.full((n_keys, cap), -1, dtype=np.int32), np.zeros(n_keys, dtype=np.int32)
     if key_knn is not None:
         adj, deg = _merge_knn(keys, adj, deg, key_knn[0], key_knn[1], m)
-    _connect(keys, adj, deg, entries[0], m)
+    _connect(keys, adj, deg, int(entries[0]), m, params.knn_device)
     indptr, indices = _to_csr(adj, deg)
     return indptr, indices, entries
 
