@@ -184,9 +184,8 @@ class RetrievalLayer(CacheLayerMixin):
         self.store_k[:, self.filled : self.filled + n] = key_states[0]
         self.store_v[:, self.filled : self.filled + n] = value_states[0]
         self.filled += n
-        keys = self.store_k[None, :, : self.filled].to(key_states.device, non_blocking=True)
-        values = self.store_v[None, :, : self.filled].to(value_states.device, non_blocking=True)
-        return keys, values
+        return (prefix_on(self.store_k, self.filled, key_states.device),
+                prefix_on(self.store_v, self.filled, value_states.device))
 
     def record_queries(self, query: torch.Tensor) -> None:
         """query [H, m, D] of the tokens just prefilled: keep those on the training stride."""
@@ -256,6 +255,20 @@ class RetrievalLayer(CacheLayerMixin):
         self.static_v[:, self.n_static : self.n_static + n] = value_states[0]
         self.n_static += n
         return self.static_k[None, :, : self.n_static], self.static_v[None, :, : self.n_static]
+
+
+def prefix_on(store: torch.Tensor, filled: int, device: torch.device) -> torch.Tensor:
+    """store [H_kv, L, D] in (pinned) CPU memory -> its first `filled` positions as [1, H_kv, filled, D] on device.
+
+    On the CPU a view. Elsewhere one copy per KV head: each head's rows are contiguous in the store, so each is a
+    single asynchronous DMA from pinned memory, where a copy of the whole [H_kv, filled, D] slice (strided across
+    heads) would first be gathered into pageable memory by the CPU."""
+    if device.type == "cpu":
+        return store[None, :, :filled]
+    out = torch.empty((1, store.shape[0], filled, store.shape[2]), dtype=store.dtype, device=device)
+    for head in range(store.shape[0]):
+        out[0, head].copy_(store[head, :filled], non_blocking=True)
+    return out
 
 
 def _grow(buffer: torch.Tensor, used: int, extra: int) -> torch.Tensor:

@@ -61,3 +61,14 @@ def test_retrieval_on_cuda_equals_full_attention_when_top_k_covers_the_offloaded
     for got, want in zip(logits, reference, strict=True):
         assert got.device.type == "cuda"
         assert (got - want).abs().max() <= 1e-4
+
+
+def test_prefill_sends_the_stored_prefix_to_the_device_head_by_head():
+    from engine.cache import prefix_on
+
+    store = torch.randn(3, 50, 8).pin_memory()
+    got = prefix_on(store, 20, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert got.shape == (1, 3, 20, 8) and got.device.type == "cuda"
+    assert torch.equal(got.cpu()[0], store[:, :20])
+    assert prefix_on(store, 20, torch.device("cpu")).data_ptr() == store.data_ptr()  # a view on the CPU
