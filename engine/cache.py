@@ -3,12 +3,15 @@ a per-layer key index.
 
 Life of a cache (one document prefix of T tokens):
 1. prefill: `update` writes each chunk's K/V into a preallocated CPU store [H_kv, T, D] (pinned when
-   the model is on CUDA) and hands attention the K/V so far; the prefill is exact full attention.
+   the model is on CUDA; in kv_dtype already when that holds the model's values, see `store_dtype`) and
+   hands attention the K/V so far; the prefill is exact full attention.
    The attention hook records a sample of each layer's queries for training the index. Only one
    layer's K/V is ever on the device at once.
 2. `build_indexes()`: per layer, the first n_sink and last n_window tokens go to the device (the
    static set), the rest stays in CPU memory (offloaded set, contiguous per layer) and gets an index
-   built from that layer's recorded queries.
+   built from that layer's recorded queries. CPU memory then holds each layer's K/V once: the offloaded
+   keys, the prefix's values (the offloaded values are a view of them) and a small copy of the static keys,
+   from which `prefix_arrays()` rebuilds the prefix for saving.
 3. decode: tokens after the prefix (question, answer) are appended to the static set; attention is
    exact over the static set on the device, merged by log-sum-exp with exact attention over each
    query head's top_k keys retrieved from the offloaded set (see engine.retrieval).
@@ -141,8 +144,9 @@ class RetrievalLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         _, n_kv, _, dim = key_states.shape
         pin = self.device.type == "cuda"
-        self.store_k = torch.empty(n_kv, self.prefix_len, dim, dtype=key_states.dtype, pin_memory=pin)
-        self.store_v = torch.empty(n_kv, self.prefix_len, dim, dtype=value_states.dtype, pin_memory=pin)
+        kept = store_dtype(key_states.dtype, self.settings.kv_dtype)
+        self.store_k = torch.empty(n_kv, self.prefix_len, dim, dtype=kept, pin_memory=pin)
+        self.store_v = torch.empty(n_kv, self.prefix_len, dim, dtype=kept, pin_memory=pin)
         self.dtype = key_states.dtype
         self.is_initialized = True
 
@@ -184,8 +188,8 @@ class RetrievalLayer(CacheLayerMixin):
         self.store_k[:, self.filled : self.filled + n] = key_states[0]
         self.store_v[:, self.filled : self.filled + n] = value_states[0]
         self.filled += n
-        return (prefix_on(self.store_k, self.filled, key_states.device),
-                prefix_on(self.store_v, self.filled, value_states.device))
+        return (prefix_on(self.store_k, self.filled, key_states.device, key_states.dtype),
+                prefix_on(self.store_v, self.filled, value_states.device, value_states.dtype))
 
     def record_queries(self, query: torch.Tensor) -> None:
         """query [H, m, D] of the tokens just prefilled: keep those on the training stride."""
@@ -202,7 +206,7 @@ class RetrievalLayer(CacheLayerMixin):
             raise ValueError(f"index build needs the whole prefix ({self.filled} of {self.prefix_len} tokens)")
         if not self._train_queries:
             raise ValueError("no prefill queries were recorded: prefill with the retrieval attention")
-        kv_dtype = self.settings.kv_dtype
+        kv_dtype = self.settings.kv_dtype  # the store is already in it wherever it holds the model's values
         prefix = PrefixArrays(self.store_k.to(kv_dtype), self.store_v.to(kv_dtype),
                               torch.cat(self._train_queries, dim=1).to(torch.float16))
         del self.store_k, self.store_v
@@ -223,13 +227,16 @@ class RetrievalLayer(CacheLayerMixin):
         static_k = torch.cat([keys[:, :n_sink], keys[:, window_start:]], dim=1)
         static_v = torch.cat([values[:, :n_sink], values[:, window_start:]], dim=1)
         self.n_static_prefix = self.n_static = static_k.shape[1]
-        self.static_k = static_k.to(self.device, model_dtype)
-        self.static_v = static_v.to(self.device, model_dtype)
+        self.static_k = static_k.to(self.device, model_dtype, copy=True)  # grows with the question and answer
+        self.static_v = static_v.to(self.device, model_dtype, copy=True)
         self.off_start = n_sink  # offloaded id i is prefix position off_start + i
         # kv_dtype as stored: the graph index searches float16 keys in place, so no float32 copy is made.
         self.off_keys = keys[:, n_sink:window_start].contiguous()
         self.off_values = values[:, n_sink:window_start]
-        self.prefix = prefix
+        # What prefix_arrays() needs besides those: the prefix's keys are not kept whole (that would hold the
+        # offloaded keys twice), only the static ones, in kv_dtype and on the CPU (exactly as saved).
+        self.static_prefix_k = static_k
+        self.prefix_values, self.train_queries = values, prefix.queries
         self.index = None
         if self.n_offloaded and s.method != WINDOW_ONLY:
             keys_np = self.off_keys.numpy()
@@ -239,6 +246,13 @@ class RetrievalLayer(CacheLayerMixin):
                 queries = np.ascontiguousarray(prefix.queries.float().numpy())
                 self.index = build_layer_index(s.method, keys_np, queries, s.index_params)
         self.indexed = True
+
+    def prefix_arrays(self) -> PrefixArrays:
+        """The document prefix as installed (what is saved): keys/values [H_kv, T, D] in kv_dtype, queries.
+        The keys are put back together from the static and offloaded ones (a copy of one layer's keys)."""
+        sinks = self.off_start
+        keys = torch.cat([self.static_prefix_k[:, :sinks], self.off_keys, self.static_prefix_k[:, sinks:]], dim=1)
+        return PrefixArrays(keys, self.prefix_values, self.train_queries)
 
     @property
     def n_offloaded(self) -> int:
@@ -257,18 +271,29 @@ class RetrievalLayer(CacheLayerMixin):
         return self.static_k[None, :, : self.n_static], self.static_v[None, :, : self.n_static]
 
 
-def prefix_on(store: torch.Tensor, filled: int, device: torch.device) -> torch.Tensor:
-    """store [H_kv, L, D] in (pinned) CPU memory -> its first `filled` positions as [1, H_kv, filled, D] on device.
+def store_dtype(model_dtype: torch.dtype, kv_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the prefill store keeps a layer's K/V in: kv_dtype when it holds every value of the model's
+    dtype (a 16-bit model's K/V in float16: bfloat16's 7 mantissa bits fit in float16's 10 over float16's normal
+    range), so the store becomes the cache's CPU copy with no conversion; else the model's dtype, so a float32
+    prefill stays exact and the conversion to kv_dtype happens at the index build."""
+    if model_dtype == kv_dtype or (kv_dtype == torch.float16 and model_dtype == torch.bfloat16):
+        return kv_dtype
+    return model_dtype
 
-    On the CPU a view. Elsewhere one copy per KV head: each head's rows are contiguous in the store, so each is a
-    single asynchronous DMA from pinned memory, where a copy of the whole [H_kv, filled, D] slice (strided across
-    heads) would first be gathered into pageable memory by the CPU."""
+
+def prefix_on(store: torch.Tensor, filled: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """store [H_kv, L, D] in (pinned) CPU memory -> its first `filled` positions as [1, H_kv, filled, D] on device,
+    in dtype.
+
+    On the CPU a view where the dtypes agree. Elsewhere one copy per KV head: each head's rows are contiguous in the
+    store, so each is a single asynchronous DMA from pinned memory, where a copy of the whole [H_kv, filled, D] slice
+    (strided across heads) would first be gathered into pageable memory by the CPU."""
     if device.type == "cpu":
-        return store[None, :, :filled]
+        return store[None, :, :filled].to(dtype)
     out = torch.empty((1, store.shape[0], filled, store.shape[2]), dtype=store.dtype, device=device)
     for head in range(store.shape[0]):
         out[0, head].copy_(store[head, :filled], non_blocking=True)
-    return out
+    return out.to(dtype)
 
 
 def _grow(buffer: torch.Tensor, used: int, extra: int) -> torch.Tensor:

@@ -236,7 +236,7 @@ def save_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, prefix_
     notices: list[str] = []
     cache_id = identity.cache_id
     layers = cache.layers
-    needed = sum(npy_bytes(layer.prefix.keys.numpy()) * 2 + npy_bytes(layer.prefix.queries.numpy())
+    needed = sum(npy_bytes(layer.prefix_values.numpy()) * 2 + npy_bytes(layer.train_queries.numpy())
                  for layer in layers)
     evicted = store.make_room(needed, keep=cache_id)
     if evicted:
@@ -257,7 +257,7 @@ def save_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, prefix_
         for number, layer in enumerate(layers):
             if cancel:
                 cancel.raise_if_cancelled()
-            prefix = layer.prefix
+            prefix = layer.prefix_arrays()
             for kind, tensor in (("keys", prefix.keys), ("values", prefix.values), ("queries", prefix.queries)):
                 records.append(write_array(folder, _layer_file(number, kind), tensor.numpy()))
             yield meter.update(number + 1)

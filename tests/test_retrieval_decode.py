@@ -147,12 +147,56 @@ def test_float16_offloaded_keys_are_held_once(model):
         assert layer.off_keys.dtype == torch.float16
         assert np.shares_memory(layer.index.keys, layer.off_keys.numpy())
 
+def cpu_tensor_bytes(layer) -> int:
+    """Bytes of the distinct CPU storages the layer's tensor attributes hold, besides the device's static set (here
+    the device is the CPU too)."""
+    storages = {id(t): t.untyped_storage() for name, t in vars(layer).items()
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu" and name not in ("static_k", "static_v")}
+    return sum({s.data_ptr(): s.nbytes() for s in storages.values()}.values())
+
+
+def test_cpu_memory_holds_each_key_once_and_saving_gets_the_prefix_back(model):
+    """After the build a layer keeps its K/V in CPU memory once (the offloaded keys, the values, a small copy of the
+    static keys, the training queries), and prefix_arrays() rebuilds exactly the K/V the prefill computed."""
+    prefix = tokens(PREFIX, 0)
+    with torch.inference_mode():
+        full = DynamicCache(config=model.config)
+        prefill(model, prefix, full, chunk=64)
+    settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float16)
+    _, cache = retrieval_logits(model, prefix, tokens(QUESTION, 1), 1, settings)
+    for number, layer in enumerate(cache.layers):
+        saved = layer.prefix_arrays()
+        assert torch.equal(saved.keys, full.layers[number].keys[0].to(torch.float16))
+        assert torch.equal(saved.values, full.layers[number].values[0].to(torch.float16))
+        kv_bytes = saved.keys.nbytes + saved.values.nbytes
+        assert cpu_tensor_bytes(layer) == kv_bytes + saved.queries.nbytes
+
+
+def test_a_bfloat16_model_keeps_its_prefill_k_v_in_float16_and_prefills_exactly(tiny_loaded):
+    """bfloat16 K/V fit float16 (more mantissa bits, over float16's normal range), so the prefill store is already the
+    cache's float16 CPU copy, and the prefill through it gives full attention's logits bit for bit."""
+    model = tiny_loaded.model.to(torch.bfloat16)
+    try:
+        prefix = tokens(PREFIX, 0)
+        with torch.inference_mode():
+            model.set_attn_implementation("sdpa")
+            want = prefill(model, prefix, DynamicCache(config=model.config), chunk=64)
+            model.set_attn_implementation(RETRIEVAL_ATTENTION)
+            cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), RetrievalSettings(),
+                                   torch.bfloat16)
+            got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
+        assert cache.layers[0].store_k.dtype == torch.float16
+        assert torch.equal(got, want)
+    finally:
+        model.to(torch.float32).set_attn_implementation("sdpa")
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_restored_cache_decodes_exactly_like_the_original(model, method):
     prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
     settings = RetrievalSettings(method=method, n_sink=8, n_window=16, top_k=20, effort=32)
     original, cache = retrieval_logits(model, prefix, question, 3, settings)
-    prefixes = [layer.prefix for layer in cache.layers]
+    prefixes = [layer.prefix_arrays() for layer in cache.layers]
     indexes = [layer.index.to_arrays() for layer in cache.layers]
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
     for saved_indexes in (indexes, None):  # with the saved index, and rebuilt from the saved queries
