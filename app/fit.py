@@ -64,7 +64,10 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
     else:
         static = min(tokens, n_sink + n_window) + reserved
         on_device = per_token_kv * static * shape.weight_bytes_per_value
-        ram = document_kv + index + train_queries + (on_device if device_is_cpu else 0)
+        # The prefill store holds the K/V in the model's dtype (float16 for a 16-bit model: engine.cache.store_dtype);
+        # after the build the cache holds them once in kv_dtype, beside the index.
+        prefill_store = per_token_kv * tokens * shape.weight_bytes_per_value
+        ram = max(prefill_store, document_kv + index) + train_queries + (on_device if device_is_cpu else 0)
         disk = document_kv + index + train_queries
     problems: list[str] = []
     warnings: list[str] = []

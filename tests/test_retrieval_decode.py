@@ -172,6 +172,42 @@ def test_cpu_memory_holds_each_key_once_and_saving_gets_the_prefix_back(model):
         assert cpu_tensor_bytes(layer) == kv_bytes + saved.queries.nbytes
 
 
+def test_the_ram_estimate_bounds_the_prefill_store_and_the_built_cache(model):
+    """The app's fit check (app.fit) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
+    prefill (the float32 store) or after the build (K/V once, queries, graph), nor overstate it more than 3x."""
+    from app.fit import ModelShape, estimate_fit
+
+    config = model.config
+    settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float16)
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = RetrievalCache(config.num_hidden_layers, PREFIX, torch.device("cpu"), settings)
+    prefill(model, tokens(PREFIX, 0), cache, chunk=64, forward_kwargs={"folio_cache": cache})
+    in_prefill = sum(layer.store_k.nbytes + layer.store_v.nbytes for layer in cache.layers)
+    list(cache.build_index_steps())
+    built = sum(cpu_tensor_bytes(layer) + layer.static_k.nbytes + layer.static_v.nbytes
+                + sum(a.nbytes for a in layer.index.to_arrays().values()) for layer in cache.layers)
+    shape = ModelShape(layers=config.num_hidden_layers, kv_heads=config.num_key_value_heads,
+                       query_heads=config.num_attention_heads, head_dim=config.head_dim, max_positions=4096)
+    estimate = estimate_fit(shape, PREFIX, 0, "retrieval", 16, 32, device_is_cpu=True, data_folder=".",
+                            disk_budget_bytes=10**12, available_ram=10**12)
+    assert max(in_prefill, built) <= estimate.ram_bytes <= 3 * max(in_prefill, built)
+
+
+def test_the_ram_estimate_counts_the_float32_prefill_store_of_a_cpu_host():
+    """Llama-3-8B's shape, 100K tokens: on a CPU (float32 weights) the prefill holds the K/V in float32, twice the
+    float16 cache that stays; with 16-bit weights the store is that float16 copy already."""
+    from app.fit import ModelShape, estimate_fit
+
+    tokens_ = 100_000
+    kv_values = 2 * 32 * 8 * 128 * tokens_
+    for weight_bytes in (4, 2):
+        shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
+                           weight_bytes_per_value=weight_bytes)
+        fit = estimate_fit(shape, tokens_, 0, "retrieval", 128, 512, device_is_cpu=False, data_folder=".",
+                           disk_budget_bytes=10**15, available_ram=10**15)
+        assert kv_values * weight_bytes <= fit.ram_bytes <= kv_values * weight_bytes * 1.5
+
+
 def test_a_bfloat16_model_keeps_its_prefill_k_v_in_float16_and_prefills_exactly(tiny_loaded):
     """bfloat16 K/V fit float16 (more mantissa bits, over float16's normal range), so the prefill store is already the
     cache's float16 CPU copy, and the prefill through it gives full attention's logits bit for bit."""
