@@ -1,16 +1,19 @@
 """The memory/time suite of the GPU check runs end to end on a CPU with a tiny shape."""
 
 import argparse
+import json
 
 from engine.bench import gpu_suite
 from engine.bench.report import Report
 
 
-def test_memory_suite_compares_full_attention_and_retrieval_at_each_length():
+def test_memory_suite_compares_full_attention_and_retrieval_at_each_length(tmp_path):
     parser = argparse.ArgumentParser()
     gpu_suite.add_arguments(parser)
+    parser.add_argument("--json-out")
+    out = tmp_path / "memory.json"
     args = parser.parse_args(["--shape", "tiny", "--tokens", "1500,1800", "--chunk", "256", "--device", "cpu",
-                              "--dtype", "float32", "--decode-steps", "3"])
+                              "--dtype", "float32", "--decode-steps", "3", "--json-out", str(out)])
     report = Report("memory")
     gpu_suite.run(args, report)
     assert [(r["method"], r["tokens"]) for r in report.rows] == [
@@ -21,3 +24,5 @@ def test_memory_suite_compares_full_attention_and_retrieval_at_each_length():
     assert full["build_s"] == 0 and full["scanned_fraction"] == 1.0 and full["step_vs_full"] == 1.0
     assert retrieval["build_s"] > 0 and 0 < retrieval["scanned_fraction"] < 1
     assert retrieval["step_vs_full"] == round(retrieval["step_ms"] / full["step_ms"], 2)
+    # the JSON is rewritten after each length, so a run cut off by a time limit keeps the lengths it finished
+    assert [row["tokens"] for row in json.loads(out.read_text())["rows"]] == [1500, 1500, 1800, 1800]

@@ -59,6 +59,13 @@ def run(args: argparse.Namespace, report) -> None:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    report.note(
+        f"device {device}; kv_gib: all layers' K/V of the context in {args.dtype}; peak_*_gib = "
+        "torch.cuda.max_memory_allocated (0 on CPU) in the prefill and in decoding; step_ms = median decode step of "
+        "the whole model; process_peak_gib = the process's peak resident memory so far (it only grows); "
+        "step_vs_full and decode_peak_vs_full: this row over full attention's; random weights, so the text is "
+        "meaningless and so is scanned_fraction (random attention has no structure for an index to find)"
+    )
     for n_tokens in token_counts:
         ids = torch.randint(0, config.vocab_size, (n_tokens,), generator=torch.Generator().manual_seed(n_tokens))
         kv_gib = 2 * config.num_hidden_layers * config.num_key_value_heads * n_tokens * config.head_dim \
@@ -86,13 +93,9 @@ def run(args: argparse.Namespace, report) -> None:
                 if full["peak_decode_gib"]:
                     row["decode_peak_vs_full"] = round(row["peak_decode_gib"] / full["peak_decode_gib"], 3)
             report.add(**row)
-    report.note(
-        f"device {device}; kv_gib: all layers' K/V of the context in {args.dtype}; peak_*_gib = "
-        "torch.cuda.max_memory_allocated (0 on CPU) in the prefill and in decoding; step_ms = median decode step of "
-        "the whole model; process_peak_gib = the process's peak resident memory so far (it only grows); "
-        "step_vs_full and decode_peak_vs_full: this row over full attention's; random weights, so the text is "
-        "meaningless"
-    )
+        if getattr(args, "json_out", None):  # after each length, so a run cut off later keeps these rows
+            report.write_json(args.json_out)
+
 
 
 def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: torch.dtype,
