@@ -309,7 +309,7 @@ class RealBackend:
         done = session._cache.get_seq_length()
         ids = torch.tensor(session.prompt.prefix_ids[done:], dtype=torch.long)
         if len(ids):
-            yield from prefill_steps(model, ids, session._cache, session.config.prefill_chunk, cancel)
+            yield from prefill_steps(model, ids, session._cache, session.prefill_chunk, cancel)
 
     @staticmethod
     def _cache_bytes(session) -> int:

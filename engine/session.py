@@ -73,6 +73,11 @@ class DocumentSession:
         return self.config.attention != "full"
 
     @property
+    def prefill_chunk(self) -> int:
+        """Tokens per prefill step on the model's device (EngineConfig.prefill_chunk_for)."""
+        return self.config.prefill_chunk_for(self.loaded.model.device.type)
+
+    @property
     def cache(self) -> Cache | None:
         return self._cache
 
@@ -120,7 +125,7 @@ class DocumentSession:
                 model, prompt_ids, self._cache,
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                 stop_ids=self.loaded.stop_token_ids, max_positions=self.loaded.max_positions or 1 << 62,
-                options=options, cancel=cancel, prefill_chunk=self.config.prefill_chunk,
+                options=options, cancel=cancel, prefill_chunk=self.prefill_chunk,
                 forward_kwargs=forward_kwargs,
             ):
                 if isinstance(event, Finished) and prepare_s:
@@ -158,7 +163,7 @@ class DocumentSession:
         done = cache.get_seq_length()  # resume after a cancel
         if done < self.prefix_tokens:
             ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
-            yield from prefill_steps(self.loaded.model, ids, cache, self.config.prefill_chunk, cancel,
+            yield from prefill_steps(self.loaded.model, ids, cache, self.prefill_chunk, cancel,
                                      {"folio_cache": cache})
         yield from cache.build_index_steps(cancel)
 

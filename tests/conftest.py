@@ -63,6 +63,13 @@ def tiny_loaded(tiny_model_dir):
 
 
 @pytest.fixture(autouse=True)
+def _tiny_model_starts_on_sdpa(request):
+    """Tests share one tiny model; a session's ask switches its attention, so each test starts from sdpa."""
+    if "tiny_loaded" in request.fixturenames:
+        request.getfixturevalue("tiny_loaded").model.set_attn_implementation("sdpa")
+
+
+@pytest.fixture(autouse=True)
 def _isolated_folio_dirs(tmp_path, monkeypatch):
     """Keep tests away from the user's data; share the default model's cache if it exists."""
     monkeypatch.setenv("FOLIO_DATA_DIR", str(tmp_path / "folio-data"))
