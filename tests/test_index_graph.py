@@ -260,6 +260,23 @@ def test_decode_searches_reuse_their_workspace_without_carrying_anything_over(da
         np.testing.assert_array_equal(found.scanned[:, 0], batch.scanned[:, i])
 
 
+def test_parallel_searches_reuse_one_workspace_per_thread_without_carrying_anything_over(data) -> None:
+    """Many-head searches (the parallel kernel) keep one workspace per numba thread across calls; interleaved with
+    another layer's (other graph, degree and effort) they repeat their first answer and the serial kernel's."""
+    keys, train, test = data
+    layer = build_layer_index("retrieval", keys, train, IndexParams(query_stride=2))
+    other = build_layer_index("retrieval", np.ascontiguousarray(keys[:, ::-1]), train, IndexParams(degree=8))
+    first = layer.search(test, 10, effort=24)  # 4 heads x 40 queries
+    for _ in range(3):
+        other.search(test, 10, effort=40)
+        again = layer.search(test, 10, effort=24)
+        np.testing.assert_array_equal(again.ids, first.ids)
+        np.testing.assert_array_equal(again.scanned, first.scanned)
+    for i in range(0, test.shape[1], 13):
+        one = layer.search(np.ascontiguousarray(test[:, i : i + 1]), 10, effort=24)  # 4 searches: serial kernel
+        np.testing.assert_array_equal(one.ids[:, 0], first.ids[:, i])
+
+
 @njit
 def _convert_halves(bits, native, by_bits):
     for i in range(bits.shape[0]):

@@ -39,7 +39,7 @@ import torch
 from numba import njit
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
-from engine.index.graph_search import _search_parallel, _search_serial, _workspace
+from engine.index.graph_search import _search_parallel, _search_serial, _thread_workspaces, _workspace
 
 METHOD = "retrieval"
 OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
@@ -496,10 +496,12 @@ class GraphIndex:
             )
         size = max(effort or self.params.effort, 1)
         arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries)
-        if n_heads * m >= PARALLEL_MIN_SEARCHES:
-            ids, scanned = _search_parallel(queries, *arrays, size, k, self.max_degree)
+        degree_room = max(64, 1 << self.max_degree.bit_length())  # layers differ a little in max degree
+        if n_heads * m >= PARALLEL_MIN_SEARCHES:  # one workspace per numba thread, kept like the serial one
+            works = _reused_workspace((numba.config.NUMBA_NUM_THREADS, self.n_keys, size, k, degree_room),
+                                      _thread_workspaces)
+            ids, scanned = _search_parallel(queries, *arrays, size, k, works)
         else:
-            degree_room = max(64, 1 << self.max_degree.bit_length())  # layers differ a little in max degree
             work = _reused_workspace((self.n_keys, size, k, degree_room), _workspace)
             ids, scanned = _search_serial(queries, *arrays, size, k, work)
         return SearchResult(ids, scanned)

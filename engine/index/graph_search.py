@@ -12,6 +12,7 @@ offsets into indices int32, entries [E] int64 (-1 padded, at least one valid).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -258,18 +259,35 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     return scanned
 
 
+@njit(cache=True, nogil=True)
+def _thread_workspaces(n_threads, n_keys, size, k, max_degree):
+    """_workspace's arrays stacked for n_threads numba threads (each thread's row is its own workspace)."""
+    return (
+        np.zeros((n_threads, n_keys), dtype=np.bool_),
+        np.empty((n_threads, n_keys), dtype=np.float32),
+        np.empty((n_threads, n_keys), dtype=np.int32),
+        np.empty((n_threads, size), dtype=np.float32),
+        np.empty((n_threads, size), dtype=np.int32),
+        np.empty((n_threads, k), dtype=np.float32),
+        np.empty((n_threads, k), dtype=np.int32),
+        np.empty((n_threads, max_degree + 1), dtype=np.int32),
+    )
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, max_degree):
+def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, works):
     """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
-    indptr [G, N+1], entries [G, E] -> ids [H, m, k] int64, scanned [H, m] int64; one numba task (and
-    workspace) per (head, query)."""
+    indptr [G, N+1], entries [G, E], works from _thread_workspaces (one row per numba thread, reusable across
+    calls) -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
+    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = works
     for job in prange(n_heads * m):
         h = job // m
         i = job % m
-        work = _workspace(keys.shape[1], size, k, max_degree)
+        t = numba.get_thread_id()
+        work = (visited[t], cand_s[t], cand_i[t], res_s[t], res_i[t], ans_s[t], ans_i[t], fresh[t])
         g = graph_of[h]
         scanned[h, i] = _search_one(
             queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
