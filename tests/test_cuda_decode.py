@@ -6,12 +6,11 @@ engine's model-side modules, so it runs on a machine with torch, transformers, n
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.cache import RetrievalCache, RetrievalSettings
-from engine.generate import prefill
+from engine.cache import RetrievalSettings
 from engine.index import IndexParams
-from engine.retrieval import RETRIEVAL_ATTENTION
+from tests.greedy_reference import full_attention_logits, retrieval_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PREFIX, QUESTION, STEPS = 700, 6, 4
@@ -25,36 +24,15 @@ def model():
     return LlamaForCausalLM(config).to("cuda", torch.float32).eval()
 
 
-@torch.inference_mode()
-def greedy_logits(model, prefix, question, settings=None):
-    """Logits [vocab] after the prompt and after each of STEPS greedy tokens: full attention when settings is
-    None, else the retrieval cache (prefix prefilled and indexed, then the question prefilled after it)."""
-    if settings is None:
-        model.set_attn_implementation("sdpa")
-        cache, kwargs = DynamicCache(config=model.config), {}
-        logits = [prefill(model, torch.cat([prefix, question]), cache, chunk=256)]
-    else:
-        model.set_attn_implementation(RETRIEVAL_ATTENTION)
-        cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), torch.device("cuda"), settings)
-        kwargs = {"folio_cache": cache}
-        prefill(model, prefix, cache, chunk=256, forward_kwargs=kwargs)
-        list(cache.build_index_steps())
-        logits = [prefill(model, question, cache, chunk=256, forward_kwargs=kwargs)]
-    for _ in range(STEPS):
-        token = logits[-1].argmax().view(1, 1)
-        logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
-    return logits, cache
-
-
 @pytest.mark.parametrize("method", ["retrieval", "exact"])
 def test_retrieval_on_cuda_equals_full_attention_when_top_k_covers_the_offloaded_set(model, method):
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, 400, (PREFIX,), generator=gen)
     question = torch.randint(0, 400, (QUESTION,), generator=gen)
-    reference, _ = greedy_logits(model, prefix, question)
+    reference = full_attention_logits(model, torch.cat([prefix, question]), STEPS, chunk=256)
     settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX,
                                  kv_dtype=torch.float32, index_params=IndexParams(knn_device="cuda"))
-    logits, cache = greedy_logits(model, prefix, question, settings)
+    logits, cache = retrieval_logits(model, prefix, question, STEPS, settings, chunk=256)
     layer = cache.layers[0]
     assert layer.static_k.device.type == "cuda" and layer.off_keys.device.type == "cpu"
     assert cache.stats.searches > 0
@@ -67,8 +45,8 @@ def test_prefill_sends_the_stored_prefix_to_the_device_head_by_head():
     from engine.cache import prefix_on
 
     store = torch.randn(3, 50, 8).pin_memory()
-    got = prefix_on(store, 20, torch.device("cuda"))
+    got = prefix_on(store, 20, torch.device("cuda"), torch.bfloat16)  # sent as stored, then in the model's dtype
     torch.cuda.synchronize()
     assert got.shape == (1, 3, 20, 8) and got.device.type == "cuda"
-    assert torch.equal(got.cpu()[0], store[:, :20])
-    assert prefix_on(store, 20, torch.device("cpu")).data_ptr() == store.data_ptr()  # a view on the CPU
+    assert got.dtype == torch.bfloat16 and torch.equal(got.cpu()[0], store[:, :20].to(torch.bfloat16))
+    assert prefix_on(store, 20, torch.device("cpu"), store.dtype).data_ptr() == store.data_ptr()  # a view on the CPU

@@ -14,6 +14,7 @@ from engine.index import IndexParams
 from engine.ingest import Document
 from engine.retrieval import RETRIEVAL_ATTENTION
 from engine.session import DocumentSession
+from tests.greedy_reference import full_attention_logits, retrieval_logits
 
 PREFIX, QUESTION = 300, 6
 ALL_METHODS = ["exact", "retrieval", "flat", "ivf", "hnsw"]
@@ -27,32 +28,6 @@ def model(tiny_loaded):
 
 def tokens(n, seed):
     return torch.randint(3, 390, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.inference_mode()
-def full_attention_logits(model, ids, steps):
-    """Logits of the last prompt token and of `steps` greedy decode steps, with full attention."""
-    model.set_attn_implementation("sdpa")
-    cache = DynamicCache(config=model.config)
-    logits = [prefill(model, ids, cache, chunk=64)]
-    for _ in range(steps):
-        token = logits[-1].argmax().view(1, 1)
-        logits.append(model(input_ids=token, cache=cache).logits[0, -1])
-    return logits
-
-
-@torch.inference_mode()
-def retrieval_logits(model, prefix, question, steps, settings):
-    model.set_attn_implementation(RETRIEVAL_ATTENTION)
-    cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), torch.device("cpu"), settings)
-    kwargs = {"folio_cache": cache}
-    prefill(model, prefix, cache, chunk=64, forward_kwargs=kwargs)
-    list(cache.build_index_steps())
-    logits = [prefill(model, question, cache, chunk=64, forward_kwargs=kwargs)]
-    for _ in range(steps):
-        token = logits[-1].argmax().view(1, 1)
-        logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
-    return logits, cache
 
 
 @pytest.mark.parametrize("route", ["compiled", "device"])

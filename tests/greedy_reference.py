@@ -1,0 +1,40 @@
+"""Greedy decoding with full attention and with the retrieval cache, for tests that compare the two.
+
+Imports only the engine's model-side modules, so the CUDA tests run on a machine without the PDF and SQLite
+libraries.
+"""
+
+import torch
+from transformers import DynamicCache
+
+from engine.cache import RetrievalCache
+from engine.generate import prefill
+from engine.retrieval import RETRIEVAL_ATTENTION
+
+
+@torch.inference_mode()
+def full_attention_logits(model, ids, steps, chunk=64):
+    """Logits [vocab] of the last prompt token and of `steps` greedy decode steps, with full attention."""
+    model.set_attn_implementation("sdpa")
+    cache = DynamicCache(config=model.config)
+    logits = [prefill(model, ids, cache, chunk=chunk)]
+    for _ in range(steps):
+        token = logits[-1].argmax().view(1, 1)
+        logits.append(model(input_ids=token, cache=cache).logits[0, -1])
+    return logits
+
+
+@torch.inference_mode()
+def retrieval_logits(model, prefix, question, steps, settings, chunk=64):
+    """The same with the retrieval cache on the model's device: prefix prefilled and indexed, then the question
+    prefilled after it. Returns (logits, cache)."""
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), model.device, settings)
+    kwargs = {"folio_cache": cache}
+    prefill(model, prefix, cache, chunk=chunk, forward_kwargs=kwargs)
+    list(cache.build_index_steps())
+    logits = [prefill(model, question, cache, chunk=chunk, forward_kwargs=kwargs)]
+    for _ in range(steps):
+        token = logits[-1].argmax().view(1, 1)
+        logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
+    return logits, cache
