@@ -10,31 +10,7 @@ import time
 
 from engine.config import ATTENTION_MODES, EngineConfig
 from engine.errors import FolioError
-from engine.events import CancelToken, Progress
-
-
-class ProgressPrinter:
-    """Progress on stderr: one rewritten line on a terminal, a line per ~10% otherwise."""
-
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last: tuple[str, int] = ("", -1)
-
-    def __call__(self, event: Progress) -> None:
-        percent = int(100 * event.fraction)
-        step = percent if self.tty else percent // 10 * 10
-        if (event.stage, step) == self.last:
-            return
-        self.last = (event.stage, step)
-        eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None and event.done < event.total else ""
-        line = f"{event.stage}: {event.done:,}/{event.total:,} {event.unit} ({percent}%{eta})"
-        if self.tty:
-            end = "\n" if event.done >= event.total else ""
-            self.stream.write(f"\r\033[K{line}{end}")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+from engine.events import CancelToken, Progress, ProgressPrinter
 
 
 def build_parser() -> argparse.ArgumentParser:

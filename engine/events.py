@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from engine.errors import CancelledError
@@ -30,6 +31,39 @@ ProgressCallback = Callable[[Progress], None]
 
 def ignore_progress(_: Progress) -> None:
     """A ProgressCallback that drops everything."""
+
+
+def run_steps(steps: Generator[Progress, None, object], callback: ProgressCallback = ignore_progress) -> object:
+    """Run a generator of Progress events to its end, handing each to callback; returns the generator's value."""
+    while True:
+        try:
+            callback(next(steps))
+        except StopIteration as done:
+            return done.value
+
+
+class ProgressPrinter:
+    """Progress on a stream (stderr by default): one rewritten line on a terminal, a line per ~10% otherwise."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last: tuple[str, int] = ("", -1)
+
+    def __call__(self, event: Progress) -> None:
+        percent = int(100 * event.fraction)
+        step = percent if self.tty else percent // 10 * 10
+        if (event.stage, step) == self.last:
+            return
+        self.last = (event.stage, step)
+        eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None and event.done < event.total else ""
+        line = f"{event.stage}: {event.done:,}/{event.total:,} {event.unit} ({percent}%{eta})"
+        if self.tty:
+            end = "\n" if event.done >= event.total else ""
+            self.stream.write(f"\r\033[K{line}{end}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 class ProgressMeter:

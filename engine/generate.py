@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, PreTrainedModel
 
-from engine.events import CancelToken, Progress, ProgressMeter
+from engine.events import CancelToken, Progress, ProgressMeter, run_steps
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,7 @@ def prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk
 def prefill(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: int = 512,
             forward_kwargs: dict | None = None) -> torch.Tensor:
     """prefill_steps without events: returns the logits [vocab] after the last of ids [n]."""
-    steps = prefill_steps(model, ids, cache, chunk, forward_kwargs=forward_kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_steps(prefill_steps(model, ids, cache, chunk, forward_kwargs=forward_kwargs))
 
 
 def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None) -> int:

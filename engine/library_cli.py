@@ -62,7 +62,8 @@ def _list(store: Store, as_json: bool) -> int:
 
 
 def _add(store: Store, args: argparse.Namespace) -> int:
-    from engine.cli import ProgressPrinter, config_from_args
+    from engine.cli import config_from_args
+    from engine.events import ProgressPrinter
     from engine.ingest import read_document
     from engine.model import load_model
     from engine.session import DocumentSession

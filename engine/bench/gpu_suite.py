@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import sys
 import time
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 from engine.cache import RetrievalCache, RetrievalSettings
+from engine.events import ProgressPrinter, run_steps
 from engine.generate import prefill_steps
 from engine.index import IndexParams
 from engine.retrieval import RETRIEVAL_ATTENTION
@@ -110,14 +112,15 @@ def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: 
         settings = RetrievalSettings(method=method, index_params=IndexParams(knn_device=device.type))
         cache = RetrievalCache(config.num_hidden_layers, len(ids), device, settings, dtype)
         kwargs = {"folio_cache": cache}
+    progress = ProgressPrinter(sys.stdout)
     _reset_peak(device)
     started = time.perf_counter()
-    logits = _drain(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs))
+    logits = run_steps(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs), progress)
     prefill_s = _elapsed(started, device)
     prefill_peak = _peak_gib(device)
     started = time.perf_counter()
     if method != FULL:
-        _drain(cache.build_index_steps())
+        run_steps(cache.build_index_steps(), progress)
     build_s = time.perf_counter() - started
     _reset_peak(device)
     steps = []
@@ -132,21 +135,6 @@ def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: 
             "step_ms": round(1000 * steady[len(steady) // 2], 1), "peak_prefill_gib": prefill_peak,
             "peak_decode_gib": _peak_gib(device),
             "scanned_fraction": 1.0 if method == FULL else round(cache.stats.scanned_fraction, 4)}
-
-
-def _drain(steps):
-    """Run a generator of Progress events to its end, printing about ten of them; returns its return value."""
-    shown = -1
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as done:
-            return done.value
-        tenth = int(10 * event.fraction)
-        if tenth > shown:
-            shown = tenth
-            eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None else ""
-            print(f"   {event.stage} {event.done}/{event.total} {event.unit}{eta}", flush=True)
 
 
 def _elapsed(started: float, device: torch.device) -> float:
