@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.bench.graph_anatomy import graph_anatomy
 from engine.bench.report import Report
 from engine.bench.vectors import Capture, prefill_vectors
 from engine.cache import training_stride
@@ -69,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder to keep captured vectors in and reuse them from (a long prefill takes minutes)")
     parser.add_argument("--graph-per-query-head", action="store_true",
                         help="graph: one graph per query head, as the paper (default: one per KV head)")
+    parser.add_argument("--degree", type=int, default=IndexParams.degree,
+                        help=f"graph: out-degree after projection (default {IndexParams.degree})")
+    parser.add_argument("--anatomy", action="store_true",
+                        help="graph: also measure how each query's exact top-100 sits in the graph (pieces, cover, "
+                        "and a search told the answer: engine.bench.graph_anatomy)")
 
 
 @dataclass
@@ -136,15 +142,19 @@ def efforts_for(method: str, index, n_keys: int) -> list[int | None]:
     return [e for e in EFFORTS[method] if e is None or limit is None or e <= limit]
 
 
-def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curve: Curve) -> None:
+def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, curve: Curve,
+                   anatomy_recall: float | None = None) -> None:
     """Build one layer's index and search it at every effort. keys [H_kv, N, D], train [H, Nq, D],
-    test [H, 64, D], truth [H, 64, 100]."""
+    test [H, 64, D], truth [H, 64, 100]; with anatomy_recall, the graph's anatomy at that recall too."""
     start = time.perf_counter()
     index = build_layer_index(method, keys, train, params)
     curve.build_s.append(time.perf_counter() - start)
     n_keys = keys.shape[1]
     if hasattr(index, "nlist"):
         curve.extra["centroid_fraction"].append(index.nlist / n_keys)
+    if anatomy_recall is not None and method == "retrieval":
+        for name, value in graph_anatomy(index, keys, test, truth, anatomy_recall).items():
+            curve.extra[name].append(np.nan if value is None else value)
     for effort in efforts_for(method, index, n_keys):
         start = time.perf_counter()
         result = index.search(test, TOP_K, effort)
@@ -162,7 +172,7 @@ def _measure_layer(method: str, keys, train, test, truth, params: IndexParams, c
 
 def run(args: argparse.Namespace, report: Report) -> None:
     torch.set_num_threads(args.torch_threads)
-    params = IndexParams(threads=args.threads, graph_per_kv_head=not args.graph_per_query_head)
+    params = IndexParams(threads=args.threads, graph_per_kv_head=not args.graph_per_query_head, degree=args.degree)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     missing = [m for m in methods if m not in index_methods()]
     for m in missing:
@@ -195,7 +205,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         _, truth = exact_topk(torch.from_numpy(keys), torch.from_numpy(test), TOP_K)
         truth = truth.numpy()
         for method in methods:
-            _measure_layer(method, keys, train, test, truth, params, curves[method])
+            _measure_layer(method, keys, train, test, truth, params, curves[method],
+                           args.target_recall if args.anatomy else None)
             print(f"  layer {layer_id:2d} {method:9s} build {curves[method].build_s[-1]:7.3f} s", flush=True)
 
     common = {"tokens": n_tokens, "n_keys": n_keys}
@@ -244,5 +255,12 @@ def run(args: argparse.Namespace, report: Report) -> None:
         "search_us: per query and head in one [H, 64, D] call; decode_ms: one [H, 1, D] call (a layer's "
         f"decode step); build_s: one layer; index threads={args.threads}, prefill threads="
         f"{args.torch_threads}; train={args.train}; graph: one per "
-        f"{'query head' if args.graph_per_query_head else 'KV head'}"
+        f"{'query head' if args.graph_per_query_head else 'KV head'}, degree {args.degree}"
     )
+    if args.anatomy:
+        report.note(
+            "graph anatomy (engine.bench.graph_anatomy): answer_components = median pieces a query's exact "
+            "top-100 falls into in the graph; answer_cover_fraction = the top-100 and the keys they link to, / N "
+            "(what expanding exactly the answer scores); oracle_fraction = keys scanned per query by a search told "
+            f"the answer, at mean recall {args.target_recall:g}"
+        )
