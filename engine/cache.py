@@ -34,6 +34,7 @@ from engine.index import IndexParams, LayerIndex, build_layer_index, load_layer_
 
 WINDOW_ONLY = "window"  # no index: the offloaded set is dropped (StreamingLLM)
 MIN_TRAIN_STRIDE, MAX_TRAIN_STRIDE = 8, 16
+FLOAT16_MAX = torch.finfo(torch.float16).max
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class RetrievalSettings:
         but keep between one in MIN_TRAIN_STRIDE and one in MAX_TRAIN_STRIDE of them. Measured: at 3.5K
         tokens one in 8 trains as well as all of them at a third of the build time; at 128K keys 8,192
         training queries (one in 16) reach recall@100 0.95 scanning 2.0% of keys where 2,048 need 3.2%.
-    kv_dtype: the dtype the prefix K/V are kept in after the prefill (in CPU memory and on disk).
+    kv_dtype: the dtype the prefix K/V are kept in after the prefill (in CPU memory and on disk). A layer whose
+        keys or values leave float16's range keeps them in float32 instead (`fits_float16`).
     """
 
     method: str = "retrieval"
@@ -133,6 +135,7 @@ class RetrievalLayer(CacheLayerMixin):
         self.filled = 0  # prefill: tokens written into the store
         self.indexed = False
         self.train_stride = training_stride(prefix_len, settings.max_train_queries)
+        self.kv_dtype = settings.kv_dtype  # float32 for this layer if its K/V leave float16's range (see _widen)
         self._train_queries: list[torch.Tensor] = []
         self.n_static_prefix = 0  # static tokens that belong to the prefix (sinks + window)
         self.n_static = 0  # all static tokens: prefix part + question/answer tail
@@ -144,7 +147,7 @@ class RetrievalLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         _, n_kv, _, dim = key_states.shape
         pin = self.device.type == "cuda"
-        kept = store_dtype(key_states.dtype, self.settings.kv_dtype)
+        kept = store_dtype(key_states.dtype, self.kv_dtype)
         self.store_k = torch.empty(n_kv, self.prefix_len, dim, dtype=kept, pin_memory=pin)
         self.store_v = torch.empty(n_kv, self.prefix_len, dim, dtype=kept, pin_memory=pin)
         self.dtype = key_states.dtype
@@ -185,11 +188,25 @@ class RetrievalLayer(CacheLayerMixin):
         n = key_states.shape[-2]
         if self.filled + n > self.prefix_len:
             raise ValueError(f"prefill of {self.filled + n} tokens overflows the {self.prefix_len}-token prefix")
+        narrowing = self.store_k.dtype == torch.float16 and key_states.dtype != torch.float16
+        if narrowing and not fits_float16(key_states, value_states):
+            self._widen()
         self.store_k[:, self.filled : self.filled + n] = key_states[0]
         self.store_v[:, self.filled : self.filled + n] = value_states[0]
         self.filled += n
         return (prefix_on(self.store_k, self.filled, key_states.device, key_states.dtype),
                 prefix_on(self.store_v, self.filled, value_states.device, value_states.dtype))
+
+    def _widen(self) -> None:
+        """A key or value beyond float16's range is coming: keep this layer's K/V in float32 from now on (its store,
+        then its offloaded set and saved files), instead of turning it into inf and the answer into NaN. What the
+        float16 store holds so far is copied exactly."""
+        for name in ("store_k", "store_v"):
+            narrow = getattr(self, name)
+            wide = torch.empty(narrow.shape, dtype=torch.float32, pin_memory=narrow.is_pinned())
+            wide[:, : self.filled] = narrow[:, : self.filled]
+            setattr(self, name, wide)
+        self.kv_dtype = torch.float32
 
     def record_queries(self, query: torch.Tensor) -> None:
         """query [H, m, D] of the tokens just prefilled: keep those on the training stride."""
@@ -206,7 +223,10 @@ class RetrievalLayer(CacheLayerMixin):
             raise ValueError(f"index build needs the whole prefix ({self.filled} of {self.prefix_len} tokens)")
         if not self._train_queries:
             raise ValueError("no prefill queries were recorded: prefill with the retrieval attention")
-        kv_dtype = self.settings.kv_dtype  # the store is already in it wherever it holds the model's values
+        narrowing = self.kv_dtype == torch.float16 and self.store_k.dtype != torch.float16
+        if narrowing and not fits_float16(self.store_k, self.store_v):
+            self.kv_dtype = torch.float32
+        kv_dtype = self.kv_dtype  # the store is already in it wherever it holds the model's values
         prefix = PrefixArrays(self.store_k.to(kv_dtype), self.store_v.to(kv_dtype),
                               torch.cat(self._train_queries, dim=1).to(torch.float16))
         del self.store_k, self.store_v
@@ -269,6 +289,17 @@ class RetrievalLayer(CacheLayerMixin):
         self.static_v[:, self.n_static : self.n_static + n] = value_states[0]
         self.n_static += n
         return self.static_k[None, :, : self.n_static], self.static_v[None, :, : self.n_static]
+
+
+def fits_float16(*tensors: torch.Tensor) -> bool:
+    """Whether float16 holds every value of the tensors without overflowing to inf (|x| <= 65,504). bfloat16 and
+    float32 reach far beyond; a model whose keys or values do (at any layer) keeps that layer's K/V in float32."""
+    for t in tensors:
+        if t.numel():
+            low, high = torch.aminmax(t)  # no temporary the size of t
+            if not (low >= -FLOAT16_MAX and high <= FLOAT16_MAX):
+                return False
+    return True
 
 
 def store_dtype(model_dtype: torch.dtype, kv_dtype: torch.dtype) -> torch.dtype:

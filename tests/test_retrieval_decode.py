@@ -1,5 +1,7 @@
 """RetrievalAttention end to end on the tiny Llama, against full attention as the exact reference."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -198,6 +200,66 @@ def test_a_bfloat16_model_keeps_its_prefill_k_v_in_float16_and_prefills_exactly(
             got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
         assert cache.layers[0].store_k.dtype == torch.float16
         assert torch.equal(got, want)
+    finally:
+        model.to(torch.float32).set_attn_implementation("sdpa")
+
+
+@contextmanager
+def keys_and_values_beyond_float16(model, layer=1, scale=1e6):
+    """Layer `layer`'s key and value projections scaled so that its K/V reach far past float16's 65,504."""
+    attention = model.model.layers[layer].self_attn
+    originals = [attention.k_proj.weight.detach().clone(), attention.v_proj.weight.detach().clone()]
+    with torch.no_grad():
+        attention.k_proj.weight.mul_(scale)
+        attention.v_proj.weight.mul_(scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            attention.k_proj.weight.copy_(originals[0])
+            attention.v_proj.weight.copy_(originals[1])
+
+
+def test_a_layer_whose_k_v_leave_float16_keeps_them_in_float32_and_answers_like_full_attention(model):
+    """A float32 model: the store is float32 and is converted at the build. Layer 1's K/V would become inf in
+    float16 (then NaN answers), so that layer alone keeps float32; saving and reopening keeps it too."""
+    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
+    with keys_and_values_beyond_float16(model):
+        reference = full_attention_logits(model, torch.cat([prefix, question]), steps=2)
+        settings = RetrievalSettings(method="exact", n_sink=16, n_window=32, top_k=PREFIX, kv_dtype=torch.float16)
+        logits, cache = retrieval_logits(model, prefix, question, 2, settings)
+        assert [layer.off_keys.dtype for layer in cache.layers] == [torch.float16, torch.float32]
+        assert cache.layers[1].off_keys.abs().max() > 65504 and cache.layers[1].off_values.abs().max() > 65504
+        for got, want in zip(logits, reference, strict=True):
+            assert torch.isfinite(got).all()
+            assert (got - want).abs().max() <= 0.05 and got.argmax() == want.argmax()
+        prefixes = [layer.prefix_arrays() for layer in cache.layers]
+        assert [p.keys.dtype for p in prefixes] == [torch.float16, torch.float32]
+        restored = RetrievalCache.restore(prefixes, torch.device("cpu"), settings, torch.float32)
+        model.set_attn_implementation(RETRIEVAL_ATTENTION)
+        with torch.inference_mode():
+            again = prefill(model, question, restored, chunk=64, forward_kwargs={"folio_cache": restored})
+        assert torch.equal(again, logits[0])
+
+
+def test_a_bfloat16_layer_beyond_float16_widens_its_prefill_store_and_still_prefills_exactly(tiny_loaded):
+    """A bfloat16 model's store starts in float16; the first chunk of layer 1 that float16 cannot hold turns that
+    layer's store into float32 (what it held so far copied exactly), and the prefill stays bit for bit."""
+    model = tiny_loaded.model.to(torch.bfloat16)
+    try:
+        prefix = tokens(PREFIX, 0)
+        with keys_and_values_beyond_float16(model), torch.inference_mode():
+            model.set_attn_implementation("sdpa")
+            want = prefill(model, prefix, DynamicCache(config=model.config), chunk=64)
+            model.set_attn_implementation(RETRIEVAL_ATTENTION)
+            cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), RetrievalSettings(),
+                                   torch.bfloat16)
+            got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
+            assert [layer.store_k.dtype for layer in cache.layers] == [torch.float16, torch.float32]
+            assert torch.isfinite(cache.layers[1].store_k).all() and cache.layers[1].store_k.abs().max() > 65504
+            assert torch.equal(got, want)
+            list(cache.build_index_steps())
+            assert [layer.off_values.dtype for layer in cache.layers] == [torch.float16, torch.float32]
     finally:
         model.to(torch.float32).set_attn_implementation("sdpa")
 
