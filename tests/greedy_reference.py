@@ -4,6 +4,8 @@ Imports only the engine's model-side modules, so the CUDA tests run on a machine
 libraries.
 """
 
+from contextlib import contextmanager
+
 import torch
 from transformers import DynamicCache
 
@@ -38,3 +40,19 @@ def retrieval_logits(model, prefix, question, steps, settings, chunk=64):
         token = logits[-1].argmax().view(1, 1)
         logits.append(model(input_ids=token, cache=cache, **kwargs).logits[0, -1])
     return logits, cache
+
+
+@contextmanager
+def keys_and_values_beyond_float16(model, layer=1, scale=1e6):
+    """Layer `layer`'s key and value projections scaled so that its K/V reach far past float16's 65,504."""
+    attention = model.model.layers[layer].self_attn
+    originals = [attention.k_proj.weight.detach().clone(), attention.v_proj.weight.detach().clone()]
+    with torch.no_grad():
+        attention.k_proj.weight.mul_(scale)
+        attention.v_proj.weight.mul_(scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            attention.k_proj.weight.copy_(originals[0])
+            attention.v_proj.weight.copy_(originals[1])

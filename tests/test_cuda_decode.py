@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine.cache import RetrievalSettings
 from engine.index import IndexParams
-from tests.greedy_reference import full_attention_logits, retrieval_logits
+from tests.greedy_reference import full_attention_logits, keys_and_values_beyond_float16, retrieval_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PREFIX, QUESTION, STEPS = 700, 6, 4
@@ -50,3 +50,25 @@ def test_prefill_sends_the_stored_prefix_to_the_device_head_by_head():
     assert got.shape == (1, 3, 20, 8) and got.device.type == "cuda"
     assert got.dtype == torch.bfloat16 and torch.equal(got.cpu()[0], store[:, :20].to(torch.bfloat16))
     assert prefix_on(store, 20, torch.device("cpu"), store.dtype).data_ptr() == store.data_ptr()  # a view on the CPU
+
+
+def test_a_bfloat16_layer_beyond_float16_widens_its_pinned_store_on_cuda(model):
+    """The GPU route of the float16-range check: K/V computed on the device, checked there, the layer's pinned
+    float16 store widened to a pinned float32 one, and the prefill still matches full attention."""
+    from engine.cache import RetrievalCache
+    from engine.generate import prefill
+    from engine.retrieval import RETRIEVAL_ATTENTION
+
+    prefix = torch.randint(0, 400, (PREFIX,), generator=torch.Generator().manual_seed(1))
+    model.to(torch.bfloat16)
+    try:
+        with keys_and_values_beyond_float16(model), torch.inference_mode():
+            want = full_attention_logits(model, prefix, 0, chunk=256)[0]
+            model.set_attn_implementation(RETRIEVAL_ATTENTION)
+            cache = RetrievalCache(2, PREFIX, torch.device("cuda"), RetrievalSettings(), torch.bfloat16)
+            got = prefill(model, prefix, cache, chunk=256, forward_kwargs={"folio_cache": cache})
+        assert [layer.store_k.dtype for layer in cache.layers] == [torch.float16, torch.float32]
+        assert cache.layers[1].store_k.is_pinned() and torch.isfinite(cache.layers[1].store_k).all()
+        assert torch.isfinite(got).all() and (got.float() - want.float()).abs().max() <= 0.05 * want.abs().max()
+    finally:
+        model.to(torch.float32).set_attn_implementation("sdpa")

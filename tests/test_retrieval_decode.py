@@ -1,7 +1,5 @@
 """RetrievalAttention end to end on the tiny Llama, against full attention as the exact reference."""
 
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,7 @@ from engine.index import IndexParams
 from engine.ingest import Document
 from engine.retrieval import RETRIEVAL_ATTENTION
 from engine.session import DocumentSession
-from tests.greedy_reference import full_attention_logits, retrieval_logits
+from tests.greedy_reference import full_attention_logits, keys_and_values_beyond_float16, retrieval_logits
 
 PREFIX, QUESTION = 300, 6
 ALL_METHODS = ["exact", "retrieval", "flat", "ivf", "hnsw"]
@@ -202,22 +200,6 @@ def test_a_bfloat16_model_keeps_its_prefill_k_v_in_float16_and_prefills_exactly(
         assert torch.equal(got, want)
     finally:
         model.to(torch.float32).set_attn_implementation("sdpa")
-
-
-@contextmanager
-def keys_and_values_beyond_float16(model, layer=1, scale=1e6):
-    """Layer `layer`'s key and value projections scaled so that its K/V reach far past float16's 65,504."""
-    attention = model.model.layers[layer].self_attn
-    originals = [attention.k_proj.weight.detach().clone(), attention.v_proj.weight.detach().clone()]
-    with torch.no_grad():
-        attention.k_proj.weight.mul_(scale)
-        attention.v_proj.weight.mul_(scale)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            attention.k_proj.weight.copy_(originals[0])
-            attention.v_proj.weight.copy_(originals[1])
 
 
 def test_a_layer_whose_k_v_leave_float16_keeps_them_in_float32_and_answers_like_full_attention(model):
