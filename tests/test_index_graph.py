@@ -143,6 +143,20 @@ def test_no_training_queries_still_searchable() -> None:
     np.testing.assert_array_equal(res.ids, exact_top(keys, test, 10))
 
 
+def test_key_neighbours_are_the_exact_nearest_other_keys_nearest_first():
+    from engine.index.graph import key_neighbours
+
+    keys = np.random.default_rng(1).standard_normal((500, 16)).astype(np.float32)
+    ids, dist = key_neighbours(keys, 8)
+    squared = ((keys[:, None, :] - keys[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(squared, np.inf)
+    np.testing.assert_array_equal(ids, np.argsort(squared, axis=1)[:, :8])
+    np.testing.assert_allclose(dist, np.sort(squared, axis=1)[:, :8], rtol=1e-4, atol=1e-4)
+    few_ids, few_dist = key_neighbours(keys[:4], 8)  # fewer other keys than asked: -1 / inf padded
+    assert few_ids.shape == (4, 8) and np.all(few_ids[:, 3:] == -1) and np.all(np.isinf(few_dist[:, 3:]))
+    assert all(set(few_ids[i, :3]) == set(range(4)) - {i} for i in range(4))
+
+
 def test_approximate_key_neighbours_match_exact_ones_closely():
     from engine.index.graph import _approximate_key_neighbours, key_neighbours
 

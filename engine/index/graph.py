@@ -399,13 +399,20 @@ def key_neighbours(keys: np.ndarray, k: int, device: str = "cpu") -> tuple[np.nd
     """L2 neighbours of every key among the others. keys [N, D] -> (ids [N, k], dist [N, k]),
     ids -1 padded where N - 1 < k.
 
-    Exact (an N x N matmul on `device`) up to EXACT_KEY_KNN_MAX keys on a CPU; beyond that the
-    O(N^2) matmul dominates the whole build, so an HNSW graph over the keys gives them approximately.
+    Exact up to EXACT_KEY_KNN_MAX keys on a CPU (faiss's exhaustive search: at SmolLM2's 3.5K keys it made
+    the whole build 1.2-1.5x faster than torch's matmul + topk, the same neighbours) and at any size on a GPU (a
+    matmul there); beyond that on a CPU the O(N^2) scan dominates the whole build, so an HNSW graph over the keys
+    gives them approximately.
     """
     if device == "cpu" and keys.shape[0] > EXACT_KEY_KNN_MAX:
         return _approximate_key_neighbours(keys, k)
-    t = torch.from_numpy(keys).to(device)
-    ids, dist = exact_topk(t, t, min(k + 1, keys.shape[0]), metric="l2")
+    nearest = min(k + 1, keys.shape[0])
+    if device == "cpu":
+        dist, ids = faiss.knn(keys, keys, nearest, metric=faiss.METRIC_L2)
+        ids, dist = ids.astype(np.int32), np.maximum(dist, 0)
+    else:
+        t = torch.from_numpy(keys).to(device)
+        ids, dist = exact_topk(t, t, nearest, metric="l2")
     ids, dist = ids[:, 1:], dist[:, 1:]  # drop self (distance 0; ties are harmless, pruning dedupes)
     if ids.shape[1] < k:
         pad = k - ids.shape[1]
