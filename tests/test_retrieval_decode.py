@@ -183,19 +183,26 @@ def test_the_ram_estimate_counts_the_float32_prefill_store_of_a_cpu_host():
         assert kv_values * weight_bytes <= fit.ram_bytes <= kv_values * weight_bytes * 1.5
 
 
+@torch.inference_mode()
+def prefill_with_full_and_retrieval_cache(model):
+    """Prefill PREFIX tokens with full attention and through a RetrievalCache (default settings, the model's dtype).
+    Returns (full attention's last logits, the cache route's, the cache)."""
+    prefix = tokens(PREFIX, 0)
+    model.set_attn_implementation("sdpa")
+    want = prefill(model, prefix, DynamicCache(config=model.config), chunk=64)
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), RetrievalSettings(),
+                           model.dtype)
+    got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
+    return want, got, cache
+
+
 def test_a_bfloat16_model_keeps_its_prefill_k_v_in_float16_and_prefills_exactly(tiny_loaded):
     """bfloat16 K/V fit float16 (more mantissa bits, over float16's normal range), so the prefill store is already the
     cache's float16 CPU copy, and the prefill through it gives full attention's logits bit for bit."""
     model = tiny_loaded.model.to(torch.bfloat16)
     try:
-        prefix = tokens(PREFIX, 0)
-        with torch.inference_mode():
-            model.set_attn_implementation("sdpa")
-            want = prefill(model, prefix, DynamicCache(config=model.config), chunk=64)
-            model.set_attn_implementation(RETRIEVAL_ATTENTION)
-            cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), RetrievalSettings(),
-                                   torch.bfloat16)
-            got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
+        want, got, cache = prefill_with_full_and_retrieval_cache(model)
         assert cache.layers[0].store_k.dtype == torch.float16
         assert torch.equal(got, want)
     finally:
@@ -229,14 +236,8 @@ def test_a_bfloat16_layer_beyond_float16_widens_its_prefill_store_and_still_pref
     layer's store into float32 (what it held so far copied exactly), and the prefill stays bit for bit."""
     model = tiny_loaded.model.to(torch.bfloat16)
     try:
-        prefix = tokens(PREFIX, 0)
         with keys_and_values_beyond_float16(model), torch.inference_mode():
-            model.set_attn_implementation("sdpa")
-            want = prefill(model, prefix, DynamicCache(config=model.config), chunk=64)
-            model.set_attn_implementation(RETRIEVAL_ATTENTION)
-            cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), RetrievalSettings(),
-                                   torch.bfloat16)
-            got = prefill(model, prefix, cache, chunk=64, forward_kwargs={"folio_cache": cache})
+            want, got, cache = prefill_with_full_and_retrieval_cache(model)
             assert [layer.store_k.dtype for layer in cache.layers] == [torch.float16, torch.float32]
             assert torch.isfinite(cache.layers[1].store_k).all() and cache.layers[1].store_k.abs().max() > 65504
             assert torch.equal(got, want)
