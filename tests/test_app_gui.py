@@ -279,7 +279,7 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
     open_and_wait(qtbot, window, pdf_path)
     ask(qtbot, window, "Which keeper is named?")
     chat = window.chats[window.current_doc]
-    qtbot.waitUntil(lambda: chat.last_card.done, timeout=5000)
+    qtbot.waitUntil(lambda: chat.last_card.done and not window.controller.busy, timeout=5000)  # new chat waits
     passage = chat.last_card.citations[0]
     assert passage.page == 2 and "keeper" in passage.text
     from app.chat_view import CitationItem
