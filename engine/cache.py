@@ -142,6 +142,11 @@ class RetrievalLayer(CacheLayerMixin):
         self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] kv_dtype, CPU
         self.off_values: torch.Tensor | None = None
         self.index: LayerIndex | None = None
+        # A layer-major prefill (engine.layer_prefill) on a GPU keeps this layer's prefix K/V [1, H_kv, T, D] on the
+        # device during its pass instead of copying the store's prefix there at every chunk.
+        self.prefill_on_device = False
+        self._live_k: torch.Tensor | None = None
+        self._live_v: torch.Tensor | None = None
 
     # -- transformers' cache layer protocol ---------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -194,8 +199,26 @@ class RetrievalLayer(CacheLayerMixin):
         self.store_k[:, self.filled : self.filled + n] = key_states[0]
         self.store_v[:, self.filled : self.filled + n] = value_states[0]
         self.filled += n
+        if self.prefill_on_device:
+            return self._append_live(key_states, value_states)
         return (prefix_on(self.store_k, self.filled, key_states.device, key_states.dtype),
                 prefix_on(self.store_v, self.filled, value_states.device, value_states.dtype))
+
+    def _append_live(self, key_states, value_states):
+        """The layer-major prefill on a device: the chunk's K/V [1, H_kv, n, D] join the prefix kept on the device
+        (the store already has its CPU copy); returns views of the prefix so far. After the prefix's last chunk the
+        device copy is let go (the views keep it alive until attention is done with them)."""
+        if self._live_k is None:
+            shape = (1, key_states.shape[1], self.prefix_len, key_states.shape[3])
+            self._live_k = key_states.new_empty(shape)
+            self._live_v = value_states.new_empty(shape)
+        first, n = self.filled - key_states.shape[2], key_states.shape[2]
+        self._live_k[:, :, first : first + n] = key_states
+        self._live_v[:, :, first : first + n] = value_states
+        keys, values = self._live_k[:, :, : self.filled], self._live_v[:, :, : self.filled]
+        if self.filled == self.prefix_len:
+            self._live_k = self._live_v = None
+        return keys, values
 
     def _widen(self) -> None:
         """A key or value beyond float16's range is coming: keep this layer's K/V in float32 from now on (its store,
@@ -344,7 +367,9 @@ class RetrievalCache(Cache):
         self.settings = settings
         self.prefix_len = prefix_len
         self.stats = SearchStats()
-        self.index_build_s = 0.0
+        self.index_build_s = 0.0  # time spent building indexes, summed over layers
+        self.index_wait_s = 0.0  # of that, the time the prefill did not hide (all of it unless builds overlap it)
+        self.layer_major = None  # engine.layer_prefill.LayerMajorState while a layer-major prefill is under way
         self.trace: AttentionTrace | None = None  # set to record what decoding retrieved (citations)
 
     @property
@@ -363,6 +388,7 @@ class RetrievalCache(Cache):
                 layer.build_index()
             yield meter.update(number)
         self.index_build_s += time.perf_counter() - started
+        self.index_wait_s += time.perf_counter() - started
 
     @classmethod
     def restore(cls, prefixes: list[PrefixArrays], device: torch.device, settings: RetrievalSettings,

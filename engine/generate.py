@@ -43,7 +43,8 @@ class GenerationStats:
     new_tokens: int
     decode_s: float  # from the first answer token to the last
     stop_reason: str  # "stop_token", "max_new_tokens" or "context_full"
-    index_build_s: float = 0.0  # retrieval attention: building the key indexes (part of ttft_s)
+    index_build_s: float = 0.0  # retrieval attention: building the key indexes, summed over layers
+    index_wait_s: float = 0.0  # of that, the part not hidden behind the prefill (part of ttft_s)
 
     @property
     def prefill_tokens(self) -> int:

@@ -179,7 +179,7 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
         cache = RetrievalCache.restore(prefixes, loaded.device, settings, loaded.dtype, None)
     result.index_loaded = index_arrays is not None
     if not result.index_loaded and settings.method != WINDOW_ONLY:
-        result.index_build_s = cache.index_build_s = time.perf_counter() - build_started
+        result.index_build_s = cache.index_build_s = cache.index_wait_s = time.perf_counter() - build_started
         try:
             save_index(store, cache_id, cache)
         except StoreError as error:

@@ -13,9 +13,10 @@ from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalS
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ContextTooLongError, StoreError
 from engine.events import CancelToken
-from engine.generate import Event, Finished, SamplingOptions, generate, prefill_steps
+from engine.generate import Event, Finished, SamplingOptions, generate
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
+from engine.layer_prefill import document_prefill_steps
 from engine.model import LoadedModel
 from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
@@ -113,14 +114,13 @@ class DocumentSession:
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
             if self.uses_retrieval:
                 self._cache.trace = AttentionTrace(self.prefix_tokens)
-            prepare_s = index_s = 0.0
+            prepare_s = 0.0
             if self.uses_retrieval and not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 prepare_s = time.perf_counter() - started
-                index_s = self._cache.index_build_s
                 yield from self._save_to_store(cancel)
             elif load_s:
-                prepare_s, index_s = load_s, self._cache.index_build_s
+                prepare_s = load_s
             for event in generate(
                 model, prompt_ids, self._cache,
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -129,7 +129,8 @@ class DocumentSession:
                 forward_kwargs=forward_kwargs,
             ):
                 if isinstance(event, Finished) and prepare_s:
-                    event = _with_document_prefill(event, prepare_s, index_s, self.cache_save_s, reused=bool(load_s))
+                    event = _with_document_prefill(event, prepare_s, self._cache, self.cache_save_s,
+                                                   reused=bool(load_s))
                 if isinstance(event, Finished) and self.uses_retrieval:
                     event = dataclasses.replace(event, attention_steps=self._cache.trace.take())
                 yield event
@@ -158,14 +159,9 @@ class DocumentSession:
             raise
 
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
-        """Prefill the whole document prefix with exact attention, then build the indexes."""
-        cache = self._cache
-        done = cache.get_seq_length()  # resume after a cancel
-        if done < self.prefix_tokens:
-            ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
-            yield from prefill_steps(self.loaded.model, ids, cache, self.prefill_chunk, cancel,
-                                     {"folio_cache": cache})
-        yield from cache.build_index_steps(cancel)
+        """Prefill the whole document prefix with exact attention and build the indexes (resumes after a cancel)."""
+        ids = torch.tensor(self.prompt.prefix_ids, dtype=torch.long)
+        yield from document_prefill_steps(self.loaded.model, ids, self._cache, self.prefill_chunk, cancel)
 
     def _open_cache(self) -> Iterator[Event]:
         """A restored cache from the store when there is a valid one (``cache = yield from ...``), else a new one."""
@@ -217,14 +213,15 @@ class DocumentSession:
                               retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
 
 
-def _with_document_prefill(event: Finished, prepare_s: float, index_s: float, save_s: float = 0.0,
+def _with_document_prefill(event: Finished, prepare_s: float, cache: RetrievalCache, save_s: float = 0.0,
                            reused: bool = False) -> Finished:
     """Count the document prefill, index build and cache save (done before generate) in the answer's
-    stats; reused: the prefix came from the store (prepare_s is then the load time, not a prefill)."""
-    stats = event.stats
+    stats; reused: the prefix came from the store (prepare_s is then the load time, not a prefill).
+    The prefill's time is prepare_s less the index build time that the prefill did not hide."""
+    stats = dataclasses.replace(event.stats, index_build_s=cache.index_build_s, index_wait_s=cache.index_wait_s)
     if reused:
-        stats = dataclasses.replace(stats, ttft_s=stats.ttft_s + prepare_s, index_build_s=index_s)
+        stats = dataclasses.replace(stats, ttft_s=stats.ttft_s + prepare_s)
     else:
-        stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - index_s,
-                                    ttft_s=stats.ttft_s + prepare_s + save_s, index_build_s=index_s)
+        stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - cache.index_wait_s,
+                                    ttft_s=stats.ttft_s + prepare_s + save_s)
     return dataclasses.replace(event, stats=stats)

@@ -10,7 +10,9 @@ import torch
 from transformers import DynamicCache
 
 from engine.cache import RetrievalCache
+from engine.events import run_steps
 from engine.generate import prefill
+from engine.layer_prefill import document_prefill_steps
 from engine.retrieval import RETRIEVAL_ATTENTION
 
 
@@ -27,14 +29,17 @@ def full_attention_logits(model, ids, steps, chunk=64):
 
 
 @torch.inference_mode()
-def retrieval_logits(model, prefix, question, steps, settings, chunk=64):
-    """The same with the retrieval cache on the model's device: prefix prefilled and indexed, then the question
-    prefilled after it. Returns (logits, cache)."""
+def retrieval_logits(model, prefix, question, steps, settings, chunk=64, layer_major=True, background_builds=None):
+    """The same with the retrieval cache on the model's device: prefix prefilled and indexed (layer by layer as the
+    app does, or chunk by chunk), then the question prefilled after it. Returns (logits, cache)."""
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
     cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), model.device, settings)
     kwargs = {"folio_cache": cache}
-    prefill(model, prefix, cache, chunk=chunk, forward_kwargs=kwargs)
-    list(cache.build_index_steps())
+    if layer_major:
+        run_steps(document_prefill_steps(model, prefix, cache, chunk, background_builds=background_builds))
+    else:
+        prefill(model, prefix, cache, chunk=chunk, forward_kwargs=kwargs)
+        list(cache.build_index_steps())
     logits = [prefill(model, question, cache, chunk=chunk, forward_kwargs=kwargs)]
     for _ in range(steps):
         token = logits[-1].argmax().view(1, 1)

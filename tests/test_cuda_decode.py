@@ -24,17 +24,21 @@ def model():
     return LlamaForCausalLM(config).to("cuda", torch.float32).eval()
 
 
+@pytest.mark.parametrize("layer_major", [True, False])
 @pytest.mark.parametrize("method", ["retrieval", "exact"])
-def test_retrieval_on_cuda_equals_full_attention_when_top_k_covers_the_offloaded_set(model, method):
+def test_retrieval_on_cuda_equals_full_attention_when_top_k_covers_the_offloaded_set(model, method, layer_major):
+    """Prefilled layer by layer (each layer's K/V kept on the device during its pass, indexes built on a thread
+    meanwhile) or chunk by chunk (the stored prefix sent back to the device at every chunk)."""
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(0, 400, (PREFIX,), generator=gen)
     question = torch.randint(0, 400, (QUESTION,), generator=gen)
     reference = full_attention_logits(model, torch.cat([prefix, question]), STEPS, chunk=256)
     settings = RetrievalSettings(method=method, n_sink=16, n_window=32, top_k=PREFIX, effort=PREFIX,
                                  kv_dtype=torch.float32, index_params=IndexParams(knn_device="cuda"))
-    logits, cache = retrieval_logits(model, prefix, question, STEPS, settings, chunk=256)
+    logits, cache = retrieval_logits(model, prefix, question, STEPS, settings, chunk=256, layer_major=layer_major)
     layer = cache.layers[0]
     assert layer.static_k.device.type == "cuda" and layer.off_keys.device.type == "cpu"
+    assert all(layer._live_k is None for layer in cache.layers)  # no layer's prefix K/V left on the device
     assert cache.stats.searches > 0
     for got, want in zip(logits, reference, strict=True):
         assert got.device.type == "cuda"
