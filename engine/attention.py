@@ -13,6 +13,8 @@ m queries per head, n keys, D head dim. All functions compute in float32 and ret
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 
 def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -92,3 +94,22 @@ def retrieved_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: 
     weights = torch.exp(scores - _finite(lse).unsqueeze(-1))
     o = torch.einsum("hmk,hmkd->hmd", weights, v_sel)
     return (o, lse, weights) if return_weights else (o, lse)
+
+
+def causal_prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             scale: float) -> torch.Tensor:
+    """Exact attention of a prefill chunk over the prefix so far, in the model's dtype: no mask tensor, and no copy of
+    K/V per query head (sdpa's `enable_gqa`; on CUDA flash attention takes both as they are).
+
+    Args:
+        query: [1, H, m, D] the chunk's queries, at positions n - m .. n - 1.
+        key, value: [1, H_kv, n, D] the prefix's keys and values up to the chunk's last token (n >= m).
+        scale: the softmax scale.
+    Returns:
+        [1, m, H, D] (transformers' attention output layout): query i sees keys 0 .. n - m + i.
+    """
+    m, n = query.shape[2], key.shape[2]
+    mask = causal_lower_right(m, n) if m < n else None
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None and m > 1,
+                                         scale=scale, enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2)

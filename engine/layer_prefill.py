@@ -5,7 +5,7 @@ prefix K/V come back from CPU memory at every chunk (~283 GB at 128K tokens for 
 together, so no index can be built before the prefill ends. Layer by layer, one layer runs over the whole prefix,
 chunk by chunk, before the next starts: its K/V stay on the device during its pass and go to CPU memory once, and
 its index can be built on a CPU thread while the next layers run on the device. The results are the same
-computations in another order (same decoder-layer calls, same registered attention, same causal masks).
+computations in another order (same decoder-layer calls, same registered attention).
 
 Only the decoder stacks of the Llama family (`model.model` with embed_tokens, rotary_emb and layers, every layer
 full attention) are driven this way; other models prefill chunk by chunk, then build their indexes.
@@ -117,7 +117,7 @@ def _run_layer_chunk(inner, number: int, hidden: torch.Tensor, start: int, stop:
     """Decoder layer `number` on positions [start, stop) of hidden [1, T, d], in place, its K/V into the cache."""
     piece = hidden[:, start:stop]
     positions = torch.arange(start, stop, device=hidden.device).view(1, -1)
-    out = inner.layers[number](piece, attention_mask=causal_chunk_mask(start, stop, hidden.device),
+    out = inner.layers[number](piece, attention_mask=None,  # the retrieval attention's prefill is causal itself
                                position_ids=positions, position_embeddings=inner.rotary_emb(piece, positions),
                                cache=cache, use_cache=True, folio_cache=cache)
     hidden[:, start:stop] = out
@@ -127,16 +127,6 @@ def keeps_layer_on_device(device: torch.device) -> bool:
     """Whether a layer's prefix K/V stay on the device during its pass (off the CPU: on the CPU the store is the
     prefix already, so a second copy would only cost memory)."""
     return device.type != "cpu"
-
-
-def causal_chunk_mask(start: int, stop: int, device: torch.device) -> torch.Tensor | None:
-    """The causal mask of queries at positions [start, stop) over keys [0, stop): bool [1, 1, stop - start, stop],
-    True where a query may attend. None for the first chunk, which sdpa then masks with its own causal flag (as
-    transformers does for a prefill from an empty cache)."""
-    if start == 0:
-        return None
-    queries = torch.arange(start, stop, device=device).view(-1, 1)
-    return (torch.arange(stop, device=device).view(1, -1) <= queries)[None, None]
 
 
 class BackgroundIndexBuilds:

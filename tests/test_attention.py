@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import merge_attention_states, partial_attention, retrieved_attention
+from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention, retrieved_attention
 from engine.retrieved_cpu import decode_attention_cpu, retrieved_attention_cpu
 
 H, H_KV, D = 6, 2, 16
@@ -31,6 +31,15 @@ def test_partial_attention_over_everything_is_full_attention():
     group = H // H_KV
     expected_lse = torch.logsumexp(q @ k.repeat_interleave(group, 0).transpose(1, 2) * SCALE, -1)
     torch.testing.assert_close(lse, expected_lse, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (1, 50), (7, 7), (7, 50), (50, 50)])
+def test_causal_prefill_attention_is_causal_attention_over_the_prefix_so_far(m, n):
+    """A chunk of m queries at the end of an n-token prefix: each sees the keys up to its own position."""
+    q, k, v = random_qkv(m, n)
+    mask = torch.arange(n).view(1, n) <= torch.arange(n - m, n).view(m, 1)
+    got = causal_prefill_attention(q[None], k[None], v[None], SCALE)  # [1, m, H, D]
+    torch.testing.assert_close(got[0].transpose(0, 1), reference(q, k, v, mask), atol=1e-5, rtol=0)
 
 
 def test_causal_tail_lets_each_query_see_only_earlier_tail_keys():
