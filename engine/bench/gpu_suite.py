@@ -6,9 +6,12 @@ in one process on the same weights and tokens:
   strongest baseline wherever it fits);
 - retrieval (or another index method): the RetrievalCache: the device holds the weights, the static set and
   one layer's K/V during the prefill; the offloaded K/V and the index live in CPU memory.
-Each row gives the prefill and index-build time, the median decode step of the whole model, and the device's peak
-memory in the prefill and in decoding against the weights alone. Random weights give meaningless text but real
-shapes, memory and timing. `--shape tiny --device cpu` runs the same path on a CPU in seconds.
+The retrieval prefill runs layer by layer (engine.layer_prefill), each layer's index built on a CPU thread while
+the next layers prefill; "retrieval@chunk" runs the chunk-by-chunk order instead, for comparison. prefill_s ends
+with the last layer's prefill, build_s sums the per-layer index builds, build_wait_s is what of it came after the
+prefill, ready_s is prefill and indexes together. Each row also gives the median decode step of the whole model
+and the device's peak memory in the prefill and in decoding against the weights alone. Random weights give
+meaningless text but real shapes, memory and timing. `--shape tiny --device cpu` runs the same path on a CPU in seconds.
 
     python -m engine.bench memory [--shape llama3-8b] [--tokens 32768,131072] [--methods full,retrieval]
 """
@@ -21,13 +24,15 @@ import resource
 import sys
 import time
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 from engine.cache import RetrievalCache, RetrievalSettings
 from engine.events import ProgressPrinter, run_steps
 from engine.generate import prefill_steps
-from engine.index import IndexParams
+from engine.index import IndexParams, build_layer_index
+from engine.layer_prefill import document_prefill_steps
 from engine.retrieval import RETRIEVAL_ATTENTION
 
 SHAPES = {
@@ -37,6 +42,7 @@ SHAPES = {
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000},
 }
 FULL = "full"
+CHUNK_MAJOR = "chunk"  # a method "retrieval@chunk" prefills chunk by chunk, not layer by layer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=4096, help="prefill chunk (tokens)")
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--methods", default=f"{FULL},retrieval",
-                        help=f"comma list: {FULL} (sdpa + DynamicCache) and/or index methods for the offloaded set")
+                        help=f"comma list: {FULL} (sdpa + DynamicCache) and/or index methods for the offloaded set, "
+                             f"prefilled layer by layer; METHOD@{CHUNK_MAJOR} prefills chunk by chunk instead")
 
 
 def run(args: argparse.Namespace, report) -> None:
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace, report) -> None:
         "step_vs_full and decode_peak_vs_full: this row over full attention's; random weights, so the text is "
         "meaningless and so is scanned_fraction (random attention has no structure for an index to find)"
     )
+    compile_index_kernels({m.partition("@")[0] for m in methods if m != FULL})
     for n_tokens in token_counts:
         ids = torch.randint(0, config.vocab_size, (n_tokens,), generator=torch.Generator().manual_seed(n_tokens))
         kv_gib = 2 * config.num_hidden_layers * config.num_key_value_heads * n_tokens * config.head_dim \
@@ -109,32 +117,58 @@ def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: 
         cache, kwargs = DynamicCache(config=config), {}
     else:
         model.set_attn_implementation(RETRIEVAL_ATTENTION)
-        settings = RetrievalSettings(method=method, index_params=IndexParams(knn_device=device.type))
+        index_method, _, order = method.partition("@")
+        settings = RetrievalSettings(method=index_method, index_params=IndexParams(knn_device=device.type))
         cache = RetrievalCache(config.num_hidden_layers, len(ids), device, settings, dtype)
         kwargs = {"folio_cache": cache}
-    progress = ProgressPrinter(sys.stdout)
+    printer = ProgressPrinter(sys.stdout)
+    prefill_done_at = []
+
+    def progress(event) -> None:
+        printer(event)
+        if event.stage == "prefill" and event.done == event.total and not prefill_done_at:
+            prefill_done_at.append(_elapsed(started, device))
+
     _reset_peak(device)
     started = time.perf_counter()
-    logits = run_steps(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs), progress)
-    prefill_s = _elapsed(started, device)
-    prefill_peak = _peak_gib(device)
-    started = time.perf_counter()
-    if method != FULL:
+    if method == FULL:
+        run_steps(prefill_steps(model, ids, cache, args.chunk), progress)
+        build_s = build_wait_s = 0.0
+    elif order == CHUNK_MAJOR:  # every chunk through every layer, then the indexes (the order before layer-major)
+        run_steps(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs), progress)
         run_steps(cache.build_index_steps(), progress)
-    build_s = time.perf_counter() - started
+        build_s, build_wait_s = cache.index_build_s, cache.index_wait_s
+    else:  # layer by layer, each layer's index built while the next ones prefill
+        run_steps(document_prefill_steps(model, ids, cache, args.chunk), progress)
+        build_s, build_wait_s = cache.index_build_s, cache.index_wait_s
+    ready_s = _elapsed(started, device)
+    prefill_s = prefill_done_at[0] if prefill_done_at else ready_s
+    prefill_peak = _peak_gib(device)
     _reset_peak(device)
     steps = []
     with torch.inference_mode():
-        token = logits.argmax().view(1, 1)
+        token = ids[-1:].view(1, 1).to(device)  # random weights: any token times the same
         for _ in range(args.decode_steps):
             started = time.perf_counter()
             token = model(input_ids=token, cache=cache, **kwargs).logits[0, -1].argmax().view(1, 1)
             steps.append(_elapsed(started, device))
     steady = sorted(steps[1:] or steps)
-    return {"prefill_s": round(prefill_s, 2), "build_s": round(build_s, 2),
+    return {"prefill_s": round(prefill_s, 2), "build_s": round(build_s, 2), "build_wait_s": round(build_wait_s, 2),
+            "ready_s": round(ready_s, 2),
             "step_ms": round(1000 * steady[len(steady) // 2], 1), "peak_prefill_gib": prefill_peak,
             "peak_decode_gib": _peak_gib(device),
             "scanned_fraction": 1.0 if method == FULL else round(cache.stats.scanned_fraction, 4)}
+
+
+def compile_index_kernels(methods: set[str]) -> None:
+    """Build and search a small index of each method on float16 and float32 keys, so that no row's build time
+    includes numba compiling (or loading from its cache) the kernels for that dtype."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float16, np.float32):
+        keys = rng.standard_normal((2, 4096, 64)).astype(dtype)
+        queries = rng.standard_normal((4, 512, 64)).astype(np.float32)
+        for method in methods:
+            build_layer_index(method, keys, queries).search(queries[:, :1], 10)
 
 
 def _elapsed(started: float, device: torch.device) -> float:
