@@ -15,6 +15,8 @@ STAGE_NAMES = {
     "index": "Building the index",
     "saving": "Saving the cache",
 }
+# Counts that mean nothing to a reader: a layer-by-layer prefill counts tokens times layers (the bar's percent says it)
+UNITS_WITHOUT_COUNTS = {"token-layers"}
 
 
 def format_eta(seconds: float) -> str:
@@ -31,7 +33,7 @@ def format_eta(seconds: float) -> str:
 def describe(stage: str, done: int, total: int, unit: str, eta_s: float) -> str:
     name = STAGE_NAMES.get(stage, stage.capitalize())
     parts = [name]
-    if total > 1:
+    if total > 1 and unit not in UNITS_WITHOUT_COUNTS:
         parts.append(f"{done:,} of {total:,} {unit}".strip())
     if eta := (format_eta(eta_s) if done < total else ""):
         parts.append(eta)

@@ -294,3 +294,11 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
     window.delete_document(doc_id)
     assert len(window.library) == 0 and window.stack.currentWidget() is window.welcome
     assert window.library_panel.empty.isVisible()
+
+
+def test_progress_text_gives_counts_a_reader_can_use():
+    from app.progress_panel import describe
+
+    assert describe("index", 3, 30, "layers", 12) == "Building the index · 3 of 30 layers · about 12 s left"
+    # a layer-by-layer prefill counts tokens × layers: the bar's percent and the ETA say it better
+    assert describe("prefill", 4_000, 90_000, "token-layers", 30) == "Reading the document (prefill) · about 30 s left"
