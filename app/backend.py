@@ -211,7 +211,8 @@ class RealBackend:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return ModelShape(layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", heads),
                           query_heads=heads, head_dim=head_dim, max_positions=self.loaded.max_positions,
-                          weight_bytes_per_value=self.loaded.dtype.itemsize, kv_bytes_per_value=2)
+                          weight_bytes_per_value=self.loaded.dtype.itemsize, kv_bytes_per_value=2,
+                          hidden_size=config.hidden_size)
 
     # -- documents -----------------------------------------------------------------------------------
     def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:

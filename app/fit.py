@@ -21,6 +21,7 @@ class ModelShape:
     max_positions: int
     weight_bytes_per_value: int = 4  # model dtype on the device
     kv_bytes_per_value: int = 2  # kv_dtype of the offloaded document K/V
+    hidden_size: int = 0  # 0: query_heads x head_dim (as in the Llama family)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,17 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
         disk = document_kv
     else:
         static = min(tokens, n_sink + n_window) + reserved
-        on_device = per_token_kv * static * shape.weight_bytes_per_value
+        static_bytes = per_token_kv * static * shape.weight_bytes_per_value
+        # The layer-by-layer prefill (engine.layer_prefill) keeps every token's hidden state on the device between
+        # layers, and on a GPU also the K/V of the layer it runs.
+        hidden = tokens * (shape.hidden_size or shape.query_heads * shape.head_dim) * shape.weight_bytes_per_value
+        layer_kv = per_token_kv // shape.layers * tokens * shape.weight_bytes_per_value
+        on_device = max(static_bytes, hidden + (0 if device_is_cpu else layer_kv))
         # The prefill store holds the K/V in the model's dtype (float16 for a 16-bit model: engine.cache.store_dtype);
         # after the build the cache holds them once in kv_dtype, beside the index.
         prefill_store = per_token_kv * tokens * shape.weight_bytes_per_value
-        ram = max(prefill_store, document_kv + index) + train_queries + (on_device if device_is_cpu else 0)
+        in_prefill = prefill_store + (hidden if device_is_cpu else 0)
+        ram = max(in_prefill, document_kv + index) + train_queries + (static_bytes if device_is_cpu else 0)
         disk = document_kv + index + train_queries
     problems: list[str] = []
     warnings: list[str] = []

@@ -64,9 +64,10 @@ class EngineConfig:
 
     def prefill_chunk_for(self, device_type: str) -> int:
         """prefill_chunk, or where it is 0: 512 tokens on a CPU (prompt cancelling and progress; nothing is copied per
-        chunk there), 4,096 on a GPU, where every chunk sends each layer's whole stored prefix to the device, so the
-        traffic grows as N^2 / chunk (Llama-3-8B at 128K: about 283 GB at 4,096, 2.1 TB at 512) while the chunk's
-        transient memory grows with chunk x N (at 4,096, 4.2 GiB over the weights at 128K on the H100 run)."""
+        chunk there), 4,096 on a GPU, where larger chunks keep the device busy and the chunk's transient memory grows
+        with chunk x N. Models prefilled chunk by chunk (engine.layer_prefill.supports_layer_major is False) also send
+        each layer's whole stored prefix to the device at every chunk: traffic as N^2 / chunk (Llama-3-8B's shape at
+        128K: about 283 GB at 4,096, 2.1 TB at 512)."""
         if self.prefill_chunk:
             return self.prefill_chunk
         return CPU_PREFILL_CHUNK if device_type == "cpu" else GPU_PREFILL_CHUNK

@@ -13,6 +13,8 @@ full attention) are driven this way; other models prefill chunk by chunk, then b
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -26,6 +28,7 @@ from engine.events import CancelToken, Progress, ProgressMeter
 from engine.generate import prefill_steps
 
 LAYER_MAJOR_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+MAX_CONCURRENT_BUILDS = 4
 CANCEL_POLL_S = 0.1  # how often a wait for background index builds looks at the cancel flag
 
 
@@ -70,7 +73,7 @@ def document_prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Ret
         return
     if background_builds is None:
         background_builds = model.device.type != "cpu"
-    builds = BackgroundIndexBuilds(cache) if background_builds else None
+    builds = BackgroundIndexBuilds(cache, concurrent_builds(model, cache)) if background_builds else None
     try:
         yield from _layer_major_steps(model, ids, cache, chunk, cancel, builds)
         if builds:
@@ -129,14 +132,25 @@ def keeps_layer_on_device(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-class BackgroundIndexBuilds:
-    """Builds finished layers' indexes one at a time on a worker thread (the graph build's own kernels use several
-    cores and release the GIL), so that the prefill of the following layers goes on meanwhile."""
+def concurrent_builds(model: PreTrainedModel, cache: RetrievalCache) -> int:
+    """How many layers' indexes to build at once: a layer's build runs its graphs (one per KV head by default) on a
+    thread each, so enough layers to give every core a graph (Llama-3-8B's 8 KV heads on 16 cores: 2), at most 4."""
+    config = model.config
+    per_kv_head = cache.settings.index_params.graph_per_kv_head
+    graphs = getattr(config, "num_key_value_heads", None) if per_kv_head else None
+    graphs = graphs or config.num_attention_heads
+    return max(1, min(MAX_CONCURRENT_BUILDS, (os.cpu_count() or 1) // graphs))
 
-    def __init__(self, cache: RetrievalCache) -> None:
+
+class BackgroundIndexBuilds:
+    """Builds finished layers' indexes on worker threads (the graph build's own kernels use several cores and release
+    the GIL), so that the prefill of the following layers goes on meanwhile."""
+
+    def __init__(self, cache: RetrievalCache, workers: int = 1) -> None:
         self.cache = cache
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="folio-index")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="folio-index")
         self.pending: list[Future] = []
+        self.lock = threading.Lock()  # for the build time the workers add up
 
     def submit(self, layer: RetrievalLayer) -> None:
         """Queue the layer's build; first raise the error of any build that failed (no use prefilling on)."""
@@ -148,7 +162,8 @@ class BackgroundIndexBuilds:
     def _build(self, layer: RetrievalLayer) -> None:
         started = time.perf_counter()
         layer.build_index()
-        self.cache.index_build_s += time.perf_counter() - started  # only this one worker thread adds to it
+        with self.lock:
+            self.cache.index_build_s += time.perf_counter() - started
 
     def finish_steps(self, cancel: CancelToken | None) -> Generator[Progress, None, None]:
         """Wait for the submitted builds, yielding Progress "index" (layers indexed) and raising their errors."""

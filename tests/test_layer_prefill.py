@@ -107,9 +107,11 @@ def test_a_cancelled_layer_major_prefill_resumes_where_it_stopped(model):
     assert_same_prefixes(cache, chunk_major_cache(model, ids), atol=1e-5)
 
 
-def test_background_index_builds_give_the_same_indexes(model):
-    """Built on a worker thread while the next layers prefill (what a GPU host does), the graphs are the ones
+@pytest.mark.parametrize("workers", [1, 2])
+def test_background_index_builds_give_the_same_indexes(model, workers, monkeypatch):
+    """Built on worker threads while the next layers prefill (what a GPU host does), the graphs are the ones
     built after the prefill: the same keys come back for the same queries."""
+    monkeypatch.setattr("engine.layer_prefill.concurrent_builds", lambda model, cache: workers)
     ids = tokens(PREFIX, 0)
     settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float32)
     caches = {}
@@ -120,6 +122,15 @@ def test_background_index_builds_give_the_same_indexes(model):
     for with_thread, after in zip(caches[True].layers, caches[False].layers, strict=True):
         np.testing.assert_array_equal(with_thread.index.search(queries, 8).ids, after.index.search(queries, 8).ids)
     assert 0 <= caches[True].index_wait_s <= caches[True].index_build_s
+
+
+def test_concurrent_builds_give_each_core_a_graph(model, monkeypatch):
+    from engine.layer_prefill import concurrent_builds
+
+    cache = new_cache(model)  # the tiny Llama: 2 KV heads, so 2 graphs per layer
+    for cores, layers_at_once in ((2, 1), (5, 2), (16, 4), (64, 4)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert concurrent_builds(model, cache) == layers_at_once
 
 
 def slow_builds(monkeypatch, seconds=0.2, fail_layer=None):

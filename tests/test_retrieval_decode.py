@@ -12,6 +12,7 @@ from engine.events import CancelToken, Progress
 from engine.generate import Finished, prefill
 from engine.index import IndexParams
 from engine.ingest import Document
+from engine.layer_prefill import document_prefill_steps
 from engine.retrieval import RETRIEVAL_ATTENTION
 from engine.session import DocumentSession
 from tests.greedy_reference import full_attention_logits, keys_and_values_beyond_float16, retrieval_logits
@@ -149,16 +150,20 @@ def test_cpu_memory_holds_each_key_once_and_saving_gets_the_prefix_back(model):
 
 def test_the_ram_estimate_bounds_the_prefill_store_and_the_built_cache(model):
     """The app's fit check (app.fit) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
-    prefill (the float32 store) or after the build (K/V once, queries, graph), nor overstate it more than 3x."""
+    prefill (the float32 store and the hidden states between layers) or after the build (K/V once, queries, graph),
+    nor overstate it more than 3x."""
     from app.fit import ModelShape, estimate_fit
 
     config = model.config
     settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float16)
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
     cache = RetrievalCache(config.num_hidden_layers, PREFIX, torch.device("cpu"), settings)
-    prefill(model, tokens(PREFIX, 0), cache, chunk=64, forward_kwargs={"folio_cache": cache})
-    in_prefill = sum(layer.store_k.nbytes + layer.store_v.nbytes for layer in cache.layers)
-    list(cache.build_index_steps())
+    in_prefill = 0
+    for event in document_prefill_steps(model, tokens(PREFIX, 0), cache, 64):
+        if event.stage == "prefill" and event.done == event.total:  # the prefill's last step, before any build
+            in_prefill = cache.layer_major.hidden.nbytes + sum(layer.store_k.nbytes + layer.store_v.nbytes
+                                                               for layer in cache.layers)
+    assert in_prefill
     built = sum(cpu_tensor_bytes(layer) + layer.static_k.nbytes + layer.static_v.nbytes
                 + sum(a.nbytes for a in layer.index.to_arrays().values()) for layer in cache.layers)
     shape = ModelShape(layers=config.num_hidden_layers, kv_heads=config.num_key_value_heads,
@@ -181,6 +186,20 @@ def test_the_ram_estimate_counts_the_float32_prefill_store_of_a_cpu_host():
         fit = estimate_fit(shape, tokens_, 0, "retrieval", 128, 512, device_is_cpu=False, data_folder=".",
                            disk_budget_bytes=10**15, available_ram=10**15)
         assert kv_values * weight_bytes <= fit.ram_bytes <= kv_values * weight_bytes * 1.5
+
+
+def test_the_device_estimate_counts_the_layer_by_layer_prefill():
+    """Llama-3-8B's shape on a GPU at 130K tokens: the prefill keeps every token's hidden state on the device (4,096
+    bf16 values each) and the K/V of the layer it runs, far more than the static set kept for decoding."""
+    from app.fit import ModelShape, estimate_fit
+
+    tokens_ = 130_000
+    shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
+                       weight_bytes_per_value=2, hidden_size=4096)
+    fit = estimate_fit(shape, tokens_, 1000, "retrieval", 128, 512, device_is_cpu=False, data_folder=".",
+                       disk_budget_bytes=10**15, available_ram=10**15)
+    in_prefill = tokens_ * 4096 * 2 + 2 * 8 * 128 * tokens_ * 2
+    assert in_prefill <= fit.device_bytes <= 1.2 * in_prefill
 
 
 @torch.inference_mode()
