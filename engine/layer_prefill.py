@@ -184,8 +184,8 @@ class BackgroundIndexBuilds:
         self.cache.index_wait_s += time.perf_counter() - started
 
     def stop(self) -> None:
-        """Drop the builds not started (a cancel or an error); wait for the one running, so no thread is left
-        writing to the cache. Layers left without an index are built on the next call."""
+        """Drop the builds not started (a cancel or an error); wait for those running, so no thread is left writing
+        to the cache. Layers left without an index are built on the next call."""
         for future in self.pending:
             future.cancel()
         self.executor.shutdown(wait=True)
