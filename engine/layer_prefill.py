@@ -45,12 +45,14 @@ class LayerMajorState:
 
 
 def supports_layer_major(model: PreTrainedModel) -> bool:
-    """Whether `model` has a Llama-family decoder stack that document_prefill_steps can run layer by layer."""
-    inner = getattr(model, "model", None)
-    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
-    return (model.config.model_type in LAYER_MAJOR_MODEL_TYPES
-            and all(hasattr(inner, name) for name in ("embed_tokens", "rotary_emb", "layers"))
-            and all(kind == "full_attention" for kind in layer_types))
+    """Whether `model` has a Llama-family decoder stack that document_prefill_steps can run layer by layer: every
+    layer full causal attention (no sliding window, which the layer-major prefill does not mask)."""
+    config, inner = model.config, getattr(model, "model", None)
+    layer_types = getattr(config, "layer_types", None)
+    full_attention = (all(kind == "full_attention" for kind in layer_types) if layer_types
+                      else getattr(config, "sliding_window", None) is None)
+    return (config.model_type in LAYER_MAJOR_MODEL_TYPES and full_attention
+            and all(hasattr(inner, name) for name in ("embed_tokens", "rotary_emb", "layers")))
 
 
 def document_prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: RetrievalCache, chunk: int,

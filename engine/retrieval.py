@@ -11,7 +11,8 @@ import time
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
@@ -33,9 +34,10 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if not layer.indexed:  # document prefill: exact attention, and remember queries for the index
         layer.record_queries(query[0])
-        # A document prefix is one sequence without padding: its mask is plain causal, which this computes with no
-        # mask tensor and no per-head K/V copies (on this CPU as fast as transformers' masked sdpa, and equal).
-        return causal_prefill_attention(query, key, value, scale), None
+        if attention_mask is None:  # plain causal: the layer-major prefill, or transformers' first chunk
+            return causal_prefill_attention(query, key, value, scale), None
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout,
+                                      **kwargs)
     q = query[0]
     compiled = q.device.type == "cpu" and q.shape[1] == 1 and key.dtype in SUPPORTED_KV_DTYPES
     # On a GPU the static part is queued first, so that the device computes it while the CPU searches.
@@ -92,10 +94,7 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, id
 AttentionInterface.register(RETRIEVAL_ATTENTION, retrieval_attention)
 
 
-def no_mask(*args, **kwargs) -> None:
-    """The retrieval attention's mask: none. Its prefill is causal by construction and its decode masks the question's
-    own tokens itself (partial_attention's causal_tail), so transformers need not build a [chunk, prefix] mask."""
-    return None
 
-
-AttentionMaskInterface.register(RETRIEVAL_ATTENTION, no_mask)
+# The mask of a chunk-by-chunk prefill (the layer-major one passes none: it is plain causal there). Models with
+# sliding-window layers (Gemma 3's local layers) get theirs this way.
+AttentionMaskInterface.register(RETRIEVAL_ATTENTION, sdpa_mask)

@@ -72,11 +72,11 @@ def test_a_layer_kept_on_the_device_during_its_pass_gives_the_same_prefix(model,
     assert_same_prefixes(cache, chunk_major_cache(model, ids), atol=1e-5)
 
 
-@pytest.mark.parametrize("config_class", [Qwen2Config, MistralConfig])
-def test_other_llama_family_models_prefill_layer_by_layer_exactly(config_class):
+@pytest.mark.parametrize("config", [Qwen2Config(**TINY), MistralConfig(**TINY, sliding_window=None)])
+def test_other_llama_family_models_prefill_layer_by_layer_exactly(config):
     """Qwen2 and Mistral run the same way, and decode equal to full attention when top_k covers everything."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config_class(**TINY)).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     assert supports_layer_major(model)
     prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
     reference = full_attention_logits(model, torch.cat([prefix, question]), steps=3)
@@ -86,9 +86,28 @@ def test_other_llama_family_models_prefill_layer_by_layer_exactly(config_class):
         assert (got - want).abs().max() <= 1e-4
 
 
-def test_sliding_window_layers_prefill_chunk_by_chunk():
-    config = Qwen2Config(**TINY, use_sliding_window=True, sliding_window=64, max_window_layers=0)
-    assert not supports_layer_major(AutoModelForCausalLM.from_config(config))
+SLIDING = [Qwen2Config(**TINY, use_sliding_window=True, sliding_window=64, max_window_layers=0),
+           MistralConfig(**TINY, sliding_window=64)]
+
+
+@pytest.mark.parametrize("config", SLIDING)
+def test_sliding_window_models_prefill_chunk_by_chunk_with_their_window(config):
+    """The layer-major prefill masks nothing, so sliding-window models keep transformers' masks, chunk by chunk: the
+    prefilled K/V equal the model's own forward's (with the window) at every layer, over the last 32 positions (its
+    cache keeps only the window's)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert not supports_layer_major(model)
+    ids = tokens(PREFIX, 0)
+    model.set_attn_implementation("sdpa")
+    with torch.inference_mode():
+        want = model(input_ids=ids.view(1, -1), use_cache=True).past_key_values
+    model.set_attn_implementation(RETRIEVAL_ATTENTION)
+    cache = new_cache(model)
+    run_steps(document_prefill_steps(model, ids, cache, CHUNK))
+    for number, layer in enumerate(cache.layers):
+        got = layer.prefix_arrays().values[:, -32:]
+        torch.testing.assert_close(got, want.layers[number].values[0, :, -32:], atol=1e-5, rtol=0)
 
 
 def test_a_cancelled_layer_major_prefill_resumes_where_it_stopped(model):
