@@ -27,7 +27,7 @@ from engine.cache import RetrievalCache, RetrievalLayer
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.generate import prefill_steps
 
-LAYER_MAJOR_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+LAYER_MAJOR_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 MAX_CONCURRENT_BUILDS = 4
 CANCEL_POLL_S = 0.1  # how often a wait for background index builds looks at the cancel flag
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config, Qwen3Config
 
 from engine.cache import RetrievalCache, RetrievalLayer, RetrievalSettings
 from engine.errors import CancelledError
@@ -72,9 +72,12 @@ def test_a_layer_kept_on_the_device_during_its_pass_gives_the_same_prefix(model,
     assert_same_prefixes(cache, chunk_major_cache(model, ids), atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [Qwen2Config(**TINY), MistralConfig(**TINY, sliding_window=None)])
+FULL_ATTENTION_FAMILY = [Qwen2Config(**TINY), Qwen3Config(**TINY), MistralConfig(**TINY, sliding_window=None)]
+
+
+@pytest.mark.parametrize("config", FULL_ATTENTION_FAMILY)
 def test_other_llama_family_models_prefill_layer_by_layer_exactly(config):
-    """Qwen2 and Mistral run the same way, and decode equal to full attention when top_k covers everything."""
+    """Qwen2, Qwen3 and Mistral run the same way, and decode equal to full attention when top_k covers everything."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     assert supports_layer_major(model)
