@@ -109,7 +109,24 @@ def causal_prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torc
         [1, m, H, D] (transformers' attention output layout): query i sees keys 0 .. n - m + i.
     """
     m, n = query.shape[2], key.shape[2]
+    gqa = key.shape[1] != query.shape[1]
+    if gqa and not gqa_without_copies(query, key, value):
+        group = query.shape[1] // key.shape[1]
+        key, value, gqa = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), False
     mask = causal_lower_right(m, n) if m < n else None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None and m > 1,
-                                         scale=scale, enable_gqa=key.shape[1] != query.shape[1])
+                                         scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)
+
+
+def gqa_without_copies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether sdpa can run grouped-query attention on these tensors without a K/V copy per query head that costs
+    memory. On CUDA only flash attention does (bf16/fp16 on Ampere or newer); elsewhere torch would fall back to its
+    math kernel, which materialises every score ([H, chunk, prefix]: tens of GiB at 128K), so the caller copies K/V
+    per query head instead and keeps the memory-efficient kernel. On the CPU sdpa handles the groups itself."""
+    if query.device.type != "cuda":
+        return True
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    # is_causal False as torch's own causal_lower_right dispatch asks (flash refuses the flag on a non-square chunk)
+    return can_use_flash_attention(SDPAParams(query, key, value, None, 0.0, False, True), False)

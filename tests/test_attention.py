@@ -42,6 +42,15 @@ def test_causal_prefill_attention_is_causal_attention_over_the_prefix_so_far(m, 
     torch.testing.assert_close(got[0].transpose(0, 1), reference(q, k, v, mask), atol=1e-5, rtol=0)
 
 
+def test_causal_prefill_attention_copies_k_v_per_head_where_sdpa_cannot_group(monkeypatch):
+    """A GPU without flash attention (before Ampere, or float32) gets K/V copied per query head: the same output."""
+    monkeypatch.setattr("engine.attention.gqa_without_copies", lambda *tensors: False)
+    q, k, v = random_qkv(7, 50)
+    mask = torch.arange(50).view(1, 50) <= torch.arange(43, 50).view(7, 1)
+    got = causal_prefill_attention(q[None], k[None], v[None], SCALE)
+    torch.testing.assert_close(got[0].transpose(0, 1), reference(q, k, v, mask), atol=1e-5, rtol=0)
+
+
 def test_causal_tail_lets_each_query_see_only_earlier_tail_keys():
     m, n = 4, 20
     q, k, v = random_qkv(m=m, n=n)

@@ -76,3 +76,20 @@ def test_a_bfloat16_layer_beyond_float16_widens_its_pinned_store_on_cuda(model):
         assert torch.isfinite(got).all() and (got.float() - want.float()).abs().max() <= 0.05 * want.abs().max()
     finally:
         model.to(torch.float32).set_attn_implementation("sdpa")
+
+
+def test_bfloat16_prefill_attention_groups_heads_in_flash_attention_without_copies():
+    """On Ampere or newer, a bfloat16 chunk over a longer prefix goes to flash attention with its KV heads as they are
+    (no per-head K/V copy, no mask tensor) and equals attention over K/V copied per query head."""
+    from engine.attention import causal_prefill_attention, gqa_without_copies
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 8, 256, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(1, 2, 1024, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert gqa_without_copies(q, k, v)
+    mask = torch.arange(1024, device="cuda").view(1, -1) <= torch.arange(768, 1024, device="cuda").view(-1, 1)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(4, 1), v.float().repeat_interleave(4, 1), attn_mask=mask)
+    got = causal_prefill_attention(q, k, v, 128**-0.5)
+    torch.testing.assert_close(got.float(), want.transpose(1, 2), atol=2e-2, rtol=0)
