@@ -387,8 +387,9 @@ class RetrievalCache(Cache):
             if not layer.indexed:  # a cancelled build resumes where it stopped
                 layer.build_index()
             yield meter.update(number)
-        self.index_build_s += time.perf_counter() - started
-        self.index_wait_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.index_build_s += elapsed
+        self.index_wait_s += elapsed
 
     @classmethod
     def restore(cls, prefixes: list[PrefixArrays], device: torch.device, settings: RetrievalSettings,

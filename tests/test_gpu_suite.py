@@ -26,3 +26,18 @@ def test_memory_suite_compares_full_attention_and_retrieval_at_each_length(tmp_p
     assert retrieval["step_vs_full"] == round(retrieval["step_ms"] / full["step_ms"], 2)
     # the JSON is rewritten after each length, so a run cut off by a time limit keeps the lengths it finished
     assert [row["tokens"] for row in json.loads(out.read_text())["rows"]] == [1500, 1500, 1800, 1800]
+
+
+def test_memory_suite_times_both_prefill_orders(tmp_path):
+    """retrieval prefills layer by layer, retrieval@chunk chunk by chunk: both rows time the prefill, the builds and
+    what of the builds came after the prefill (all of it here: a CPU host builds after the prefill)."""
+    parser = argparse.ArgumentParser()
+    gpu_suite.add_arguments(parser)
+    args = parser.parse_args(["--shape", "tiny", "--tokens", "1000", "--chunk", "256", "--device", "cpu",
+                              "--dtype", "float32", "--decode-steps", "2", "--methods", "retrieval,retrieval@chunk"])
+    report = Report("memory")
+    gpu_suite.run(args, report)
+    assert [r["method"] for r in report.rows] == ["retrieval", "retrieval@chunk"]
+    for row in report.rows:
+        assert row["build_s"] > 0 and row["build_wait_s"] == row["build_s"]
+        assert row["ready_s"] >= row["prefill_s"] > 0 and 0 < row["scanned_fraction"] < 1

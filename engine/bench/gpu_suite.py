@@ -134,12 +134,12 @@ def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: 
     if method == FULL:
         run_steps(prefill_steps(model, ids, cache, args.chunk), progress)
         build_s = build_wait_s = 0.0
-    elif order == CHUNK_MAJOR:  # every chunk through every layer, then the indexes (the order before layer-major)
-        run_steps(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs), progress)
-        run_steps(cache.build_index_steps(), progress)
-        build_s, build_wait_s = cache.index_build_s, cache.index_wait_s
-    else:  # layer by layer, each layer's index built while the next ones prefill
-        run_steps(document_prefill_steps(model, ids, cache, args.chunk), progress)
+    else:
+        if order == CHUNK_MAJOR:  # every chunk through every layer, then the indexes (the order before layer-major)
+            run_steps(prefill_steps(model, ids, cache, args.chunk, forward_kwargs=kwargs), progress)
+            run_steps(cache.build_index_steps(), progress)
+        else:  # layer by layer, each layer's index built while the next ones prefill
+            run_steps(document_prefill_steps(model, ids, cache, args.chunk), progress)
         build_s, build_wait_s = cache.index_build_s, cache.index_wait_s
     ready_s = _elapsed(started, device)
     prefill_s = prefill_done_at[0] if prefill_done_at else ready_s
