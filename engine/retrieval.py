@@ -92,9 +92,6 @@ def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, id
 
 
 AttentionInterface.register(RETRIEVAL_ATTENTION, retrieval_attention)
-
-
-
 # The mask of a chunk-by-chunk prefill (the layer-major one passes none: it is plain causal there). Models with
 # sliding-window layers (Gemma 3's local layers) get theirs this way.
 AttentionMaskInterface.register(RETRIEVAL_ATTENTION, sdpa_mask)
