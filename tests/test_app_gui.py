@@ -112,7 +112,7 @@ def test_ask_streams_a_markdown_answer_with_citations_and_stats(qtbot, make_wind
     ask(qtbot, window, "Who was the first head keeper?")
     assert window.prompt.toPlainText() == ""  # Enter sent it
     card = window.chats[window.current_doc].last_card
-    qtbot.waitUntil(lambda: card.done, timeout=5000)
+    qtbot.waitUntil(lambda: card.done and not window.controller.busy, timeout=5000)  # buttons are checked idle
     assert len(tokens) > 5  # streamed token by token
     assert card.text == FakeBackend().answer
     assert "the answer" in card.view.toPlainText() and "**" not in card.view.toPlainText()  # rendered Markdown
