@@ -65,12 +65,8 @@ def document_prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Ret
     to the retrieval attention. background_builds: build each layer's index on a thread while the next layers
     prefill (default: when the model is not on the CPU, whose cores the prefill already uses).
     """
-    if len(ids) != cache.prefix_len:
-        raise ValueError(f"the cache holds a {cache.prefix_len}-token prefix, not {len(ids)} tokens")
-    if not supports_layer_major(model) or (cache.layer_major is None and cache.get_seq_length() > 0):
-        done = cache.get_seq_length()  # chunk by chunk (also to finish a cache begun that way)
-        if done < len(ids):
-            yield from prefill_steps(model, ids[done:], cache, chunk, cancel, {"folio_cache": cache})
+    if not _runs_layer_major(model, ids, cache):
+        yield from prefix_prefill_steps(model, ids, cache, chunk, cancel)
         yield from cache.build_index_steps(cancel)
         return
     if background_builds is None:
@@ -85,6 +81,25 @@ def document_prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Ret
             builds.stop()
     if not cache.indexed:  # every layer without background builds; those a cancel left out
         yield from cache.build_index_steps(cancel)
+
+
+def prefix_prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: RetrievalCache, chunk: int,
+                         cancel: CancelToken | None = None) -> Generator[Progress, None, None]:
+    """document_prefill_steps without the index builds, in the same order (layer by layer where the model allows):
+    for benchmarks that build several kinds of index from one prefill. Yields Progress "prefill"; resumable."""
+    if _runs_layer_major(model, ids, cache):
+        yield from _layer_major_steps(model, ids, cache, chunk, cancel, None)
+        return
+    done = cache.get_seq_length()  # chunk by chunk (also to finish a cache begun that way)
+    if done < len(ids):
+        yield from prefill_steps(model, ids[done:], cache, chunk, cancel, {"folio_cache": cache})
+
+
+def _runs_layer_major(model: PreTrainedModel, ids: torch.Tensor, cache: RetrievalCache) -> bool:
+    """Whether the prefix ids [T] go into `cache` layer by layer (raises if the cache was made for another length)."""
+    if len(ids) != cache.prefix_len:
+        raise ValueError(f"the cache holds a {cache.prefix_len}-token prefix, not {len(ids)} tokens")
+    return supports_layer_major(model) and not (cache.layer_major is None and cache.get_seq_length() > 0)
 
 
 def _layer_major_steps(model: PreTrainedModel, ids: torch.Tensor, cache: RetrievalCache, chunk: int,

@@ -12,7 +12,7 @@ from engine.cache import RetrievalCache, RetrievalLayer, RetrievalSettings
 from engine.errors import CancelledError
 from engine.events import CancelToken, Progress, run_steps
 from engine.generate import prefill
-from engine.layer_prefill import document_prefill_steps, supports_layer_major
+from engine.layer_prefill import document_prefill_steps, prefix_prefill_steps, supports_layer_major
 from engine.retrieval import RETRIEVAL_ATTENTION
 from tests.greedy_reference import full_attention_logits, retrieval_logits
 
@@ -61,6 +61,18 @@ def test_layer_major_stores_what_chunk_major_stores(model):
     prefill_events = [e for e in events if e.stage == "prefill"]
     assert prefill_events[-1].done == prefill_events[-1].total == PREFIX * model.config.num_hidden_layers
     assert [e.done for e in events if e.stage == "index"][-1] == model.config.num_hidden_layers
+
+
+def test_the_prefix_alone_is_prefilled_layer_by_layer_and_left_for_any_index(model):
+    """What the fidelity suite uses: one prefill, copied, then each method's index built on it."""
+    ids, cache = tokens(PREFIX, 0), new_cache(model)
+    events = list(prefix_prefill_steps(model, ids, cache, CHUNK))
+    assert {e.stage for e in events} == {"prefill"}
+    assert events[-1].total == PREFIX * model.config.num_hidden_layers  # token-layers: the layer-major order
+    assert not cache.indexed and not any(layer.indexed for layer in cache.layers)
+    finish = list(document_prefill_steps(model, ids, cache, CHUNK))  # builds what is missing: the indexes
+    assert cache.indexed and {e.stage for e in finish} == {"index"}
+    assert_same_prefixes(cache, chunk_major_cache(model, ids), atol=1e-5)
 
 
 def test_a_layer_kept_on_the_device_during_its_pass_gives_the_same_prefix(model, monkeypatch):

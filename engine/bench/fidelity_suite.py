@@ -30,7 +30,9 @@ from engine.bench.haystack import DEFAULT_NEEDLE, filler_text, needle_document
 from engine.bench.report import Report
 from engine.cache import RetrievalCache, RetrievalSettings
 from engine.config import EngineConfig
+from engine.events import run_steps
 from engine.generate import prefill
+from engine.layer_prefill import prefix_prefill_steps
 from engine.model import LoadedModel, set_threads
 from engine.prompt import build_document_prompt
 from engine.retrieval import RETRIEVAL_ATTENTION
@@ -122,10 +124,11 @@ def full_reference(loaded: LoadedModel, prompt_ids: list[int], max_new: int, chu
 @torch.inference_mode()
 def prefilled_document(model: PreTrainedModel, prefix_ids: list[int], settings: RetrievalSettings, chunk: int,
                        device: torch.device) -> RetrievalCache:
-    """A RetrievalCache holding the document prefix (exact prefill, queries recorded), not yet indexed."""
+    """A RetrievalCache holding the document prefix (exact prefill in the app's order, layer by layer where the model
+    allows; queries recorded), not yet indexed."""
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
     cache = RetrievalCache(model.config.num_hidden_layers, len(prefix_ids), device, settings)
-    prefill(model, torch.tensor(prefix_ids), cache, chunk, forward_kwargs={"folio_cache": cache})
+    run_steps(prefix_prefill_steps(model, torch.tensor(prefix_ids), cache, chunk))
     return cache
 
 
