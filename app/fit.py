@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.library import format_bytes
+from engine.sizing import device_knn_bytes, training_queries_per_head
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
     """Estimate what a document of `tokens` tokens costs, and whether it fits."""
     per_token_kv = 2 * shape.layers * shape.kv_heads * shape.head_dim  # K and V values per token
     document_kv = per_token_kv * tokens * shape.kv_bytes_per_value
-    train_queries = shape.layers * shape.query_heads * min(tokens, 2048) * shape.head_dim * 2
+    queries_per_head = training_queries_per_head(tokens)  # kept in float16 to train (and retrain) the index
+    train_queries = shape.layers * shape.query_heads * queries_per_head * shape.head_dim * 2
     # one graph per KV head (IndexParams.graph_per_kv_head), at most 32 int32 neighbours per key (measured ~90 B)
     index = shape.layers * shape.kv_heads * tokens * 32 * 4 if attention not in ("full", "window") else 0
     if attention == "full":
@@ -69,7 +71,11 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
         # layers, and on a GPU also the K/V of the layer it runs.
         hidden = tokens * (shape.hidden_size or shape.query_heads * shape.head_dim) * shape.weight_bytes_per_value
         layer_kv = per_token_kv // shape.layers * tokens * shape.weight_bytes_per_value
-        on_device = max(static_bytes, hidden + (0 if device_is_cpu else layer_kv))
+        # Meanwhile a GPU host builds finished layers' graphs, their exact top-k searches on the device one at a time:
+        # the largest is a graph's training queries (its query heads') against the keys.
+        group = shape.query_heads // max(shape.kv_heads, 1)
+        build = device_knn_bytes(tokens, group * queries_per_head, shape.head_dim) if attention == "retrieval" else 0
+        on_device = max(static_bytes, hidden + (0 if device_is_cpu else layer_kv + build))
         # The prefill store holds the K/V in the model's dtype (float16 for a 16-bit model: engine.cache.store_dtype);
         # after the build the cache holds them once in kv_dtype, beside the index.
         prefill_store = per_token_kv * tokens * shape.weight_bytes_per_value

@@ -19,7 +19,6 @@ Life of a cache (one document prefix of T tokens):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from transformers.cache_utils import CacheLayerMixin
 
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.index import IndexParams, LayerIndex, build_layer_index, load_layer_index
+from engine.sizing import training_stride
 
 WINDOW_ONLY = "window"  # no index: the offloaded set is dropped (StreamingLLM)
-MIN_TRAIN_STRIDE, MAX_TRAIN_STRIDE = 8, 16
 FLOAT16_MAX = torch.finfo(torch.float16).max
 
 
@@ -57,11 +56,6 @@ class RetrievalSettings:
     index_params: IndexParams = field(default_factory=IndexParams)
     max_train_queries: int = 2048
     kv_dtype: torch.dtype = torch.float16
-
-
-def training_stride(prefix_len: int, target: int = 2048) -> int:
-    """Every how many prefill queries one trains the index (see RetrievalSettings.max_train_queries)."""
-    return min(MAX_TRAIN_STRIDE, max(MIN_TRAIN_STRIDE, math.ceil(prefix_len / target)))
 
 
 @dataclass

@@ -378,3 +378,58 @@ def test_connect_links_each_unreached_key_from_its_nearest_reached_key_with_room
     assert np.array_equal(deg, want_deg)
     for x in range(len(keys)):
         assert np.array_equal(np.sort(adj[x, : deg[x]]), np.sort(want_adj[x, : want_deg[x]]))
+
+
+def test_exact_top_k_in_chunks_of_bounded_scores_finds_the_same_keys(monkeypatch):
+    """The build's exact top-k scores a chunk of queries at a time, fewer per chunk where N is large (so that a GPU
+    host's build adds a bounded amount to the prefill's memory); the chunking must not change what it finds."""
+    import torch
+
+    from engine.index.graph import exact_topk
+    from engine.sizing import knn_chunk_rows
+
+    rng = np.random.default_rng(2)
+    keys = torch.from_numpy(rng.standard_normal((700, 16)).astype(np.float32))
+    queries = torch.from_numpy(rng.standard_normal((50, 16)).astype(np.float32))
+    whole = {metric: exact_topk(keys, queries, 12, metric) for metric in ("ip", "l2")}  # one chunk of 50
+    monkeypatch.setattr("engine.sizing.KNN_SCORE_BYTES", 3 * 4 * 700)
+    assert knn_chunk_rows(700) == 3
+    for metric, (want_ids, want_scores) in whole.items():
+        ids, scores = exact_topk(keys, queries, 12, metric)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_graphs_built_at_once_take_turns_on_an_accelerator(monkeypatch, data):
+    """On a GPU host the exact top-k searches of every graph being built share the device with the prefill: they
+    run one at a time, so the builds add one search's memory (engine.sizing.device_knn_bytes), not one per graph.
+    Run here with the CPU standing in for the accelerator; the graphs come out the same."""
+    import threading
+    import time
+
+    import engine.index.graph as graph
+
+    keys, train, test = data
+    params = IndexParams(query_stride=2, threads=4, graph_per_kv_head=False)  # 4 graphs built at once
+    reference = build_layer_index("retrieval", keys, train, params)
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real_topk = graph.exact_topk
+
+    def counted_topk(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # long enough for the other graphs' threads to arrive
+        try:
+            return real_topk(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(graph, "exact_topk", counted_topk)
+    monkeypatch.setattr(graph, "shares_one_accelerator", lambda device: True)
+    taking_turns = build_layer_index("retrieval", keys, train, params)
+    assert most[0] == 1
+    np.testing.assert_array_equal(taking_turns.indices, reference.indices)
+    np.testing.assert_array_equal(taking_turns.search(test, 10).ids, reference.search(test, 10).ids)

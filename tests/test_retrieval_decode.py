@@ -188,18 +188,40 @@ def test_the_ram_estimate_counts_the_float32_prefill_store_of_a_cpu_host():
         assert kv_values * weight_bytes <= fit.ram_bytes <= kv_values * weight_bytes * 1.5
 
 
-def test_the_device_estimate_counts_the_layer_by_layer_prefill():
+def test_the_device_estimate_counts_the_layer_by_layer_prefill_and_the_builds_beside_it():
     """Llama-3-8B's shape on a GPU at 130K tokens: the prefill keeps every token's hidden state on the device (4,096
-    bf16 values each) and the K/V of the layer it runs, far more than the static set kept for decoding."""
+    bf16 values each) and the K/V of the layer it runs, far more than the static set kept for decoding; meanwhile
+    one exact top-k of a graph build (float32 keys, its 4 query heads' 8,125 training queries each, 512 x 130K
+    scores) runs on the device too. Other indexes build on the CPU."""
     from app.fit import ModelShape, estimate_fit
 
     tokens_ = 130_000
     shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
                        weight_bytes_per_value=2, hidden_size=4096)
-    fit = estimate_fit(shape, tokens_, 1000, "retrieval", 128, 512, device_is_cpu=False, data_folder=".",
-                       disk_budget_bytes=10**15, available_ram=10**15)
     in_prefill = tokens_ * 4096 * 2 + 2 * 8 * 128 * tokens_ * 2
-    assert in_prefill <= fit.device_bytes <= 1.2 * in_prefill
+    graph_knn = 4 * 128 * (tokens_ + 4 * 8125) + 4 * 512 * tokens_
+    fits = {attention: estimate_fit(shape, tokens_, 1000, attention, 128, 512, device_is_cpu=False, data_folder=".",
+                                    disk_budget_bytes=10**15, available_ram=10**15)
+            for attention in ("retrieval", "ivf")}
+    assert in_prefill + graph_knn <= fits["retrieval"].device_bytes <= 1.2 * (in_prefill + graph_knn)
+    assert in_prefill <= fits["ivf"].device_bytes <= 1.2 * in_prefill
+
+
+def test_the_estimates_count_the_training_queries_kept():
+    """One prefill query in 8 to one in 16 per query head is kept in float16 (RetrievalCache.train_stride): at 128K
+    tokens 8,192 per head, 2 GiB for Llama-3-8B's 32 x 32 heads, which the RAM and disk estimates include."""
+    from app.fit import ModelShape, estimate_fit
+    from engine.cache import RetrievalCache
+
+    shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
+                       weight_bytes_per_value=2)
+    for tokens_ in (3_500, 131_072):
+        stride = RetrievalCache(1, tokens_, torch.device("cpu"), RetrievalSettings()).layers[0].train_stride
+        kept = 32 * 32 * -(-tokens_ // stride) * 128 * 2
+        fits = {attention: estimate_fit(shape, tokens_, 0, attention, 128, 512, device_is_cpu=False,
+                                        data_folder=".", disk_budget_bytes=10**15, available_ram=10**15)
+                for attention in ("retrieval", "full")}  # full attention keeps only the K/V
+        assert fits["retrieval"].disk_bytes - fits["full"].disk_bytes == kept + 32 * 8 * tokens_ * 32 * 4
 
 
 @torch.inference_mode()

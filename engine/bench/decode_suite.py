@@ -44,10 +44,10 @@ import torch
 from engine.attention import partial_attention
 from engine.bench.index_suite import recall_at_k
 from engine.bench.report import Report
-from engine.cache import training_stride
 from engine.index import IndexParams, LayerIndex, build_layer_index
 from engine.index.exact import exact_topk
 from engine.retrieved_cpu import decode_attention_cpu
+from engine.sizing import training_stride
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
 SEGMENT = 8192  # tokens per captured segment: the default model's max positions

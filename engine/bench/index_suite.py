@@ -24,9 +24,9 @@ import torch
 from engine.bench.graph_anatomy import graph_anatomy
 from engine.bench.report import Report
 from engine.bench.vectors import Capture, prefill_vectors
-from engine.cache import training_stride
 from engine.index import IndexParams, build_layer_index, index_methods
 from engine.index.exact import exact_topk
+from engine.sizing import training_stride
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
 DEFAULT_LAYERS = "0,5,10,15,20,25,29"

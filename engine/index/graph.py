@@ -40,11 +40,11 @@ from numba import njit
 
 from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
 from engine.index.graph_search import _search_parallel, _search_serial, _thread_workspaces, _workspace
+from engine.sizing import knn_chunk_rows
 
 METHOD = "retrieval"
 OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
 N_ENTRIES = 16  # search seeds per head (see _choose_entries)
-KNN_CHUNK = 1024  # queries per matmul chunk in the exact top-k
 EXACT_KEY_KNN_MAX = 8192  # above this many keys (on a CPU) key neighbours come from HNSW, not a matmul
 APPROX_KNN_LINKS = 16
 APPROX_KNN_EF = 64
@@ -287,13 +287,11 @@ def _connect(keys: np.ndarray, adj: np.ndarray, deg: np.ndarray, entry: int, m: 
     The nearest reached keys come in batches of CONNECT_BATCH still-unreached keys, from one exact L2 top-k each (a
     matmul on `device`) over the keys reached before the batch, instead of a scan of every key per linked key."""
     seen = _reached_from(adj, deg, entry)
-    dev = torch.device(device)
     linked = 0
     while not seen.all():
         batch = np.flatnonzero(~seen)[:CONNECT_BATCH].astype(np.int32)
         reached = np.flatnonzero(seen)
-        local, _ = exact_topk(torch.from_numpy(keys[reached]).to(dev), torch.from_numpy(keys[batch]).to(dev),
-                              CONNECT_CANDIDATES, metric="l2")
+        local, _ = nearest_keys(keys[reached], keys[batch], CONNECT_CANDIDATES, metric="l2", device=device)
         candidates = np.ascontiguousarray(reached[local], dtype=np.int32)
         linked += _link_unreached(keys, adj, deg, entry, m, batch, candidates, seen)
     return linked
@@ -320,14 +318,16 @@ def exact_topk(keys: torch.Tensor, queries: torch.Tensor, k: int, metric: str = 
     """Exact top-k of each query. keys [N, D], queries [n, D] float32 tensors.
 
     metric "ip": largest inner product; "l2": smallest squared L2 distance.
-    Returns (ids [n, k] int32 numpy, scores [n, k] float32 numpy: inner products or L2 distances).
+    Returns (ids [n, k] int32 numpy, scores [n, k] float32 numpy: inner products or L2 distances). The scores are
+    computed a chunk of queries at a time (engine.sizing.knn_chunk_rows: at most 256 MiB of them).
     """
     k = min(k, keys.shape[0])
     ids = np.empty((queries.shape[0], k), dtype=np.int32)
     vals = np.empty((queries.shape[0], k), dtype=np.float32)
     norms = (keys * keys).sum(1) if metric == "l2" else None
-    for start in range(0, queries.shape[0], KNN_CHUNK):
-        q = queries[start : start + KNN_CHUNK]
+    rows = knn_chunk_rows(keys.shape[0])
+    for start in range(0, queries.shape[0], rows):
+        q = queries[start : start + rows]
         s = q @ keys.T  # [c, N]
         if norms is not None:
             s = 2 * s - norms  # larger = closer; ||q||^2 added back below
@@ -338,6 +338,33 @@ def exact_topk(keys: torch.Tensor, queries: torch.Tensor, k: int, metric: str = 
             v = ((q * q).sum(1, keepdim=True) - v).clamp_min(0)
         vals[start : start + len(q)] = v.cpu().numpy()
     return ids, vals
+
+
+_ONE_DEVICE_KNN = threading.Lock()
+
+
+def shares_one_accelerator(device: str) -> bool:
+    """Whether the exact top-k searches on `device` must run one at a time (any device but the CPU's)."""
+    return device != "cpu"
+
+
+def nearest_keys(keys: np.ndarray, queries: np.ndarray | None, k: int, metric: str = "ip",
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """exact_topk on `device` from numpy: keys [N, D], queries [n, D] float32 (None: the keys themselves).
+
+    On an accelerator the searches of every graph and layer being built take turns (a lock): they share one device
+    with the prefill, which runs their kernels one after another anyway, and so the builds add at most one search's
+    memory to the prefill's (engine.sizing.device_knn_bytes) however many graphs build at once.
+    """
+    if not shares_one_accelerator(device):
+        on_keys = torch.from_numpy(keys)
+        return exact_topk(on_keys, on_keys if queries is None else torch.from_numpy(queries), k, metric)
+    with _ONE_DEVICE_KNN:
+        on_keys = torch.from_numpy(keys).to(device)
+        on_queries = on_keys if queries is None else torch.from_numpy(queries).to(device)
+        found = exact_topk(on_keys, on_queries, k, metric)
+        del on_keys, on_queries
+        return found
 
 
 def _choose_entries(knn: np.ndarray, queries: np.ndarray, n_keys: int, n_entries: int) -> np.ndarray:
@@ -381,9 +408,7 @@ def build_head_graph(
     if n_keys == 1:
         return np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int32), entries
     if len(train_queries):
-        device = torch.device(params.knn_device)
-        knn, _ = exact_topk(torch.from_numpy(keys).to(device), torch.from_numpy(train_queries).to(device),
-                            params.n_neighbors_per_query)
+        knn, _ = nearest_keys(keys, train_queries, params.n_neighbors_per_query, device=params.knn_device)
         entries = _choose_entries(knn, train_queries, n_keys, n_entries)
         adj, deg = _project(keys, knn, m, cap)
     else:
@@ -411,8 +436,7 @@ def key_neighbours(keys: np.ndarray, k: int, device: str = "cpu") -> tuple[np.nd
         dist, ids = faiss.knn(keys, keys, nearest, metric=faiss.METRIC_L2)
         ids, dist = ids.astype(np.int32), np.maximum(dist, 0)
     else:
-        t = torch.from_numpy(keys).to(device)
-        ids, dist = exact_topk(t, t, nearest, metric="l2")
+        ids, dist = nearest_keys(keys, None, nearest, metric="l2", device=device)
     ids, dist = ids[:, 1:], dist[:, 1:]  # drop self (distance 0; ties are harmless, pruning dedupes)
     if ids.shape[1] < k:
         pad = k - ids.shape[1]
