@@ -330,7 +330,7 @@ def exact_topk(keys: torch.Tensor, queries: torch.Tensor, k: int, metric: str = 
         q = queries[start : start + rows]
         s = q @ keys.T  # [c, N]
         if norms is not None:
-            s = 2 * s - norms  # larger = closer; ||q||^2 added back below
+            s.mul_(2).sub_(norms)  # in place: no second [rows, N]; larger = closer (||q||^2 added back below)
         top = torch.topk(s, k, dim=1)
         ids[start : start + len(q)] = top.indices.cpu().numpy()
         v = top.values
