@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 MIN_TRAIN_STRIDE, MAX_TRAIN_STRIDE = 8, 16
-KNN_CHUNK = 1024  # training queries per matmul chunk in the graph build's exact top-k
+KNN_CHUNK = 1024  # queries (or keys) per matmul chunk in the graph build's exact top-k
 KNN_SCORE_BYTES = 256 * 2**20  # ... fewer where a chunk's [rows, N] float32 scores would exceed this
 
 
