@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from app.progress_panel import format_eta
-from app.runtime.gpu_runtime import format_size
+from app.runtime.messages import format_size
 from app.runtime_worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
 
 INFO, READY, FAILED, PAUSED = "info", "ready", "failed", "paused"

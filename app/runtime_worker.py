@@ -2,14 +2,13 @@
 
 RuntimeController (GUI thread) starts the thread, asks for the check, starts, resumes and cancels the download,
 and restarts Folio into a ready runtime. RuntimeWorker (its own thread, never the engine's) does the slow parts
-with app.runtime.gpu_runtime: nvidia-smi, the download, the unpack, and reports through typed signals. The app
+with the app.runtime modules: nvidia-smi, the download, the unpack, and reports through typed signals. The app
 runs on the CPU meanwhile, and every error here becomes a message naming the problem and its fix.
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import logging
 import math
 import os
@@ -19,7 +18,6 @@ import sys
 import threading
 import time
 import traceback
-import urllib.error
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,28 +25,24 @@ from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
 
-from app.runtime.gpu_runtime import (
-    ACTIVE_ENV,
-    CHUNK_SIZE,
-    DOWNLOADS_DIR,
-    HTTP_TIMEOUT_S,
-    ChecksumError,
-    DownloadCancelled,
-    GpuInfo,
-    NoCudaBuild,
-    RuntimeBuild,
-    RuntimeSource,
-    WheelNotFound,
-    candidate_builds,
-    detect_nvidia,
+from app.runtime.activate import ACTIVE_ENV, restart_command
+from app.runtime.builds import RuntimeBuild, candidate_builds
+from app.runtime.detect import GpuInfo, detect_nvidia
+from app.runtime.download import CHUNK_SIZE, HTTP_TIMEOUT_S
+from app.runtime.errors import DownloadCancelled, NoCudaBuild, WheelNotFound
+from app.runtime.install import install_runtime
+from app.runtime.layout import DOWNLOADS_DIR, runtime_ready, runtime_root
+from app.runtime.messages import (
+    cancelled_message,
     display_name,
-    format_size,
-    install_runtime,
-    restart_command,
-    runtime_ready,
-    runtime_root,
+    download_problem,
+    downloading_message,
+    failed_message,
+    offer_message,
+    ready_message,
     status_message,
 )
+from app.runtime.source import RuntimeSource
 from app.runtime.startup import InstalledTorch, installed_torch
 
 log = logging.getLogger("folio.app.runtime")
@@ -95,75 +89,6 @@ class RuntimeOptions:
     def folder(self, build: RuntimeBuild) -> Path:
         """Where the build's runtime lives."""
         return (self.root if self.root is not None else runtime_root()) / build.tag
-
-
-# ----------------------------------------------------------------------------------------------- messages
-
-
-def _network_reason(error: BaseException) -> str | None:
-    """The reason, when ``error`` (or what caused it) is a network failure rather than an HTTP answer."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, urllib.error.HTTPError):
-            return None
-        if isinstance(seen, urllib.error.URLError):
-            reason = seen.reason
-            return reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
-        if isinstance(seen, TimeoutError | ConnectionError | http.client.HTTPException):
-            return str(seen) or type(seen).__name__
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def download_problem(error: BaseException, folder: Path, need_bytes: int | None) -> str:
-    """What stopped the download and how to fix it, as a sentence that follows "could not be downloaded: "."""
-    retry = "then press Retry (the download continues where it stopped)"
-    reason = _network_reason(error)
-    if reason is not None:
-        return f"the download server could not be reached ({reason}). Check the internet connection, {retry}."
-    if isinstance(error, urllib.error.HTTPError):
-        return f"the download server answered “{error.code} {error.reason}” for {error.url}. Try again later."
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        need = f" at least {format_size(need_bytes)}" if need_bytes else " some space"
-        return f"the disk is full ({folder}). Free{need} there, {retry}."
-    if isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno == errno.EROFS):
-        return (f"Folio may not write to {folder} ({error.strerror or error}). Set FOLIO_RUNTIME_DIR to a folder "
-                "you can write to and restart Folio.")
-    if isinstance(error, WheelNotFound):
-        return (f"the download source has no GPU runtime for this computer ({error}). Set FOLIO_RUNTIME_SOURCE to "
-                "an index URL or a folder of wheels that has it, and restart Folio.")
-    if isinstance(error, ChecksumError):
-        return f"{error}."
-    if isinstance(error, zipfile.BadZipFile):
-        return f"a downloaded file was damaged and has been removed ({error}); press Retry to fetch it again."
-    if isinstance(error, OSError):
-        where = f" ({error.filename})" if error.filename else ""
-        return f"{error.strerror or error}{where}; {retry}."
-    return f"something went wrong ({type(error).__name__}: {error}); details are in the log."
-
-
-def failed_message(gpu: GpuInfo, problem: str) -> str:
-    return f"{display_name(gpu)} found, but the GPU runtime could not be downloaded: {problem} Folio runs on the CPU."
-
-
-def downloading_message(gpu: GpuInfo, build: RuntimeBuild) -> str:
-    size = format_size(build.approx_size)
-    return f"{display_name(gpu)} found — downloading the GPU runtime{f' ({size})' if size else ''}"
-
-
-def offer_message(gpu: GpuInfo, build: RuntimeBuild) -> str:
-    size = format_size(build.approx_size)
-    return (f"{display_name(gpu)} found — running on the CPU. The GPU runtime{f' ({size})' if size else ''} is "
-            "not downloaded automatically (Settings).")
-
-
-def ready_message(gpu: GpuInfo) -> str:
-    return f"GPU runtime ready — restart Folio to use the {display_name(gpu)}."
-
-
-def cancelled_message(percent: int | None) -> str:
-    at = f" at {percent}%" if percent is not None else ""
-    return f"GPU runtime download paused{at} — running on the CPU. Resume continues where it stopped."
 
 
 # ------------------------------------------------------------------------------------------------- worker

@@ -10,10 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.runtime import gpu_runtime as rt  # noqa: E402
+from app.runtime.builds import choose_build  # noqa: E402
+from app.runtime.detect import GpuInfo  # noqa: E402
+from app.runtime.layout import SITE_DIR, write_stamp  # noqa: E402
 
 MARKER = "FAKE CUDA TORCH from the runtime was imported"
-GPU = rt.GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
+GPU = GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
 FAKE_SMI = """#!/bin/sh
 if [ "$#" -gt 0 ]; then
   echo "NVIDIA GeForce RTX 4090, 560.35.03, 24564"
@@ -29,16 +31,16 @@ def make_fake_gpu_runtime(folder: Path, torch_version: str) -> Path:
     smi.parent.mkdir(parents=True, exist_ok=True)
     smi.write_text(FAKE_SMI, encoding="utf-8")
     smi.chmod(0o755)
-    build = rt.choose_build(GPU, torch_version)
+    build = choose_build(GPU, torch_version)
     path = folder / "runtime" / build.tag
-    site = path / rt.SITE_DIR
+    site = path / SITE_DIR
     (site / "torch").mkdir(parents=True, exist_ok=True)
     (site / "torch" / "__init__.py").write_text(f"raise ImportError({MARKER!r})\n", encoding="utf-8")
     info = site / f"torch-{build.torch_version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {build.torch_version}\n",
                                    encoding="utf-8")
-    rt.write_stamp(path, build, f"torch-{build.torch_version}-fake.whl", "ab" * 32)
+    write_stamp(path, build, f"torch-{build.torch_version}-fake.whl", "ab" * 32)
     return path
 
 

@@ -25,16 +25,23 @@ from PySide6.QtCore import QObject, Qt, Slot
 from app.backend import RealBackend
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
-from app.runtime import gpu_runtime as rt
+from app.runtime.activate import ACTIVE_ENV
+from app.runtime.builds import choose_build
+from app.runtime.detect import GpuInfo
+from app.runtime.errors import ChecksumError, WheelNotFound
+from app.runtime.install import install_runtime
+from app.runtime.layout import DOWNLOADS_DIR, SITE_DIR, runtime_ready
+from app.runtime.messages import download_problem
+from app.runtime.source import RuntimeSource
 from app.runtime.startup import InstalledTorch
 from app.runtime_banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, progress_text
-from app.runtime_worker import RuntimeOptions, download_problem, spawn_detached
+from app.runtime_worker import RuntimeOptions, spawn_detached
 from app.settings import AppSettings, load_settings, save_settings
 from app.settings_dialog import SettingsDialog
 from tests.test_gpu_runtime import CUBLAS_WHEEL, TORCH, TORCH_REQUIRES, WHEEL_NAME, make_dep_wheel, make_wheel
 
 CHUNK = 4096
-GPU = rt.GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
+GPU = GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
 CPU_TORCH = InstalledTorch(f"{TORCH}+cpu", cpu_only=True)
 READY_MESSAGE = "GPU runtime ready — restart Folio to use the NVIDIA GeForce RTX 4090."
 
@@ -64,11 +71,11 @@ class BannerRecorder(QObject):
 class Gate:
     """A detector that waits until the test has connected its spies, then reports ``gpu``."""
 
-    def __init__(self, gpu: rt.GpuInfo | None) -> None:
+    def __init__(self, gpu: GpuInfo | None) -> None:
         self.gpu = gpu
         self.event = threading.Event()
 
-    def __call__(self) -> rt.GpuInfo | None:
+    def __call__(self) -> GpuInfo | None:
         assert self.event.wait(10), "the test never opened the gate"
         return self.gpu
 
@@ -84,14 +91,14 @@ def wheels(tmp_path: Path) -> Path:
 @pytest.fixture
 def options(tmp_path: Path, wheels: Path) -> RuntimeOptions:
     return RuntimeOptions(detect=lambda: GPU, installed=lambda: CPU_TORCH,
-                          source=rt.RuntimeSource("folder", str(wheels)), root=tmp_path / "runtime", spawn=Spawner(),
+                          source=RuntimeSource("folder", str(wheels)), root=tmp_path / "runtime", spawn=Spawner(),
                           chunk_size=CHUNK)
 
 
 @pytest.fixture
 def make_window(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.delenv(rt.ACTIVE_ENV, raising=False)
+    monkeypatch.delenv(ACTIVE_ENV, raising=False)
     windows: list[MainWindow] = []
 
     def make(options: RuntimeOptions | None, auto_download: bool = True, backend: FakeBackend | None = None,
@@ -143,9 +150,9 @@ def test_gpu_found_downloads_installs_and_restart_now_spawns_the_restart(qtbot, 
     assert any(text.startswith(statuses[0][1] + " … ") and text.endswith("% · running on the CPU until then")
                for text in shown)
     folder = runtime_folder(options)
-    assert rt.runtime_ready(folder, f"{TORCH}+cu126")
-    assert (folder / rt.SITE_DIR / "torch" / "__init__.py").is_file()
-    assert (folder / rt.SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
+    assert runtime_ready(folder, f"{TORCH}+cu126")
+    assert (folder / SITE_DIR / "torch" / "__init__.py").is_file()
+    assert (folder / SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
     banner = window.runtime_banner
     assert banner.message == READY_MESSAGE and banner.action_button.text() == "Restart now"
     assert banner.action_button.isVisible() and not banner.cancel_button.isVisible() and not banner.bar.isVisible()
@@ -154,26 +161,26 @@ def test_gpu_found_downloads_installs_and_restart_now_spawns_the_restart(qtbot, 
     qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
 
     [(argv, env)] = options.spawn.calls
-    site = str(folder.resolve() / rt.SITE_DIR)
+    site = str(folder.resolve() / SITE_DIR)
     assert argv == [sys.executable, *sys.orig_argv[1:]]
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == site and env[rt.ACTIVE_ENV] == site
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == site and env[ACTIVE_ENV] == site
     assert not window.isVisible()  # closed cleanly after starting the new process
 
 
 def test_the_newest_build_the_source_offers_is_fetched(qtbot, make_window, options):
     """A CUDA 13 driver prefers cu130, but this torch release was only built for cu126 here: fetch that one."""
-    newer = rt.GpuInfo("NVIDIA GeForce RTX 5090", "590.44.01", 32607, "13.1")
+    newer = GpuInfo("NVIDIA GeForce RTX 5090", "590.44.01", 32607, "13.1")
     window = make_window(dataclasses.replace(options, detect=lambda: newer))
     wait_state(qtbot, window, READY)
     assert window.runtime.worker.build.tag == "cu126"
-    assert rt.runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
+    assert runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
     assert sorted(path.name for path in options.root.iterdir()) == ["cu126"]
 
 
 def test_a_ready_runtime_at_start_offers_the_restart_without_downloading(qtbot, make_window, options, tmp_path):
-    build = rt.choose_build(GPU, CPU_TORCH.version)
-    rt.install_runtime(build, options.source, path=runtime_folder(options))
-    window = make_window(dataclasses.replace(options, source=rt.RuntimeSource("folder", str(tmp_path / "none"))))
+    build = choose_build(GPU, CPU_TORCH.version)
+    install_runtime(build, options.source, path=runtime_folder(options))
+    window = make_window(dataclasses.replace(options, source=RuntimeSource("folder", str(tmp_path / "none"))))
     wait_state(qtbot, window, READY)
     assert window.runtime_banner.message == READY_MESSAGE and window.runtime.ready_path == str(runtime_folder(options))
 
@@ -205,7 +212,7 @@ def test_no_gpu_says_cpu_and_downloads_nothing(qtbot, make_window, options):
 
 
 def test_old_driver_says_why_and_stays_on_cpu(qtbot, make_window, options):
-    old = rt.GpuInfo("Tesla K80", "470.57.02", None, "11.4")
+    old = GpuInfo("Tesla K80", "470.57.02", None, "11.4")
     window = make_window(dataclasses.replace(options, detect=lambda: old))
     wait_state(qtbot, window, INFO)
     message = window.runtime_banner.message
@@ -229,7 +236,7 @@ def test_automatic_download_off_or_cpu_device_offers_it(qtbot, make_window, opti
     assert not options.root.exists()
     qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, window, READY)
-    assert rt.runtime_ready(runtime_folder(options))
+    assert runtime_ready(runtime_folder(options))
 
 
 def test_fake_backend_checks_nothing_by_default(qtbot, make_window):
@@ -248,7 +255,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_source_names_the_problem_and_the_app_keeps_working(qtbot, make_window, options, tmp_path):
-    source = rt.RuntimeSource("index", f"http://127.0.0.1:{closed_port()}/whl/cu126")
+    source = RuntimeSource("index", f"http://127.0.0.1:{closed_port()}/whl/cu126")
     window = make_window(dataclasses.replace(options, source=source))
     wait_state(qtbot, window, FAILED)
     banner = window.runtime_banner
@@ -270,14 +277,14 @@ def test_unreachable_source_names_the_problem_and_the_app_keeps_working(qtbot, m
 
 def test_missing_wheels_then_retry(qtbot, make_window, options, tmp_path):
     empty = tmp_path / "later"
-    window = make_window(dataclasses.replace(options, source=rt.RuntimeSource("folder", str(empty))))
+    window = make_window(dataclasses.replace(options, source=RuntimeSource("folder", str(empty))))
     wait_state(qtbot, window, FAILED)
     message = window.runtime_banner.message
     assert "the download source has no GPU runtime for this computer" in message and "FOLIO_RUNTIME_SOURCE" in message
     make_wheel(empty)
     qtbot.mouseClick(window.runtime_banner.action_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, window, READY)
-    assert rt.runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
+    assert runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
 
 
 def test_full_disk_is_named_before_downloading(qtbot, make_window, options):
@@ -285,11 +292,11 @@ def test_full_disk_is_named_before_downloading(qtbot, make_window, options):
     wait_state(qtbot, window, FAILED)
     assert "the disk is full" in window.runtime_banner.message
     assert "Free at least 5.0 GB there" in window.runtime_banner.message
-    assert not (runtime_folder(options) / rt.DOWNLOADS_DIR).exists()
+    assert not (runtime_folder(options) / DOWNLOADS_DIR).exists()
 
 
 def test_a_crashing_detector_becomes_a_message(qtbot, make_window, options):
-    def detect() -> rt.GpuInfo | None:
+    def detect() -> GpuInfo | None:
         raise RuntimeError("boom")
 
     window = make_window(dataclasses.replace(options, detect=detect))
@@ -301,13 +308,13 @@ def test_a_crashing_detector_becomes_a_message(qtbot, make_window, options):
 @pytest.mark.parametrize(("error", "words"), [
     (urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
      "the download server could not be reached (Connection refused). Check the internet connection"),
-    (rt.WheelNotFound("could not read the index"), "the download source has no GPU runtime for this computer"),
+    (WheelNotFound("could not read the index"), "the download source has no GPU runtime for this computer"),
     (OSError(errno.ENOSPC, "No space left on device"), "the disk is full (/rt). Free at least 5.0 GB there"),
     (PermissionError(errno.EACCES, "Permission denied"), "Folio may not write to /rt (Permission denied). Set "
                                                          "FOLIO_RUNTIME_DIR"),
     (urllib.error.HTTPError("http://x/t.whl", 503, "Service Unavailable", None, None),  # type: ignore[arg-type]
      "the download server answered “503 Service Unavailable” for http://x/t.whl"),
-    (rt.ChecksumError("the download of t.whl is corrupt"), "the download of t.whl is corrupt."),
+    (ChecksumError("the download of t.whl is corrupt"), "the download of t.whl is corrupt."),
     (ValueError("odd"), "something went wrong (ValueError: odd)"),
 ])
 def test_download_problem_names_problem_and_fix(error: BaseException, words: str) -> None:
@@ -319,8 +326,8 @@ def test_network_error_behind_wheel_not_found_is_a_network_problem() -> None:
         try:
             raise urllib.error.URLError(TimeoutError("timed out"))
         except OSError as exc:
-            raise rt.WheelNotFound("could not read the index") from exc
-    except rt.WheelNotFound as error:
+            raise WheelNotFound("could not read the index") from exc
+    except WheelNotFound as error:
         assert download_problem(error, Path("/rt"), None).startswith("the download server could not be reached")
 
 
@@ -331,7 +338,7 @@ def test_cancel_mid_download_keeps_the_part_and_resume_continues(qtbot, make_win
     wheels = tmp_path / "plain"
     wheel = make_wheel(wheels)  # the torch wheel alone
     gate = Gate(GPU)
-    options = dataclasses.replace(options, detect=gate, source=rt.RuntimeSource("folder", str(wheels)))
+    options = dataclasses.replace(options, detect=gate, source=RuntimeSource("folder", str(wheels)))
     window = make_window(options)
     worker = window.runtime.worker
 
@@ -348,8 +355,8 @@ def test_cancel_mid_download_keeps_the_part_and_resume_continues(qtbot, make_win
     assert banner.message == (f"GPU runtime download paused at {100 * 3 * CHUNK // total}% — running on the CPU. "
                               "Resume continues where it stopped.")
     assert banner.action_button.text() == "Resume"
-    part = runtime_folder(options) / rt.DOWNLOADS_DIR / f"{WHEEL_NAME}.part"
-    assert part.stat().st_size == 3 * CHUNK and not rt.runtime_ready(runtime_folder(options))
+    part = runtime_folder(options) / DOWNLOADS_DIR / f"{WHEEL_NAME}.part"
+    assert part.stat().st_size == 3 * CHUNK and not runtime_ready(runtime_folder(options))
 
     worker.progress.disconnect(cancel_after_three_chunks)
     progress = []
@@ -357,7 +364,7 @@ def test_cancel_mid_download_keeps_the_part_and_resume_continues(qtbot, make_win
     qtbot.mouseClick(banner.action_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, window, READY)
     assert progress[0] == (3 * CHUNK, total) and progress[-1] == (total, total)  # continued, not restarted
-    assert not part.exists() and rt.runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
+    assert not part.exists() and runtime_ready(runtime_folder(options), f"{TORCH}+cu126")
 
 
 # ------------------------------------------------------------------------------------------------ text, settings

@@ -16,10 +16,28 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from app.runtime import gpu_runtime as rt
+from app.runtime.activate import ACTIVE_ENV, activate_runtime, apply_runtime, restart_command
+from app.runtime.builds import DEFAULT_INDEX_TEMPLATE, RuntimeBuild, candidate_builds, choose_build
+from app.runtime.detect import GpuInfo, detect_nvidia
+from app.runtime.download import download, read_sidecar
+from app.runtime.errors import ChecksumError, DownloadCancelled, NoCudaBuild, WheelNotFound
+from app.runtime.install import install_runtime
+from app.runtime.layout import (
+    DOWNLOADS_DIR,
+    RUNTIME_DIR_ENV,
+    SITE_DIR,
+    STAMP_FILE,
+    read_stamp,
+    runtime_path,
+    runtime_ready,
+    write_stamp,
+)
+from app.runtime.messages import status_message
+from app.runtime.requirements import runtime_requirements
+from app.runtime.source import SOURCE_ENV, RuntimeSource, interpreter_tag
 
 TORCH = "2.13.0"
-WHEEL_NAME = f"torch-{TORCH}+cu126-{rt.interpreter_tag()}-{rt.interpreter_tag()}-linux_x86_64.whl"
+WHEEL_NAME = f"torch-{TORCH}+cu126-{interpreter_tag()}-{interpreter_tag()}-linux_x86_64.whl"
 CHUNK = 4096
 
 SMI_QUERY_OUT = "NVIDIA GeForce RTX 4090, 550.54.14, 24564\n"
@@ -92,9 +110,9 @@ def make_dep_wheel(folder: Path, name: str = CUBLAS_WHEEL, sidecar: bool = True)
     return wheel
 
 
-def build_cu126(index: str = rt.DEFAULT_INDEX_TEMPLATE) -> rt.RuntimeBuild:
-    gpu = rt.GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
-    return rt.choose_build(gpu, f"{TORCH}+cpu", index)
+def build_cu126(index: str = DEFAULT_INDEX_TEMPLATE) -> RuntimeBuild:
+    gpu = GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
+    return choose_build(gpu, f"{TORCH}+cpu", index)
 
 
 class Interrupt(Exception):
@@ -127,12 +145,12 @@ def collect():
 
 
 def test_detect_gpu_present() -> None:
-    gpu = rt.detect_nvidia(fake_smi(SMI_QUERY_OUT, SMI_HEADER))
-    assert gpu == rt.GpuInfo("NVIDIA GeForce RTX 4090", "550.54.14", 24564, "12.4")
+    gpu = detect_nvidia(fake_smi(SMI_QUERY_OUT, SMI_HEADER))
+    assert gpu == GpuInfo("NVIDIA GeForce RTX 4090", "550.54.14", 24564, "12.4")
 
 
 def test_detect_multi_gpu_takes_first_and_header_optional() -> None:
-    gpu = rt.detect_nvidia(fake_smi("NVIDIA A100-SXM4-80GB, 535.104.05, 81920\nTesla T4, 535.104.05, 15360\n", ""))
+    gpu = detect_nvidia(fake_smi("NVIDIA A100-SXM4-80GB, 535.104.05, 81920\nTesla T4, 535.104.05, 15360\n", ""))
     assert gpu is not None and gpu.name == "NVIDIA A100-SXM4-80GB" and gpu.memory_mib == 81920
     assert gpu.cuda_version is None
 
@@ -143,22 +161,22 @@ def test_detect_multi_gpu_takes_first_and_header_optional() -> None:
     fake_smi("", ""),
 ])
 def test_detect_no_gpu(runner) -> None:
-    assert rt.detect_nvidia(runner) is None
+    assert detect_nvidia(runner) is None
 
 
 def test_detect_timeout_is_no_gpu() -> None:
     def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         raise subprocess.TimeoutExpired(list(argv), 10)
 
-    assert rt.detect_nvidia(run) is None
+    assert detect_nvidia(run) is None
 
 
 def test_old_driver_stays_on_cpu_with_reason() -> None:
-    gpu = rt.detect_nvidia(fake_smi(OLD_QUERY_OUT, OLD_HEADER))
+    gpu = detect_nvidia(fake_smi(OLD_QUERY_OUT, OLD_HEADER))
     assert gpu is not None and gpu.cuda_version == "11.4"
-    with pytest.raises(rt.NoCudaBuild, match=r"CUDA 11\.4.*11\.8 or newer") as info:
-        rt.choose_build(gpu, TORCH)
-    message = rt.status_message(gpu, ready=False, reason=str(info.value))
+    with pytest.raises(NoCudaBuild, match=r"CUDA 11\.4.*11\.8 or newer") as info:
+        choose_build(gpu, TORCH)
+    message = status_message(gpu, ready=False, reason=str(info.value))
     assert message.startswith("NVIDIA Tesla K80 found, but its driver 470.57.02") and "running on the CPU" in message
 
 
@@ -174,7 +192,7 @@ def test_old_driver_stays_on_cpu_with_reason() -> None:
     (None, "535.104.05", "cu121"),
 ])
 def test_choose_build(cuda: str | None, driver: str, tag: str) -> None:
-    build = rt.choose_build(rt.GpuInfo("GPU", driver, 8192, cuda), "2.13.0+cpu")
+    build = choose_build(GpuInfo("GPU", driver, 8192, cuda), "2.13.0+cpu")
     assert build.tag == tag
     assert build.torch_version == f"2.13.0+{tag}" and build.requirement == f"torch==2.13.0+{tag}"
     assert build.index_url == f"https://download.pytorch.org/whl/{tag}"
@@ -182,16 +200,16 @@ def test_choose_build(cuda: str | None, driver: str, tag: str) -> None:
 
 
 def test_candidate_builds_are_every_supported_build_newest_first() -> None:
-    builds = rt.candidate_builds(rt.GpuInfo("GPU", "570.86", 8192, "12.8"), "2.13.0+cpu")
+    builds = candidate_builds(GpuInfo("GPU", "570.86", 8192, "12.8"), "2.13.0+cpu")
     assert [build.tag for build in builds] == ["cu128", "cu126", "cu124", "cu121", "cu118"]
     assert all(build.torch_version == f"2.13.0+{build.tag}" for build in builds)
 
 
 def test_choose_build_unknown_driver() -> None:
-    with pytest.raises(rt.NoCudaBuild):
-        rt.choose_build(rt.GpuInfo("GPU", "n/a", None, None), TORCH)
-    with pytest.raises(rt.NoCudaBuild):
-        rt.choose_build(rt.GpuInfo("GPU", "470.57.02", None, None), TORCH)
+    with pytest.raises(NoCudaBuild):
+        choose_build(GpuInfo("GPU", "n/a", None, None), TORCH)
+    with pytest.raises(NoCudaBuild):
+        choose_build(GpuInfo("GPU", "470.57.02", None, None), TORCH)
 
 
 def test_choose_build_custom_index() -> None:
@@ -203,50 +221,50 @@ def test_choose_build_custom_index() -> None:
 
 def test_source_env_override(tmp_path: Path) -> None:
     build = build_cu126()
-    assert rt.RuntimeSource.for_build(build, {}) == rt.RuntimeSource("index", build.index_url)
-    assert rt.RuntimeSource.for_build(build, {rt.SOURCE_ENV: str(tmp_path)}) == rt.RuntimeSource(
+    assert RuntimeSource.for_build(build, {}) == RuntimeSource("index", build.index_url)
+    assert RuntimeSource.for_build(build, {SOURCE_ENV: str(tmp_path)}) == RuntimeSource(
         "folder", str(tmp_path))
-    assert rt.RuntimeSource.for_build(build, {rt.SOURCE_ENV: tmp_path.as_uri()}) == rt.RuntimeSource(
+    assert RuntimeSource.for_build(build, {SOURCE_ENV: tmp_path.as_uri()}) == RuntimeSource(
         "folder", str(tmp_path))
-    assert rt.RuntimeSource.for_build(build, {rt.SOURCE_ENV: "http://127.0.0.1:9/{tag}"}) == rt.RuntimeSource(
+    assert RuntimeSource.for_build(build, {SOURCE_ENV: "http://127.0.0.1:9/{tag}"}) == RuntimeSource(
         "index", "http://127.0.0.1:9/cu126")
 
 
 def test_folder_source_picks_matching_wheel(tmp_path: Path) -> None:
     make_wheel(tmp_path, f"torch-{TORCH}+cu124-cp311-cp311-linux_x86_64.whl")
     wheel = make_wheel(tmp_path)
-    ref = rt.RuntimeSource("folder", str(tmp_path)).find_wheel(build_cu126())
+    ref = RuntimeSource("folder", str(tmp_path)).find_wheel(build_cu126())
     assert ref.name == WHEEL_NAME and Path(ref.location) == wheel
     assert ref.sha256 == hashlib.sha256(wheel.read_bytes()).hexdigest()
-    with pytest.raises(rt.WheelNotFound, match="cu126"):
-        rt.RuntimeSource("folder", str(tmp_path / "missing")).find_wheel(build_cu126())
+    with pytest.raises(WheelNotFound, match="cu126"):
+        RuntimeSource("folder", str(tmp_path / "missing")).find_wheel(build_cu126())
 
 
 def test_full_install_from_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wheels = tmp_path / "wheels"
     make_wheel(wheels)
-    monkeypatch.setenv(rt.SOURCE_ENV, str(wheels))
-    monkeypatch.setenv(rt.RUNTIME_DIR_ENV, str(tmp_path / "runtime"))
+    monkeypatch.setenv(SOURCE_ENV, str(wheels))
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path / "runtime"))
     build = build_cu126()
-    assert rt.runtime_path(build) == tmp_path / "runtime" / "cu126"
+    assert runtime_path(build) == tmp_path / "runtime" / "cu126"
     progress, seen = collect()
 
-    path = rt.install_runtime(build, progress=progress, chunk_size=CHUNK)
+    path = install_runtime(build, progress=progress, chunk_size=CHUNK)
 
     assert path == tmp_path / "runtime" / "cu126"
-    assert rt.runtime_ready(path) and rt.runtime_ready(path, build.torch_version)
-    assert not rt.runtime_ready(path, "2.13.0+cu124")
-    stamp = rt.read_stamp(path)
+    assert runtime_ready(path) and runtime_ready(path, build.torch_version)
+    assert not runtime_ready(path, "2.13.0+cu124")
+    stamp = read_stamp(path)
     assert stamp is not None and stamp["torch_version"] == "2.13.0+cu126" and stamp["tag"] == "cu126"
     assert stamp["sha256"] == hashlib.sha256((wheels / WHEEL_NAME).read_bytes()).hexdigest() and stamp["date"]
-    site = path / rt.SITE_DIR
+    site = path / SITE_DIR
     assert (site / "torch" / "__init__.py").is_file() and (site / "torchgen" / "__init__.py").is_file()
     assert not (site / f"torch-{TORCH}+cu126.data").exists()
-    assert not list((path / rt.DOWNLOADS_DIR).iterdir())  # wheel deleted after the unpack, no .part left
+    assert not list((path / DOWNLOADS_DIR).iterdir())  # wheel deleted after the unpack, no .part left
     total = (wheels / WHEEL_NAME).stat().st_size
     assert seen[-1] == (total, total) and len(seen) > 3
 
-    activation = rt.activate_runtime(path, {"PYTHONPATH": "/elsewhere"})
+    activation = activate_runtime(path, {"PYTHONPATH": "/elsewhere"})
     assert activation.env["PYTHONPATH"] == os.pathsep.join([activation.sys_path_entry, "/elsewhere"])
     code = f"import sys; sys.path.insert(0, {activation.sys_path_entry!r}); import torch; print(torch.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -258,8 +276,8 @@ def test_full_install_from_local_folder(tmp_path: Path, monkeypatch: pytest.Monk
     assert out.stdout.strip() == "2.13.0+cu126"
 
     # Ready: a second call does nothing (no source needed).
-    monkeypatch.setenv(rt.SOURCE_ENV, str(tmp_path / "nowhere"))
-    assert rt.install_runtime(build) == path
+    monkeypatch.setenv(SOURCE_ENV, str(tmp_path / "nowhere"))
+    assert install_runtime(build) == path
 
 
 def test_interrupted_local_download_resumes(tmp_path: Path) -> None:
@@ -268,12 +286,12 @@ def test_interrupted_local_download_resumes(tmp_path: Path) -> None:
     total = wheel.stat().st_size
     crash = interrupt_after(3 * CHUNK)
     with pytest.raises(Interrupt):
-        rt.download(wheel, dest, crash, chunk_size=CHUNK)
+        download(wheel, dest, crash, chunk_size=CHUNK)
     part = dest / f"{WHEEL_NAME}.part"
     assert part.stat().st_size == 3 * CHUNK and not (dest / WHEEL_NAME).exists()
 
     progress, seen = collect()
-    final = rt.download(wheel, dest, progress, chunk_size=CHUNK)
+    final = download(wheel, dest, progress, chunk_size=CHUNK)
     assert seen[0] == (3 * CHUNK, total) and seen[-1] == (total, total)  # continued, not restarted
     assert final.read_bytes() == wheel.read_bytes() and not part.exists()
 
@@ -284,15 +302,15 @@ def test_half_written_part_resumes(tmp_path: Path) -> None:
     dest.mkdir()
     data = wheel.read_bytes()
     (dest / f"{WHEEL_NAME}.part").write_bytes(data[: len(data) // 2])
-    final = rt.download(wheel, dest, collect()[0], chunk_size=CHUNK)
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == rt._read_sidecar(wheel)
+    final = download(wheel, dest, collect()[0], chunk_size=CHUNK)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == read_sidecar(wheel)
 
 
 def test_cancel_keeps_part(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "wheels")
     calls = iter(range(100))
-    with pytest.raises(rt.DownloadCancelled):
-        rt.download(wheel, tmp_path / "dest", collect()[0], cancel=lambda: next(calls) >= 2, chunk_size=CHUNK)
+    with pytest.raises(DownloadCancelled):
+        download(wheel, tmp_path / "dest", collect()[0], cancel=lambda: next(calls) >= 2, chunk_size=CHUNK)
     assert (tmp_path / "dest" / f"{WHEEL_NAME}.part").stat().st_size == 2 * CHUNK
 
 
@@ -300,8 +318,8 @@ def test_corrupt_download_refused(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "wheels")
     (wheel.parent / f"{WHEEL_NAME}.sha256").write_text("0" * 64 + "\n", encoding="utf-8")
     dest = tmp_path / "dest"
-    with pytest.raises(rt.ChecksumError, match="corrupt.*removed"):
-        rt.download(wheel, dest, collect()[0], chunk_size=CHUNK)
+    with pytest.raises(ChecksumError, match="corrupt.*removed"):
+        download(wheel, dest, collect()[0], chunk_size=CHUNK)
     assert not list(dest.iterdir())
 
 
@@ -310,50 +328,50 @@ def test_corrupt_part_refused_on_resume(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / f"{WHEEL_NAME}.part").write_bytes(b"garbage" * 100)
-    with pytest.raises(rt.ChecksumError):
-        rt.download(wheel, dest, collect()[0], chunk_size=CHUNK)
+    with pytest.raises(ChecksumError):
+        download(wheel, dest, collect()[0], chunk_size=CHUNK)
     assert not (dest / f"{WHEEL_NAME}.part").exists()
-    assert rt.download(wheel, dest, collect()[0], chunk_size=CHUNK).read_bytes() == wheel.read_bytes()
+    assert download(wheel, dest, collect()[0], chunk_size=CHUNK).read_bytes() == wheel.read_bytes()
 
 
 def test_stamp_missing_is_not_ready_and_unpack_is_redone(tmp_path: Path) -> None:
     make_wheel(tmp_path / "wheels")
-    source = rt.RuntimeSource("folder", str(tmp_path / "wheels"))
+    source = RuntimeSource("folder", str(tmp_path / "wheels"))
     build = build_cu126()
-    path = rt.install_runtime(build, source, path=tmp_path / "rt", keep_wheel=True)
-    assert rt.runtime_ready(path)
-    (path / rt.STAMP_FILE).unlink()
-    (path / rt.SITE_DIR / "torch" / "__init__.py").unlink()  # an unpack interrupted before the stamp
-    assert not rt.runtime_ready(path)
-    rt.install_runtime(build, source, path=path)
-    assert rt.runtime_ready(path) and (path / rt.SITE_DIR / "torch" / "__init__.py").is_file()
-    (path / rt.STAMP_FILE).write_text("{not json", encoding="utf-8")
-    assert not rt.runtime_ready(path)
+    path = install_runtime(build, source, path=tmp_path / "rt", keep_wheel=True)
+    assert runtime_ready(path)
+    (path / STAMP_FILE).unlink()
+    (path / SITE_DIR / "torch" / "__init__.py").unlink()  # an unpack interrupted before the stamp
+    assert not runtime_ready(path)
+    install_runtime(build, source, path=path)
+    assert runtime_ready(path) and (path / SITE_DIR / "torch" / "__init__.py").is_file()
+    (path / STAMP_FILE).write_text("{not json", encoding="utf-8")
+    assert not runtime_ready(path)
 
 
 def test_interrupted_install_resumes(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "wheels")
-    source = rt.RuntimeSource("folder", str(tmp_path / "wheels"))
+    source = RuntimeSource("folder", str(tmp_path / "wheels"))
     build = build_cu126()
     with pytest.raises(Interrupt):
-        rt.install_runtime(build, source, interrupt_after(2 * CHUNK), path=tmp_path / "rt", chunk_size=CHUNK)
-    assert not rt.runtime_ready(tmp_path / "rt")
+        install_runtime(build, source, interrupt_after(2 * CHUNK), path=tmp_path / "rt", chunk_size=CHUNK)
+    assert not runtime_ready(tmp_path / "rt")
     progress, seen = collect()
-    rt.install_runtime(build, source, progress, path=tmp_path / "rt", chunk_size=CHUNK)
+    install_runtime(build, source, progress, path=tmp_path / "rt", chunk_size=CHUNK)
     assert seen[0][0] == 2 * CHUNK and seen[-1][0] == wheel.stat().st_size
-    assert rt.runtime_ready(tmp_path / "rt", build.torch_version)
+    assert runtime_ready(tmp_path / "rt", build.torch_version)
 
 
 # ------------------------------------------------------------------------------------------------ dependencies
 
 
 def test_runtime_requirements_filter(monkeypatch: pytest.MonkeyPatch) -> None:
-    kept = rt.runtime_requirements([*TORCH_REQUIRES, "not a requirement !!", "triton==3.3.0"])
+    kept = runtime_requirements([*TORCH_REQUIRES, "not a requirement !!", "triton==3.3.0"])
     assert [str(req) for req in kept] == [f"nvidia-cublas-cu12=={CUBLAS}; platform_system == \"Linux\"",
                                           "triton==3.3.0"]
     # nvidia-* and triton are fetched even when the main environment has them; others only when missing.
-    monkeypatch.setattr(rt, "_installed_version", lambda name: "99.0")
-    names = [req.name for req in rt.runtime_requirements(["nvidia-nccl-cu12==2.21.5", "triton", "filelock",
+    monkeypatch.setattr("app.runtime.requirements._installed_version", lambda name: "99.0")
+    names = [req.name for req in runtime_requirements(["nvidia-nccl-cu12==2.21.5", "triton", "filelock",
                                                           "networkx<3"])]
     assert names == ["nvidia-nccl-cu12", "triton", "networkx"]
 
@@ -363,7 +381,7 @@ def test_find_requirement_pins_and_prefers_fitting_tags(tmp_path: Path) -> None:
     make_dep_wheel(tmp_path, "nvidia_cublas_cu12-12.6.4.1-py3-none-win_amd64.whl")
     make_dep_wheel(tmp_path)
     make_dep_wheel(tmp_path, "nvidia_cublas_cu12-12.8.3.14-py3-none-manylinux2014_x86_64.whl")
-    source = rt.RuntimeSource("folder", str(tmp_path))
+    source = RuntimeSource("folder", str(tmp_path))
     from packaging.requirements import Requirement
 
     assert source.find_requirement(Requirement(f"nvidia-cublas-cu12=={CUBLAS}")).name == CUBLAS_WHEEL
@@ -380,17 +398,17 @@ def test_install_fetches_cuda_dependencies(tmp_path: Path) -> None:
     build = build_cu126()
     progress, seen = collect()
 
-    path = rt.install_runtime(build, rt.RuntimeSource("folder", str(wheels)), progress, path=tmp_path / "rt",
+    path = install_runtime(build, RuntimeSource("folder", str(wheels)), progress, path=tmp_path / "rt",
                               chunk_size=CHUNK)
 
-    assert rt.runtime_ready(path, build.torch_version)
-    stamp = rt.read_stamp(path)
+    assert runtime_ready(path, build.torch_version)
+    stamp = read_stamp(path)
     assert stamp is not None and stamp["dependencies"] == [CUBLAS_WHEEL] and stamp["wheel"] == WHEEL_NAME
-    site = path / rt.SITE_DIR
+    site = path / SITE_DIR
     assert (site / "torch" / "__init__.py").is_file() and (site / "nvidia" / "cublas" / "lib").is_dir()
     assert (site / f"nvidia_cublas_cu12-{CUBLAS}.dist-info" / "METADATA").is_file()
     assert not list(site.glob("sympy*")) and not list(site.glob("something*"))
-    assert not list((path / rt.DOWNLOADS_DIR).iterdir())
+    assert not list((path / DOWNLOADS_DIR).iterdir())
     total = torch_wheel.stat().st_size + dep.stat().st_size
     assert seen[-1] == (total, total)
     assert all(done <= total for done, _ in seen) and [done for done, _ in seen] == sorted(done for done, _ in seen)
@@ -404,30 +422,30 @@ def test_missing_dependency_wheel(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     make_wheel(wheels, requires=TORCH_REQUIRES)
     make_dep_wheel(wheels, "nvidia_cublas_cu12-12.4.5.8-py3-none-manylinux2014_x86_64.whl")  # wrong version only
-    with pytest.raises(rt.WheelNotFound, match=f"nvidia-cublas-cu12=={CUBLAS}"):
-        rt.install_runtime(build_cu126(), rt.RuntimeSource("folder", str(wheels)), path=tmp_path / "rt")
-    assert not rt.runtime_ready(tmp_path / "rt") and rt.read_stamp(tmp_path / "rt") is None
+    with pytest.raises(WheelNotFound, match=f"nvidia-cublas-cu12=={CUBLAS}"):
+        install_runtime(build_cu126(), RuntimeSource("folder", str(wheels)), path=tmp_path / "rt")
+    assert not runtime_ready(tmp_path / "rt") and read_stamp(tmp_path / "rt") is None
 
 
 def test_interrupted_dependency_download_resumes(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     torch_size = make_wheel(wheels, requires=TORCH_REQUIRES).stat().st_size
     dep = make_dep_wheel(wheels)
-    source = rt.RuntimeSource("folder", str(wheels))
+    source = RuntimeSource("folder", str(wheels))
     build = build_cu126()
     path = tmp_path / "rt"
     with pytest.raises(Interrupt):
-        rt.install_runtime(build, source, interrupt_after(torch_size + 3 * CHUNK), path=path, chunk_size=CHUNK)
-    assert (path / rt.DOWNLOADS_DIR / WHEEL_NAME).is_file()  # torch finished and kept
-    assert (path / rt.DOWNLOADS_DIR / f"{CUBLAS_WHEEL}.part").stat().st_size == 3 * CHUNK
-    assert not rt.runtime_ready(path)
+        install_runtime(build, source, interrupt_after(torch_size + 3 * CHUNK), path=path, chunk_size=CHUNK)
+    assert (path / DOWNLOADS_DIR / WHEEL_NAME).is_file()  # torch finished and kept
+    assert (path / DOWNLOADS_DIR / f"{CUBLAS_WHEEL}.part").stat().st_size == 3 * CHUNK
+    assert not runtime_ready(path)
 
     progress, seen = collect()
-    rt.install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
+    install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
     total = torch_size + dep.stat().st_size
     assert seen[0] == (torch_size + 3 * CHUNK, total) and seen[-1] == (total, total)  # continued, not restarted
-    assert rt.runtime_ready(path, build.torch_version)
-    assert (path / rt.SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
+    assert runtime_ready(path, build.torch_version)
+    assert (path / SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
 
 
 # --------------------------------------------------------------------------------------------------- HTTP flow
@@ -511,24 +529,24 @@ def server(tmp_path: Path) -> Iterator[tuple[str, type[RangeHandler]]]:
 def test_http_index_install_with_resume(tmp_path: Path, server: tuple[str, type[RangeHandler]],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     base, handler = server
-    monkeypatch.setenv(rt.SOURCE_ENV, base + "/whl/{tag}")
+    monkeypatch.setenv(SOURCE_ENV, base + "/whl/{tag}")
     build = build_cu126()
-    source = rt.RuntimeSource.for_build(build)
+    source = RuntimeSource.for_build(build)
     ref = source.find_wheel(build)
     assert ref.name == WHEEL_NAME and ref.sha256 == hashlib.sha256((handler.root / WHEEL_NAME).read_bytes()).hexdigest()
 
     path = tmp_path / "rt"
     with pytest.raises(Interrupt):
-        rt.install_runtime(build, source, interrupt_after(5 * CHUNK), path=path, chunk_size=CHUNK)
-    assert (path / rt.DOWNLOADS_DIR / f"{WHEEL_NAME}.part").stat().st_size == 5 * CHUNK
+        install_runtime(build, source, interrupt_after(5 * CHUNK), path=path, chunk_size=CHUNK)
+    assert (path / DOWNLOADS_DIR / f"{WHEEL_NAME}.part").stat().st_size == 5 * CHUNK
     progress, seen = collect()
-    rt.install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
+    install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
     total = (handler.root / WHEEL_NAME).stat().st_size
     assert seen[0] == (5 * CHUNK, total) and seen[-1] == (total, total)
     assert handler.requests[-1] == f"bytes={5 * CHUNK}-"
-    assert rt.runtime_ready(path, build.torch_version)
-    assert rt.read_stamp(path)["sha256"] == ref.sha256  # type: ignore[index]
-    assert (path / rt.SITE_DIR / "torch" / "__init__.py").read_text().strip() == '__version__ = "2.13.0+cu126"'
+    assert runtime_ready(path, build.torch_version)
+    assert read_stamp(path)["sha256"] == ref.sha256  # type: ignore[index]
+    assert (path / SITE_DIR / "torch" / "__init__.py").read_text().strip() == '__version__ = "2.13.0+cu126"'
 
 
 def test_http_server_without_range_restarts(tmp_path: Path, server: tuple[str, type[RangeHandler]]) -> None:
@@ -540,15 +558,15 @@ def test_http_server_without_range_restarts(tmp_path: Path, server: tuple[str, t
     dest.mkdir()
     (dest / f"{WHEEL_NAME}.part").write_bytes(b"x" * 1000)  # would be corrupt if appended to
     sha = hashlib.sha256(data).hexdigest()
-    final = rt.download(url + f"#sha256={sha}", dest, collect()[0], chunk_size=CHUNK)
+    final = download(url + f"#sha256={sha}", dest, collect()[0], chunk_size=CHUNK)
     assert final.name == WHEEL_NAME and final.read_bytes() == data
 
 
 def test_http_corrupt_download_refused(tmp_path: Path, server: tuple[str, type[RangeHandler]]) -> None:
     base, _handler = server
     url = f"{base}/{WHEEL_NAME.replace('+', '%2B')}#sha256={'a' * 64}"
-    with pytest.raises(rt.ChecksumError):
-        rt.download(url, tmp_path / "dest", collect()[0], chunk_size=CHUNK)
+    with pytest.raises(ChecksumError):
+        download(url, tmp_path / "dest", collect()[0], chunk_size=CHUNK)
     assert not list((tmp_path / "dest").iterdir())
 
 
@@ -557,61 +575,65 @@ def test_http_index_fetches_dependencies(tmp_path: Path, server: tuple[str, type
     torch_size = make_wheel(handler.root, requires=TORCH_REQUIRES, sidecar=False).stat().st_size
     dep = make_dep_wheel(handler.root, sidecar=False)
     make_dep_wheel(handler.root, "nvidia_cublas_cu12-12.6.4.1-py3-none-win_amd64.whl", sidecar=False)
-    source = rt.RuntimeSource("index", f"{base}/whl/cu126")
+    source = RuntimeSource("index", f"{base}/whl/cu126")
     path = tmp_path / "rt"
     build = build_cu126()
     with pytest.raises(Interrupt):
-        rt.install_runtime(build, source, interrupt_after(torch_size + 2 * CHUNK), path=path, chunk_size=CHUNK)
+        install_runtime(build, source, interrupt_after(torch_size + 2 * CHUNK), path=path, chunk_size=CHUNK)
     progress, seen = collect()
-    rt.install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
+    install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
     total = torch_size + dep.stat().st_size
     assert seen[0] == (torch_size + 2 * CHUNK, total) and seen[-1] == (total, total)
     assert handler.requests[-1] == f"bytes={2 * CHUNK}-"
-    assert rt.read_stamp(path)["dependencies"] == [CUBLAS_WHEEL]  # type: ignore[index]
-    assert (path / rt.SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
+    assert read_stamp(path)["dependencies"] == [CUBLAS_WHEEL]  # type: ignore[index]
+    assert (path / SITE_DIR / "nvidia" / "cublas" / "__init__.py").is_file()
     (handler.root / CUBLAS_WHEEL).unlink()
-    with pytest.raises(rt.WheelNotFound, match="nvidia-cublas-cu12"):
-        rt.install_runtime(build, source, path=tmp_path / "rt2")
+    with pytest.raises(WheelNotFound, match="nvidia-cublas-cu12"):
+        install_runtime(build, source, path=tmp_path / "rt2")
 
 
 def test_http_missing_wheel(server: tuple[str, type[RangeHandler]]) -> None:
     base, _handler = server
-    build = rt.choose_build(rt.GpuInfo("GPU", "550.54", None, "12.4"), TORCH)  # cu124: not served
-    with pytest.raises(rt.WheelNotFound, match="2.13.0\\+cu124"):
-        rt.RuntimeSource("index", f"{base}/whl/cu124").find_wheel(build)
+    build = choose_build(GpuInfo("GPU", "550.54", None, "12.4"), TORCH)  # cu124: not served
+    with pytest.raises(WheelNotFound, match="2.13.0\\+cu124"):
+        RuntimeSource("index", f"{base}/whl/cu124").find_wheel(build)
 
 
 # ---------------------------------------------------------------------------------------------- restart/status
 
 
 def test_restart_command_and_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    argv, env = rt.restart_command(tmp_path, {"HOME": "/home/u"})
+    argv, env = restart_command(tmp_path, {"HOME": "/home/u"})
     assert argv[0] == sys.executable and argv[1:] == sys.orig_argv[1:]
-    assert env["PYTHONPATH"] == str(tmp_path.resolve() / rt.SITE_DIR) == env[rt.ACTIVE_ENV] and env["HOME"] == "/home/u"
-    assert not rt.apply_runtime(tmp_path)  # not ready (and torch is already imported in this test process)
+    assert env["PYTHONPATH"] == str(tmp_path.resolve() / SITE_DIR) == env[ACTIVE_ENV] and env["HOME"] == "/home/u"
+    assert not apply_runtime(tmp_path)  # not ready (and torch is already imported in this test process)
 
 
 def test_status_messages() -> None:
-    gpu = rt.GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
+    gpu = GpuInfo("NVIDIA GeForce RTX 4090", "560.35.03", 24564, "12.6")
     build = build_cu126()
-    assert rt.status_message(None, False) == "No NVIDIA GPU found — running on the CPU."
-    assert rt.status_message(gpu, False, build=build) == (
+    assert status_message(None, False) == "No NVIDIA GPU found — running on the CPU."
+    assert status_message(gpu, False, build=build) == (
         "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.5 GB) in the background; "
         "running on the CPU until it is ready.")
-    assert rt.status_message(gpu, True, build=build) == "GPU runtime ready (torch 2.13.0+cu126)."
-    assert rt.status_message(rt.GpuInfo("Tesla T4", "1", None), False).startswith("NVIDIA Tesla T4 found")
+    assert status_message(gpu, True, build=build) == "GPU runtime ready (torch 2.13.0+cu126)."
+    assert status_message(GpuInfo("Tesla T4", "1", None), False).startswith("NVIDIA Tesla T4 found")
 
 
-def test_module_imports_no_qt_or_torch() -> None:
-    code = ("import sys, app.runtime.gpu_runtime; "
-            "print(any(m.split('.')[0] in ('torch', 'PySide6') for m in sys.modules))")
+def test_modules_import_no_qt_or_torch() -> None:
+    """What app.runtime.startup may use before torch is imported (the worker's thread uses them too)."""
+    code = ("import importlib, sys; "
+            "[importlib.import_module(f'app.runtime.{name}') for name in "
+            "('activate', 'builds', 'detect', 'download', 'errors', 'install', 'layout', 'requirements', 'source', "
+            "'startup')]; "
+            "print(any(m.split('.')[0] in ('torch', 'PySide6', 'engine') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
 
 
 def test_stamp_written_atomically(tmp_path: Path) -> None:
-    (tmp_path / rt.SITE_DIR).mkdir()
-    rt.write_stamp(tmp_path, build_cu126(), WHEEL_NAME, "ab" * 32)
-    assert json.loads((tmp_path / rt.STAMP_FILE).read_text())["wheel"] == WHEEL_NAME
-    assert not (tmp_path / (rt.STAMP_FILE + ".tmp")).exists() and rt.runtime_ready(tmp_path)
+    (tmp_path / SITE_DIR).mkdir()
+    write_stamp(tmp_path, build_cu126(), WHEEL_NAME, "ab" * 32)
+    assert json.loads((tmp_path / STAMP_FILE).read_text())["wheel"] == WHEEL_NAME
+    assert not (tmp_path / (STAMP_FILE + ".tmp")).exists() and runtime_ready(tmp_path)

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime import gpu_runtime as rt
+from app.runtime.activate import ACTIVE_ENV, restart_command
+from app.runtime.builds import choose_build
+from app.runtime.detect import GpuInfo
+from app.runtime.layout import RUNTIME_DIR_ENV, SITE_DIR, read_stamp, write_stamp
+from app.runtime.source import SOURCE_ENV
 from app.runtime.startup import installed_torch, is_cpu_build, use_ready_runtime
 from tests.fake_gpu_runtime import FAKE_SMI, GPU
 
@@ -32,9 +36,9 @@ def cpu_torch() -> str:
 
 def make_runtime(root: Path, torch_version: str, stamp: bool = True) -> Path:
     """A ready runtime folder ``<root>/cu126`` for the installed torch's version, built by hand."""
-    build = rt.choose_build(GPU, torch_version)
+    build = choose_build(GPU, torch_version)
     path = root / build.tag
-    site = path / rt.SITE_DIR
+    site = path / SITE_DIR
     (site / "torch").mkdir(parents=True)
     (site / "torch" / "__init__.py").write_text(f'__version__ = "{build.torch_version}"\n', encoding="utf-8")
     info = site / f"torch-{build.torch_version}.dist-info"
@@ -42,7 +46,7 @@ def make_runtime(root: Path, torch_version: str, stamp: bool = True) -> Path:
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {build.torch_version}\n",
                                    encoding="utf-8")
     if stamp:
-        rt.write_stamp(path, build, f"torch-{build.torch_version}-fake.whl", "ab" * 32)
+        write_stamp(path, build, f"torch-{build.torch_version}-fake.whl", "ab" * 32)
     return path
 
 
@@ -58,8 +62,8 @@ def run_probe(tmp_path: Path, runtime_root: Path, with_gpu: bool = True,
     else:
         smi.unlink(missing_ok=True)
     env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", rt.ACTIVE_ENV, rt.SOURCE_ENV)}
-    env |= {"PATH": str(bin_dir), rt.RUNTIME_DIR_ENV: str(runtime_root), **(extra_env or {})}
+           if key not in ("PYTHONPATH", ACTIVE_ENV, SOURCE_ENV)}
+    env |= {"PATH": str(bin_dir), RUNTIME_DIR_ENV: str(runtime_root), **(extra_env or {})}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                          cwd=ROOT, check=True)
     return out.stdout.splitlines()
@@ -83,9 +87,9 @@ def test_is_cpu_build(version: str, requires: list[str] | None, cpu: bool) -> No
 
 def test_installed_torch_reads_metadata_without_importing_torch_or_qt() -> None:
     code = ("import sys; from app.runtime.startup import installed_torch; t = installed_torch(); "
-            "from app.runtime import gpu_runtime as rt; "
-            "loaded = any(m.split('.')[0] in ('torch', 'PySide6') for m in sys.modules); "
-            "print(t.version, rt.base_torch_version(t.version), loaded)")
+            "from app.runtime.builds import base_torch_version; "
+            "loaded = any(m.split('.')[0] in ('torch', 'PySide6', 'engine') for m in sys.modules); "
+            "print(t.version, base_torch_version(t.version), loaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          cwd=ROOT)
     import torch
@@ -100,7 +104,7 @@ def test_installed_torch_reads_metadata_without_importing_torch_or_qt() -> None:
 def test_ready_runtime_is_put_first_on_sys_path(tmp_path: Path) -> None:
     version = cpu_torch()
     path = make_runtime(tmp_path / "runtime", version)
-    site = str((path / rt.SITE_DIR).resolve())
+    site = str((path / SITE_DIR).resolve())
     code = PROBE + "; import torch; print(torch.__version__)"
 
     described, first, metadata_version, imported = run_probe(tmp_path, tmp_path / "runtime", code=code)
@@ -116,7 +120,7 @@ def test_without_stamp_nothing_is_applied(tmp_path: Path) -> None:
     path = make_runtime(tmp_path / "runtime", version, stamp=False)
     described, first, metadata_version = run_probe(tmp_path, tmp_path / "runtime")
     assert described == "None"
-    assert first != str((path / rt.SITE_DIR).resolve()) and metadata_version == version
+    assert first != str((path / SITE_DIR).resolve()) and metadata_version == version
 
 
 def test_without_gpu_nothing_is_applied(tmp_path: Path) -> None:
@@ -129,7 +133,7 @@ def test_without_gpu_nothing_is_applied(tmp_path: Path) -> None:
 def test_stamp_for_another_torch_version_is_not_applied(tmp_path: Path) -> None:
     cpu_torch()
     path = make_runtime(tmp_path / "runtime", "1.0.0+cpu")  # a runtime left from an older app version
-    assert rt.read_stamp(path)["torch_version"] == "1.0.0+cu126"  # type: ignore[index]
+    assert read_stamp(path)["torch_version"] == "1.0.0+cu126"  # type: ignore[index]
     described, _first, _version = run_probe(tmp_path, tmp_path / "runtime")
     assert described == "None"
 
@@ -137,7 +141,7 @@ def test_stamp_for_another_torch_version_is_not_applied(tmp_path: Path) -> None:
 def test_restarted_process_reports_the_active_runtime(tmp_path: Path) -> None:
     version = cpu_torch()
     path = make_runtime(tmp_path / "runtime", version)
-    _argv, env = rt.restart_command(path, {})
+    _argv, env = restart_command(path, {})
     described, _first, metadata_version = run_probe(tmp_path, tmp_path / "runtime", extra_env=env)
     cuda_version = version.split("+")[0] + "+cu126"
     assert metadata_version == cuda_version
@@ -147,11 +151,11 @@ def test_restarted_process_reports_the_active_runtime(tmp_path: Path) -> None:
 def test_in_process_no_gpu_or_imported_torch_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version = cpu_torch()
     make_runtime(tmp_path / "runtime", version)
-    env = {rt.RUNTIME_DIR_ENV: str(tmp_path / "runtime")}
+    env = {RUNTIME_DIR_ENV: str(tmp_path / "runtime")}
     before = list(sys.path)
     assert use_ready_runtime(lambda: None, env) is None
     assert use_ready_runtime(lambda: GPU, env) is None  # torch is already imported in the test process
-    assert use_ready_runtime(lambda: rt.GpuInfo("Tesla K80", "470.57.02", None, "11.4"), env) is None
+    assert use_ready_runtime(lambda: GpuInfo("Tesla K80", "470.57.02", None, "11.4"), env) is None
     assert sys.path == before
 
 
@@ -159,9 +163,9 @@ def test_without_a_downloaded_runtime_start_up_does_not_run_nvidia_smi(tmp_path:
     cpu_torch()
     calls: list[int] = []
 
-    def detect() -> rt.GpuInfo:
+    def detect() -> GpuInfo:
         calls.append(1)
         return GPU
 
-    assert use_ready_runtime(detect, env={rt.RUNTIME_DIR_ENV: str(tmp_path / "runtime")}) is None
+    assert use_ready_runtime(detect, env={RUNTIME_DIR_ENV: str(tmp_path / "runtime")}) is None
     assert calls == []

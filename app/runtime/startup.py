@@ -18,17 +18,11 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from app.runtime.gpu_runtime import (
-    ACTIVE_ENV,
-    GpuInfo,
-    NoCudaBuild,
-    all_builds,
-    apply_runtime,
-    candidate_builds,
-    detect_nvidia,
-    runtime_path,
-    runtime_ready,
-)
+from app.runtime.activate import ACTIVE_ENV, apply_runtime
+from app.runtime.builds import all_builds, candidate_builds
+from app.runtime.detect import GpuInfo, detect_nvidia
+from app.runtime.errors import NoCudaBuild
+from app.runtime.layout import runtime_path, runtime_ready
 
 Detector = Callable[[], GpuInfo | None]
 
