@@ -28,8 +28,8 @@ from app.library import Library, LibraryEntry
 from app.library_panel import LibraryPanel
 from app.progress_panel import STAGE_NAMES, ProgressPanel
 from app.resources import APP_NAME, resource_path
-from app.runtime_banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
-from app.runtime_worker import ACTIVE, RuntimeController, RuntimeOptions
+from app.runtime.banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
+from app.runtime.worker import ACTIVE, RuntimeController, RuntimeOptions
 from app.settings import AppSettings, change_impact, save_settings
 from app.settings_dialog import SettingsDialog
 from app.theme import app_icon

@@ -26,6 +26,7 @@ from app.backend import RealBackend
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
 from app.runtime.activate import ACTIVE_ENV
+from app.runtime.banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, progress_text
 from app.runtime.builds import choose_build
 from app.runtime.detect import GpuInfo
 from app.runtime.errors import ChecksumError, WheelNotFound
@@ -34,8 +35,7 @@ from app.runtime.layout import DOWNLOADS_DIR, SITE_DIR, runtime_ready
 from app.runtime.messages import download_problem
 from app.runtime.source import RuntimeSource
 from app.runtime.startup import InstalledTorch
-from app.runtime_banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, progress_text
-from app.runtime_worker import RuntimeOptions, spawn_detached
+from app.runtime.worker import RuntimeOptions, spawn_detached
 from app.settings import AppSettings, load_settings, save_settings
 from app.settings_dialog import SettingsDialog
 from tests.test_gpu_runtime import CUBLAS_WHEEL, TORCH, TORCH_REQUIRES, WHEEL_NAME, make_dep_wheel, make_wheel
@@ -103,8 +103,8 @@ def make_window(qtbot, tmp_path, monkeypatch):
 
     def make(options: RuntimeOptions | None, auto_download: bool = True, backend: FakeBackend | None = None,
              device: str = "auto") -> MainWindow:
-        settings = AppSettings(data_folder=str(tmp_path / "data"), gpu_runtime_auto_download=auto_download,
-                               device=device)
+        settings = AppSettings().with_changes(folder=str(tmp_path / "data"), gpu_runtime_auto_download=auto_download,
+                                              device=device)
         window = MainWindow(backend or FakeBackend(step_s=0.005), settings, tmp_path / "config" / "settings.json",
                             gpu_runtime=options)
         qtbot.addWidget(window)
@@ -380,7 +380,7 @@ def test_progress_text() -> None:
 
 def test_auto_download_setting_round_trips_and_is_validated(tmp_path, qtbot):
     path = tmp_path / "settings.json"
-    settings = AppSettings(data_folder=str(tmp_path / "d"), gpu_runtime_auto_download=False)
+    settings = AppSettings().with_changes(folder=str(tmp_path / "d"), gpu_runtime_auto_download=False)
     save_settings(settings, path)
     assert load_settings(path) == (settings, None)
     path.write_text(path.read_text().replace('"gpu_runtime_auto_download": false', '"gpu_runtime_auto_download": 0'))

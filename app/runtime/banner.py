@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushBu
 
 from app.progress_panel import format_eta
 from app.runtime.messages import format_size
-from app.runtime_worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
+from app.runtime.worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
 
 INFO, READY, FAILED, PAUSED = "info", "ready", "failed", "paused"
 WHILE_DOWNLOADING = " · running on the CPU until then"
