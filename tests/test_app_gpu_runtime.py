@@ -143,7 +143,7 @@ def test_gpu_found_downloads_installs_and_restart_now_spawns_the_restart(qtbot, 
 
     wait_state(qtbot, window, READY)
 
-    assert statuses == [(DOWNLOADING, "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.5 GB)")]
+    assert statuses == [(DOWNLOADING, "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.3 GiB)")]
     total = (wheels / WHEEL_NAME).stat().st_size + (wheels / CUBLAS_WHEEL).stat().st_size
     assert len(progress) > 10 and progress[-1] == (total, total)
     assert [done for done, _ in progress] == sorted(done for done, _ in progress)
@@ -291,7 +291,7 @@ def test_full_disk_is_named_before_downloading(qtbot, make_window, options):
     window = make_window(dataclasses.replace(options, free_bytes=lambda _folder: 10**9))
     wait_state(qtbot, window, FAILED)
     assert "the disk is full" in window.runtime_banner.message
-    assert "Free at least 5.0 GB there" in window.runtime_banner.message
+    assert "Free at least 4.7 GiB there" in window.runtime_banner.message
     assert not (runtime_folder(options) / DOWNLOADS_DIR).exists()
 
 
@@ -309,7 +309,7 @@ def test_a_crashing_detector_becomes_a_message(qtbot, make_window, options):
     (urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
      "the download server could not be reached (Connection refused). Check the internet connection"),
     (WheelNotFound("could not read the index"), "the download source has no GPU runtime for this computer"),
-    (OSError(errno.ENOSPC, "No space left on device"), "the disk is full (/rt). Free at least 5.0 GB there"),
+    (OSError(errno.ENOSPC, "No space left on device"), "the disk is full (/rt). Free at least 4.7 GiB there"),
     (PermissionError(errno.EACCES, "Permission denied"), "Folio may not write to /rt (Permission denied). Set "
                                                          "FOLIO_RUNTIME_DIR"),
     (urllib.error.HTTPError("http://x/t.whl", 503, "Service Unavailable", None, None),  # type: ignore[arg-type]
@@ -371,11 +371,11 @@ def test_cancel_mid_download_keeps_the_part_and_resume_continues(qtbot, make_win
 
 
 def test_progress_text() -> None:
-    head = "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.5 GB)"
+    head = "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.3 GiB)"
     assert progress_text(head, 925, 2500, 240.0) == f"{head} … 37%, about 4 min 00 s left"
     assert progress_text(head, 925, 2500, -1.0) == f"{head} … 37%"
     assert progress_text(head, 2500, 2500, 0.0) == f"{head} … 100%"
-    assert progress_text(head, 120_000_000, None, -1.0) == f"{head} … 120.0 MB so far"
+    assert progress_text(head, 120_000_000, None, -1.0) == f"{head} … 114.4 MiB so far"
 
 
 def test_auto_download_setting_round_trips_and_is_validated(tmp_path, qtbot):

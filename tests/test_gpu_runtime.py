@@ -614,7 +614,7 @@ def test_status_messages() -> None:
     build = build_cu126()
     assert status_message(None, False) == "No NVIDIA GPU found — running on the CPU."
     assert status_message(gpu, False, build=build) == (
-        "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.5 GB) in the background; "
+        "NVIDIA GeForce RTX 4090 found — downloading the GPU runtime (2.3 GiB) in the background; "
         "running on the CPU until it is ready.")
     assert status_message(gpu, True, build=build) == "GPU runtime ready (torch 2.13.0+cu126)."
     assert status_message(GpuInfo("Tesla T4", "1", None), False).startswith("NVIDIA Tesla T4 found")

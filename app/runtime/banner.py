@@ -10,8 +10,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
+from app.backend import format_bytes
 from app.progress_panel import format_eta
-from app.runtime.messages import format_size
 from app.runtime.worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
 
 INFO, READY, FAILED, PAUSED = "info", "ready", "failed", "paused"
@@ -20,9 +20,9 @@ ACTIONS = {OFFER: "Download", READY: "Restart now", FAILED: "Retry", PAUSED: "Re
 
 
 def progress_text(headline: str, done: int, total: int | None, eta_s: float) -> str:
-    """``headline`` … 37%, about 4 min 00 s left (or … 120.0 MB so far when the size is unknown)."""
+    """``headline`` … 37%, about 4 min 00 s left (or … 114.4 MiB so far when the size is unknown)."""
     if not total:
-        return f"{headline} … {format_size(done) or '0 bytes'} so far"
+        return f"{headline} … {format_bytes(done)} so far"
     percent = min(100, 100 * done // total)
     eta = format_eta(eta_s) if done < total else ""
     return f"{headline} … {percent}%" + (f", {eta}" if eta else "")

@@ -8,6 +8,7 @@ import urllib.error
 import zipfile
 from pathlib import Path
 
+from app.backend import format_bytes
 from app.runtime.builds import RuntimeBuild
 from app.runtime.detect import GpuInfo
 from app.runtime.errors import ChecksumError, WheelNotFound
@@ -18,19 +19,9 @@ def display_name(gpu: GpuInfo) -> str:
     return gpu.name if gpu.name.upper().startswith("NVIDIA") else f"NVIDIA {gpu.name}"
 
 
-def format_size(size: int | None) -> str:
-    """2_500_000_000 -> "2.5 GB"."""
-    if not size:
-        return ""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
-
-
 def _sized(size: int | None) -> str:
-    """" (2.5 GB)" for a known size, "" for None or 0."""
-    return f" ({format_size(size)})" if size else ""
+    """" (2.3 GiB)" for a known size, "" for None or 0."""
+    return f" ({format_bytes(size)})" if size else ""
 
 
 def status_message(gpu: GpuInfo | None, ready: bool, reason: str | None = None,
@@ -72,7 +63,7 @@ def download_problem(error: BaseException, folder: Path, need_bytes: int | None)
     if isinstance(error, urllib.error.HTTPError):
         return f"the download server answered “{error.code} {error.reason}” for {error.url}. Try again later."
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        need = f" at least {format_size(need_bytes)}" if need_bytes else " some space"
+        need = f" at least {format_bytes(need_bytes)}" if need_bytes else " some space"
         return f"the disk is full ({folder}). Free{need} there, {retry}."
     if isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno == errno.EROFS):
         return (f"Folio may not write to {folder} ({error.strerror or error}). Set FOLIO_RUNTIME_DIR to a folder "
