@@ -1,0 +1,93 @@
+"""Folio's engine: whole-document question answering with RetrievalAttention, no Qt.
+
+The public API is what ``__all__`` lists; everything else is internal and may change. A script asks a question
+about a document in a few lines::
+
+    from engine import DocumentSession, EngineConfig, Store, TokenEvent, load_model, read_document
+
+    config = EngineConfig()                      # the defaults: retrieval attention, 128 sinks, 512 window ...
+    loaded = load_model(config.model)            # "default", a model folder or a hub id
+    session = DocumentSession(loaded, read_document("manual.pdf"), config, store=Store())
+    for event in session.ask("Which year was it built?"):
+        if isinstance(event, TokenEvent):
+            print(event.text, end="", flush=True)
+
+Names are imported on first use (``engine.X``), so ``import engine`` and the light names (errors, events, units,
+config) do not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    # settings
+    "EngineConfig": "engine.config",
+    "ConfigChange": "engine.config",
+    "ATTENTION_MODES": "engine.config",
+    "DEVICES": "engine.config",
+    "DTYPES": "engine.config",
+    "MAX_ANSWER_TOKENS": "engine.config",
+    # models
+    "LoadedModel": "engine.model",
+    "load_model": "engine.model",
+    "ensure_default_model": "engine.default_model",
+    "default_model_gguf": "engine.default_model",
+    "use_bundled_default_model": "engine.default_model",
+    # documents and questions
+    "Document": "engine.ingest",
+    "read_document": "engine.ingest",
+    "supported_suffixes": "engine.ingest",
+    "DocumentSession": "engine.session",
+    # the library
+    "Store": "engine.store",
+    "DocumentInfo": "engine.store",
+    "LibraryConfig": "engine.store",
+    "data_dir": "engine.store",
+    # events
+    "Progress": "engine.events",
+    "ProgressCallback": "engine.events",
+    "ProgressMeter": "engine.events",
+    "ProgressPrinter": "engine.events",
+    "CancelToken": "engine.events",
+    "TokenEvent": "engine.generate",
+    "Finished": "engine.generate",
+    "GenerationStats": "engine.generate",
+    # errors
+    "FolioError": "engine.errors",
+    "DocumentError": "engine.errors",
+    "ContextTooLongError": "engine.errors",
+    "ModelError": "engine.errors",
+    "StoreError": "engine.errors",
+    "CancelledError": "engine.errors",
+    # citations
+    "Passage": "engine.citations",
+    "SpanMap": "engine.citations",
+    "top_passages": "engine.citations",
+    # sizing and units
+    "ModelShape": "engine.sizing",
+    "FitReport": "engine.sizing",
+    "estimate_fit": "engine.sizing",
+    "memory_in_use": "engine.memory",
+    "GIB": "engine.units",
+    "format_bytes": "engine.units",
+    "parse_size": "engine.units",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+

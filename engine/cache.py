@@ -28,6 +28,7 @@ import torch
 from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
+from engine.config import EngineConfig
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.index import IndexParams, LayerIndex, build_layer_index, load_layer_index
 from engine.sizing import training_stride
@@ -48,10 +49,10 @@ class RetrievalSettings:
         keys or values leave float16's range keeps them in float32 instead (`fits_float16`).
     """
 
-    method: str = "retrieval"
-    n_sink: int = 128
-    n_window: int = 512
-    top_k: int = 100
+    method: str = EngineConfig.attention
+    n_sink: int = EngineConfig.n_sink
+    n_window: int = EngineConfig.n_window
+    top_k: int = EngineConfig.top_k
     effort: int | None = None
     index_params: IndexParams = field(default_factory=IndexParams)
     max_train_queries: int = 2048
@@ -369,6 +370,19 @@ class RetrievalCache(Cache):
     @property
     def indexed(self) -> bool:
         return all(layer.indexed for layer in self.layers)
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors the layers hold (prefill stores, static and offloaded K/V, training queries), each
+        storage counted once however many views share it; the indexes' own arrays are not counted."""
+        seen: dict[int, int] = {}
+        for layer in self.layers:
+            for value in vars(layer).values():
+                tensors = value if isinstance(value, list) else [value]
+                for tensor in tensors:
+                    if isinstance(tensor, torch.Tensor) and tensor.numel():
+                        storage = tensor.untyped_storage()
+                        seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
 
     def build_index_steps(self, cancel: CancelToken | None = None) -> Generator[Progress, None, None]:
         """Build every layer's index, yielding Progress per layer; checks `cancel` between layers."""

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 ATTENTION_MODES = ("full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
+MAX_ANSWER_TOKENS = 32768
+# Which settings need what when they change (ConfigChange): the model reloaded, or each document's session made
+# again (its K/V reused from the library where it holds them).
+RELOAD_MODEL_FIELDS = ("model", "device", "dtype")
+REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "search_effort", "kv_dtype", "prefill_chunk")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What model runs where, how attention is done, and how answers are generated.
+    """What model runs where, how attention is done, and how answers are generated. The one home of these
+    defaults: the CLI, the app's settings and the cache's RetrievalSettings take them from here.
 
     model: "default" (the bundled SmolLM2-135M-Instruct), a local model folder, or a hub id.
     attention: "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks + last
@@ -33,7 +39,7 @@ class EngineConfig:
     top_k: int = 100
     search_effort: int = 100
     kv_dtype: str = "float16"
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     prefill_chunk: int = 0
@@ -41,6 +47,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if not self.model.strip():
+            problems.append("model must be 'default', a model folder or a hub id")
         if self.attention not in ATTENTION_MODES:
             problems.append(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {self.attention!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -55,6 +63,8 @@ class EngineConfig:
         for name in ("top_k", "search_effort", "max_new_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.max_new_tokens > MAX_ANSWER_TOKENS:
+            problems.append(f"max_new_tokens must be at most {MAX_ANSWER_TOKENS:,}")
         if self.temperature < 0:
             problems.append("temperature must be 0 (greedy) or more")
         if not 0 < self.top_p <= 1:
@@ -71,3 +81,19 @@ class EngineConfig:
         if self.prefill_chunk:
             return self.prefill_chunk
         return CPU_PREFILL_CHUNK if device_type == "cpu" else GPU_PREFILL_CHUNK
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What applying a new EngineConfig costs: reload_model (model, device or dtype changed), reopen_documents
+    (attention settings changed: each open document's session is made again), changed (the field names)."""
+
+    reload_model: bool
+    reopen_documents: bool
+    changed: tuple[str, ...]
+
+    @classmethod
+    def between(cls, old: EngineConfig, new: EngineConfig) -> ConfigChange:
+        changed = tuple(f.name for f in fields(EngineConfig) if getattr(old, f.name) != getattr(new, f.name))
+        return cls(reload_model=any(name in RELOAD_MODEL_FIELDS for name in changed),
+                   reopen_documents=any(name in REOPEN_DOCUMENT_FIELDS for name in changed), changed=changed)

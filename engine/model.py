@@ -13,9 +13,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from engine.config import EngineConfig
 from engine.default_model import ensure_default_model
 from engine.errors import ModelError
 from engine.events import ProgressCallback, ProgressMeter
+from engine.memory import device_free
+from engine.sizing import FitReport, ModelShape, estimate_fit
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLE_BYTES = 1 << 20  # bytes hashed at the start, middle and end of each weight file
@@ -40,6 +43,26 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def shape(self) -> ModelShape:
+        """What a document's cache size depends on (for engine.sizing.estimate_fit)."""
+        config = self.model.config.get_text_config()
+        heads = config.num_attention_heads
+        return ModelShape(layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", heads),
+                          query_heads=heads, head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                          max_positions=self.max_positions, weight_bytes_per_value=self.dtype.itemsize,
+                          kv_bytes_per_value=2, hidden_size=config.hidden_size)
+
+    def fit(self, tokens: int, config: EngineConfig, data_folder: str | Path, disk_budget_bytes: int,
+            used_disk_bytes: int = 0, measure_free: bool = True) -> FitReport:
+        """Whether a document prefix of `tokens` tokens fits this model under `config`: its context, and the RAM,
+        device memory and disk its cache takes. measure_free=False skips the free RAM and device checks (for a
+        document already open)."""
+        return estimate_fit(self.shape, tokens, config.max_new_tokens, config.attention, config.n_sink,
+                            config.n_window, self.device.type == "cpu", data_folder, disk_budget_bytes,
+                            used_disk_bytes=used_disk_bytes, available_ram=None if measure_free else 0,
+                            available_device=device_free(self.device) if measure_free else 0)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -33,7 +33,8 @@ from engine.cache import WINDOW_ONLY, PrefixArrays, RetrievalCache, RetrievalSet
 from engine.errors import StoreError
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.model import LoadedModel
-from engine.store import Store, disk_full_error, format_bytes
+from engine.store import Store, disk_full_error
+from engine.units import format_bytes
 
 LAYOUT_VERSION = 2  # 2: one prefill query in 8 to 16 trains the index (was: at most 2,048)
 KV_FILES = ("keys", "values", "queries")

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache, DynamicCache
 
+from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
+from engine.citations import Passage, SpanMap, document_span_map, top_passages
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ContextTooLongError, StoreError
 from engine.events import CancelToken
-from engine.generate import Event, Finished, SamplingOptions, generate
+from engine.generate import Event, Finished, SamplingOptions, generate, prefill_steps
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
 from engine.layer_prefill import document_prefill_steps
@@ -59,6 +61,7 @@ class DocumentSession:
         self.cache_save_s = 0.0
         self._saved = False
         self._doc_id: int | None = None
+        self._span_map: SpanMap | None = None
 
     @property
     def cache_notice(self) -> str | None:
@@ -68,6 +71,31 @@ class DocumentSession:
     @property
     def prefix_tokens(self) -> int:
         return len(self.prompt.prefix_ids)
+
+    @property
+    def document_tokens(self) -> int:
+        """The document's own tokens (as the library lists them), without the chat template around them."""
+        return self.prompt.doc_token_end - self.prompt.doc_token_start
+
+    @property
+    def ready(self) -> bool:
+        """The document prefix is prefilled (and indexed): a question prefills only its own tokens."""
+        if self._cache is None:
+            return False
+        if self.uses_retrieval:
+            return self._cache.indexed
+        return self._cache.get_seq_length() >= self.prefix_tokens
+
+    def cache_size_bytes(self) -> int:
+        """The bytes of this document's cache: on disk when the library holds it, else its tensors in memory."""
+        if self.cache_bytes:
+            return self.cache_bytes
+        if self._cache is None:
+            return 0
+        if isinstance(self._cache, RetrievalCache):
+            return self._cache.nbytes()
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self._cache.layers
+                   if getattr(layer, "keys", None) is not None)
 
     @property
     def uses_retrieval(self) -> bool:
@@ -141,15 +169,20 @@ class DocumentSession:
             raise
 
     def prepare(self, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Open the document's stored cache, or prefill, index and store it, without asking anything
-        (`library add`). Full attention has nothing to prepare ahead of a question."""
-        if not self.uses_retrieval:
-            return
-        self.loaded.model.set_attn_implementation(RETRIEVAL_ATTENTION)
+        """Make the document ready for questions without asking one (Progress events): open its stored cache, or
+        prefill the prefix (and, for retrieval, build its indexes and store them). Resumes after a cancel; after any
+        other failure the next call starts over."""
+        model = self.loaded.model
+        model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
         try:
             if self._cache is None:
                 self._cache = yield from self._open_cache()
-            if not self._cache.indexed:
+            if not self.uses_retrieval:
+                done = self._cache.get_seq_length()
+                ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
+                if len(ids):
+                    yield from prefill_steps(model, ids, self._cache, self.prefill_chunk, cancel)
+            elif not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 yield from self._save_to_store(cancel)
         except CancelledError:
@@ -157,6 +190,21 @@ class DocumentSession:
         except BaseException:
             self._cache = None
             raise
+
+    def sources(self, finished: Finished, question: str) -> list[Passage]:
+        """The document passages an answer drew on, best first: from the keys retrieval attention retrieved for each
+        answer token (weighted by their attention), or under full attention from one extra pass over the answer with
+        attention weights (which reuses the cached prompt)."""
+        steps = finished.attention_steps
+        if steps is None and not self.uses_retrieval and finished.token_ids:
+            prompt_len = len(self.prompt.prompt_ids(self.loaded.tokenizer, question))
+            steps = full_attention_steps(self.loaded.model, self._cache, prompt_len, finished.token_ids,
+                                         self.prompt.doc_token_start, self.prompt.doc_token_end)
+        if not steps:
+            return []
+        if self._span_map is None:
+            self._span_map = document_span_map(self.loaded.tokenizer, self.document.text, self.prompt.doc_token_start)
+        return top_passages(steps, self._span_map, self.document.text, self.document.page_of)
 
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
         """Prefill the whole document prefix with exact attention and build the indexes (resumes after a cancel)."""

@@ -1,13 +1,29 @@
-"""How much of a document the engine holds at once: plain arithmetic, shared by the engine and the app's fit check
-(which must not need torch to answer)."""
+"""How much of a document the engine holds at once, and the fit check done before any heavy work on a document:
+context, RAM, device memory and disk. Plain arithmetic (no torch), shared by the engine and the app.
+
+The graph index's shape constants live here because its memory is counted here: engine.index uses them.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import memory
+from engine.units import format_bytes
 
 MIN_TRAIN_STRIDE, MAX_TRAIN_STRIDE = 8, 16
 KNN_CHUNK = 1024  # queries (or keys) per matmul chunk in the graph build's exact top-k
 KNN_SCORE_BYTES = 256 * 2**20  # ... fewer where a chunk's [rows, N] float32 scores would exceed this
+GRAPH_DEGREE = 16  # the graph index's out-degree after pruning (IndexParams.degree)
+GRAPH_OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
+NEIGHBOUR_ID_BYTES = 4  # neighbour ids are int32
+
+
+def graph_bytes_per_key(degree: int = GRAPH_DEGREE) -> int:
+    """The most bytes of neighbour ids one key holds in a graph index (its list at its longest)."""
+    return degree * GRAPH_OVERFLOW_SLACK * NEIGHBOUR_ID_BYTES
 
 
 def training_stride(prefix_len: int, target: int = 2048) -> int:
@@ -31,3 +47,98 @@ def device_knn_bytes(n_keys: int, n_queries: int, dim: int) -> int:
     one chunk of scores. On a GPU host the builds run these one at a time (engine.index.graph.nearest_keys), so
     this is all the index builds add to the prefill's device memory."""
     return 4 * dim * (n_keys + n_queries) + 4 * knn_chunk_rows(n_keys) * n_keys
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the cache size depends on."""
+
+    layers: int
+    kv_heads: int
+    query_heads: int
+    head_dim: int
+    max_positions: int
+    weight_bytes_per_value: int = 4  # model dtype on the device
+    kv_bytes_per_value: int = 2  # kv_dtype of the offloaded document K/V
+    hidden_size: int = 0  # 0: query_heads x head_dim (as in the Llama family)
+
+
+@dataclass(frozen=True)
+class FitReport:
+    tokens: int
+    context: int
+    reserved: int  # answer tokens kept free
+    ram_bytes: int
+    device_bytes: int
+    disk_bytes: int
+    device_is_cpu: bool
+    problems: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        context = f"{self.tokens:,} tokens of {self.context:,} context" if self.context else f"{self.tokens:,} tokens"
+        memory = f"≈ {format_bytes(self.ram_bytes)} RAM"
+        if not self.device_is_cpu:
+            memory += f", {format_bytes(self.device_bytes)} device memory"
+        return f"{context} · cache {memory}, {format_bytes(self.disk_bytes)} disk"
+
+
+def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, n_sink: int, n_window: int,
+                 device_is_cpu: bool, data_folder: str | Path, disk_budget_bytes: int,
+                 used_disk_bytes: int = 0, available_ram: int | None = None,
+                 available_device: int | None = None) -> FitReport:
+    """Estimate what a document of `tokens` tokens costs, and whether it fits."""
+    per_token_kv = 2 * shape.layers * shape.kv_heads * shape.head_dim  # K and V values per token
+    document_kv = per_token_kv * tokens * shape.kv_bytes_per_value
+    queries_per_head = training_queries_per_head(tokens)  # kept in float16 to train (and retrain) the index
+    train_queries = shape.layers * shape.query_heads * queries_per_head * shape.head_dim * 2
+    # one graph per KV head (IndexParams.graph_per_kv_head), each key's neighbour list at its longest
+    index = shape.layers * shape.kv_heads * tokens * graph_bytes_per_key() if attention not in ("full", "window") else 0
+    if attention == "full":
+        on_device = per_token_kv * (tokens + reserved) * shape.weight_bytes_per_value
+        ram = on_device if device_is_cpu else 0
+        disk = document_kv
+    else:
+        static = min(tokens, n_sink + n_window) + reserved
+        static_bytes = per_token_kv * static * shape.weight_bytes_per_value
+        # The layer-by-layer prefill (engine.layer_prefill) keeps every token's hidden state on the device between
+        # layers, and on a GPU also the K/V of the layer it runs.
+        hidden = tokens * (shape.hidden_size or shape.query_heads * shape.head_dim) * shape.weight_bytes_per_value
+        layer_kv = per_token_kv // shape.layers * tokens * shape.weight_bytes_per_value
+        # Meanwhile a GPU host builds finished layers' graphs, their exact top-k searches on the device one at a time:
+        # the largest is a graph's training queries (its query heads') against the keys.
+        group = shape.query_heads // max(shape.kv_heads, 1)
+        build = device_knn_bytes(tokens, group * queries_per_head, shape.head_dim) if attention == "retrieval" else 0
+        on_device = max(static_bytes, hidden + (0 if device_is_cpu else layer_kv + build))
+        # The prefill store holds the K/V in the model's dtype (float16 for a 16-bit model: engine.cache.store_dtype);
+        # after the build the cache holds them once in kv_dtype, beside the index.
+        prefill_store = per_token_kv * tokens * shape.weight_bytes_per_value
+        in_prefill = prefill_store + (hidden if device_is_cpu else 0)
+        ram = max(in_prefill, document_kv + index) + train_queries + (static_bytes if device_is_cpu else 0)
+        disk = document_kv + index + train_queries
+    problems: list[str] = []
+    warnings: list[str] = []
+    if shape.max_positions and tokens + reserved > shape.max_positions:
+        problems.append(f"This document has {tokens:,} tokens; with {reserved:,} kept for the answer it needs "
+                        f"{tokens + reserved:,}, but the model handles at most {shape.max_positions:,}. "
+                        "Use a shorter document, lower the answer length, or choose a model with a longer context.")
+    available_ram = available_ram if available_ram is not None else memory.available_ram()
+    if available_ram and ram > available_ram:
+        problems.append(f"Its cache needs ≈ {format_bytes(ram)} of RAM but only {format_bytes(available_ram)} "
+                        "is free. Close other programs or use a shorter document.")
+    if available_device and not device_is_cpu and on_device > available_device:
+        problems.append(f"It needs ≈ {format_bytes(on_device)} of device memory but only "
+                        f"{format_bytes(available_device)} is free.")
+    free_disk = memory.free_disk(data_folder)
+    if free_disk is not None and disk > free_disk:
+        warnings.append(f"The cache (≈ {format_bytes(disk)}) does not fit on the disk ({format_bytes(free_disk)} "
+                        "free): it will be kept in memory only.")
+    elif used_disk_bytes + disk > disk_budget_bytes:
+        warnings.append(f"Keeping this cache would exceed the disk budget ({format_bytes(disk_budget_bytes)}): "
+                        "delete documents from the library or raise the budget in Settings.")
+    return FitReport(tokens, shape.max_positions, reserved, ram, on_device, disk, device_is_cpu,
+                     tuple(problems), tuple(warnings))

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ import sqlite_utils
 from engine.arrays import FileRecord
 from engine.errors import StoreError
 from engine.ingest import Document
+from engine.units import format_bytes
 
 DATA_ENV = "FOLIO_DATA_DIR"
 DEFAULT_BUDGET_BYTES = 50 * 2**30
@@ -123,6 +124,28 @@ def data_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class LibraryConfig:
+    """Where the library lives (by default data_dir()) and how much disk its caches may take: beyond the budget the
+    least recently used caches are evicted."""
+
+    folder: str = field(default_factory=lambda: str(data_dir()))
+    budget_bytes: int = DEFAULT_BUDGET_BYTES
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.folder.strip():
+            problems.append("data folder must be set")
+        if self.budget_bytes <= 0:
+            problems.append("disk budget must be more than 0 bytes")
+        if problems:
+            raise ValueError("Invalid settings: " + "; ".join(problems) + ".")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.folder).expanduser()
+
+
+@dataclass(frozen=True)
 class DocumentInfo:
     """One library entry as listed: cache_bytes counts its ready caches and indexes (0: not cached)."""
 
@@ -135,6 +158,7 @@ class DocumentInfo:
     added_at: float
     last_used_at: float
     cache_bytes: int
+    sha256: str  # of the source file's bytes (Document.sha256)
 
     @property
     def cached(self) -> bool:
@@ -161,30 +185,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def format_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def parse_size(text: str) -> int:
-    """'50GiB', '500 MB', '1.5G', '123' (bytes) -> bytes."""
-    units = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
-             "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("kmgtib")
-    unit = cleaned[len(number):]
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (examples: 50GiB, 500MB)") from None
-    if unit not in units or value < 0:
-        raise ValueError(f"{text!r} is not a size (examples: 50GiB, 500MB)")
-    return int(value * units[unit])
 
 
 class Store:
@@ -306,7 +306,8 @@ class Store:
                    COALESCE((SELECT sum(c.bytes) + COALESCE((SELECT sum(i.bytes) FROM indexes i
                              JOIN caches c2 ON i.cache_id = c2.id
                              WHERE c2.document_id = d.id AND i.status = 'ready'), 0)
-                             FROM caches c WHERE c.document_id = d.id AND c.status = 'ready'), 0)
+                             FROM caches c WHERE c.document_id = d.id AND c.status = 'ready'), 0),
+                   d.sha256
             FROM documents d ORDER BY d.last_used_at DESC, d.id DESC""").fetchall()
         return [DocumentInfo(*row) for row in rows]
 

@@ -164,7 +164,7 @@ def test_default_model_round_trip_in_new_processes(tmp_path):
 def test_the_disk_estimate_before_a_prefill_bounds_the_cache_it_then_stores(tiny_model_dir, doc, capsys):
     """The app checks free disk with estimate_fit before a prefill: it must not underestimate what the
     retrieval cache then takes, nor overstate it so much that documents that fit are refused."""
-    from app.fit import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, estimate_fit
 
     answer = ask_here(capsys, doc, tiny_model_dir, "--attention", "retrieval", question="When was it lit?")
     config = json.loads((Path(tiny_model_dir) / "config.json").read_text())

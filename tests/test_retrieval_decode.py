@@ -149,10 +149,10 @@ def test_cpu_memory_holds_each_key_once_and_saving_gets_the_prefix_back(model):
 
 
 def test_the_ram_estimate_bounds_the_prefill_store_and_the_built_cache(model):
-    """The app's fit check (app.fit) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
+    """The fit check (engine.sizing.estimate_fit) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
     prefill (the float32 store and the hidden states between layers) or after the build (K/V once, queries, graph),
     nor overstate it more than 3x."""
-    from app.fit import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, estimate_fit
 
     config = model.config
     settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=8, kv_dtype=torch.float16)
@@ -176,7 +176,7 @@ def test_the_ram_estimate_bounds_the_prefill_store_and_the_built_cache(model):
 def test_the_ram_estimate_counts_the_float32_prefill_store_of_a_cpu_host():
     """Llama-3-8B's shape, 100K tokens: on a CPU (float32 weights) the prefill holds the K/V in float32, twice the
     float16 cache that stays; with 16-bit weights the store is that float16 copy already."""
-    from app.fit import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, estimate_fit
 
     tokens_ = 100_000
     kv_values = 2 * 32 * 8 * 128 * tokens_
@@ -193,7 +193,7 @@ def test_the_device_estimate_counts_the_layer_by_layer_prefill_and_the_builds_be
     bf16 values each) and the K/V of the layer it runs, far more than the static set kept for decoding; meanwhile
     one exact top-k of a graph build (float32 keys, its 4 query heads' 8,125 training queries each, 512 x 130K
     scores) runs on the device too. Other indexes build on the CPU."""
-    from app.fit import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, estimate_fit
 
     tokens_ = 130_000
     shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
@@ -210,7 +210,7 @@ def test_the_device_estimate_counts_the_layer_by_layer_prefill_and_the_builds_be
 def test_the_estimates_count_the_training_queries_kept():
     """One prefill query in 8 to one in 16 per query head is kept in float16 (RetrievalCache.train_stride): at 128K
     tokens 8,192 per head, 2 GiB for Llama-3-8B's 32 x 32 heads, which the RAM and disk estimates include."""
-    from app.fit import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, estimate_fit
     from engine.cache import RetrievalCache
 
     shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,

@@ -13,7 +13,8 @@ from engine.errors import StoreError
 from engine.generate import Finished
 from engine.ingest import Document
 from engine.session import DocumentSession
-from engine.store import Store, parse_size
+from engine.store import Store
+from engine.units import parse_size
 
 CONFIG = EngineConfig(attention="exact", n_sink=8, n_window=32, top_k=16, max_new_tokens=6)
 TEXTS = ["the keepers recorded the weather three times a day. ",

@@ -7,7 +7,9 @@ import datetime as dt
 import json
 import sys
 
-from engine.store import Store, format_bytes, parse_size
+from engine.cli.options import config_from_args
+from engine.store import Store
+from engine.units import format_bytes, parse_size
 
 
 def library_command(args: argparse.Namespace) -> int:
@@ -62,7 +64,6 @@ def _list(store: Store, as_json: bool) -> int:
 
 
 def _add(store: Store, args: argparse.Namespace) -> int:
-    from engine.cli import config_from_args
     from engine.events import ProgressPrinter
     from engine.ingest import read_document
     from engine.model import load_model

@@ -1,0 +1,78 @@
+"""Command line: `python -m engine ask DOCUMENT "QUESTION"`, `python -m engine library ...` and
+`python -m engine setup`. One module per command; this one parses and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli.ask import ask_command
+from engine.cli.library import library_command
+from engine.cli.options import add_model_arguments
+from engine.config import EngineConfig
+from engine.errors import FolioError
+from engine.events import ProgressPrinter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EngineConfig()
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Folio engine command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="answer a question about a whole document, streaming")
+    ask.add_argument("document", help="a PDF or text/Markdown file, or @ID for a library document")
+    ask.add_argument("question")
+    add_model_arguments(ask)
+    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    ask.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default)")
+    ask.add_argument("--top-p", type=float, default=defaults.top_p)
+    ask.add_argument("--json", action="store_true", help="print one JSON object with the answer and stats")
+    ask.add_argument("--no-cache", action="store_true",
+                     help="neither use nor fill the document library's stored KV caches")
+
+    library = commands.add_parser("library", help="the stored documents and their KV caches")
+    verbs = library.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser("list", help="documents, cache sizes and disk use")
+    listing.add_argument("--json", action="store_true")
+    add = verbs.add_parser("add", help="ingest a document: prefill it, build its index and store both")
+    add.add_argument("document", help="a PDF or text/Markdown file")
+    add_model_arguments(add)
+    add.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                     help="answer room reserved in the context")
+    remove = verbs.add_parser("remove", help="delete a document and its cache files")
+    remove.add_argument("id", type=int)
+    verbs.add_parser("path", help="print the folder where the library lives")
+    budget = verbs.add_parser("budget", help="show or set the disk budget for caches (LRU eviction)")
+    budget.add_argument("size", nargs="?", help="e.g. 50GiB or 500MB")
+
+    commands.add_parser("setup", help="fetch and convert the default model (once)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "setup":
+            return _setup()
+        if args.command == "library":
+            return library_command(args)
+        return ask_command(args)
+    except FolioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # invalid settings (EngineConfig validation)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return 130
+
+
+def _setup() -> int:
+    from engine.default_model import ensure_default_model
+
+    path = ensure_default_model(ProgressPrinter())
+    print(f"default model ready in {path}", file=sys.stderr)
+    return 0
+
+

@@ -1,0 +1,30 @@
+"""Options shared by the commands that load a model: `ask` and `library add`."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.config import ATTENTION_MODES, EngineConfig
+
+
+def add_model_arguments(ask: argparse.ArgumentParser) -> None:
+    """The model and attention options shared by `ask` and `library add`."""
+    defaults = EngineConfig()
+    ask.add_argument("--model", default=defaults.model, help="'default', a model folder or a hub id")
+    ask.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    ask.add_argument("--dtype", default=defaults.dtype, help="auto, float32, bfloat16 or float16")
+    ask.add_argument("--attention", default=defaults.attention, choices=ATTENTION_MODES,
+                     help="retrieval (default), full, window-only, or retrieval with another key index")
+    ask.add_argument("--top-k", type=int, default=defaults.top_k, help="keys retrieved per head and step")
+    ask.add_argument("--n-sink", type=int, default=defaults.n_sink, help="first tokens kept in the static set")
+    ask.add_argument("--n-window", type=int, default=defaults.n_window, help="last tokens kept in the static set")
+    ask.add_argument("--search-effort", type=int, default=defaults.search_effort,
+                     help="index search queue size (HNSW efSearch, IVF nprobe)")
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, attention=args.attention,
+                        n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
+                        search_effort=args.search_effort, max_new_tokens=args.max_new_tokens,
+                        temperature=getattr(args, "temperature", EngineConfig.temperature),
+                        top_p=getattr(args, "top_p", EngineConfig.top_p))
