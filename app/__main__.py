@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_theme(app)
     settings, warning = load_settings()
     if args.model:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, model=args.model)
+        settings = settings.with_changes(model=args.model)
     if args.fake_engine:
         from app.fake_backend import FakeBackend
 

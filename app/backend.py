@@ -1,8 +1,10 @@
-"""What the worker thread drives: the EngineBackend protocol, its result types, and the real backend.
+"""The app's one door into the engine: the EngineBackend protocol, its result types, the real backend, and the
+engine names the rest of the app uses (re-exported here, so that only this module and app/worker.py import
+`engine`, and only through `engine.__all__`).
 
 Qt-free. The backend runs entirely on the worker thread; the GUI only sees the plain dataclasses below,
-never torch objects. Long calls report through `progress` (engine.events.Progress) and stop at the next
-chunk/token/layer once `cancel` is set (engine.errors.CancelledError).
+never torch objects. Long calls report through `progress` (Progress) and stop at the next chunk/token/layer
+once `cancel` is set (CancelledError).
 """
 
 from __future__ import annotations
@@ -10,16 +12,66 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from app.fit import FitReport
-from app.library import LibraryEntry
-from app.settings import AppSettings
-from engine.citations import Passage
-from engine.events import CancelToken, ProgressCallback
+# Only names that do not import torch at module level: app/runtime/startup.py and app/frozen.py run before torch is
+# imported (a downloaded CUDA build must come first). The model, the session and the store are imported where used.
+from engine import (
+    DTYPES,
+    GIB,
+    MAX_ANSWER_TOKENS,
+    CancelledError,
+    CancelToken,
+    ConfigChange,
+    Document,
+    DocumentError,
+    EngineConfig,
+    FitReport,
+    FolioError,
+    LibraryConfig,
+    ModelError,
+    ModelShape,
+    Passage,
+    Progress,
+    ProgressCallback,
+    ProgressMeter,
+    SpanMap,
+    StoreError,
+    default_model_gguf,
+    estimate_fit,
+    format_bytes,
+    memory_in_use,
+    read_document,
+    supported_suffixes,
+    top_passages,
+    use_bundled_default_model,
+)
+
+if TYPE_CHECKING:
+    from engine import DocumentSession, LoadedModel, Store
+
+__all__ = [  # the engine names the app may use, besides this module's own
+    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "CancelToken", "CancelledError", "ConfigChange", "Document",
+    "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "ModelError", "ModelShape", "Passage", "Progress",
+    "ProgressCallback", "ProgressMeter", "SpanMap", "default_model_gguf", "estimate_fit", "format_bytes",
+    "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
+]
 
 TokenCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    """One document of the library, as the side panel lists it."""
+
+    id: str
+    title: str
+    pages: int
+    tokens: int
+    cached: bool = False
+    cache_bytes: int = 0
+    last_used: float = 0.0  # time.time()
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,10 +126,10 @@ class Answer:
 class EngineBackend(Protocol):
     """The engine as the worker sees it. Every method runs on the worker thread."""
 
-    def load_model(self, settings: AppSettings, progress: ProgressCallback) -> ModelInfo: ...
+    def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo: ...
 
-    def apply_settings(self, settings: AppSettings) -> None:
-        """New generation settings; the caller reloads the model / forgets documents where needed."""
+    def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
+        """New generation settings; the caller reloads the model where needed (ConfigChange.reload_model)."""
 
     def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:
         """Read, tokenise and fit-check `path` (stages "extract", "tokenize"); raise FolioError if unusable."""
@@ -97,50 +149,48 @@ class EngineBackend(Protocol):
         """The persistent library's documents ([] without one)."""
 
     def memory_in_use(self) -> str:
-        """Memory in use on the model's device, for the status bar ("1.2 GB RAM", "5.1 GB VRAM")."""
+        """Memory in use on the model's device, for the status bar ("1.2 GiB RAM", "5.1 GiB VRAM")."""
 
 
 class RealBackend:
-    """The engine: one model loaded once, one DocumentSession per open document, engine.store as library.
+    """The engine: one model loaded once, one DocumentSession per open document, the engine's Store as library.
 
-    Document ids are the sha256 of the file (what engine.store keys documents by).
+    Document ids are the sha256 of the file (what the Store keys documents by).
     """
 
     offers_gpu_runtime = True  # the window checks for an NVIDIA GPU and fetches the CUDA runtime (app.runtime)
 
     def __init__(self) -> None:
-        self.settings = AppSettings()
-        self.store = None  # engine.store.Store, opened on the worker thread
+        self.config = EngineConfig()
+        self.library = LibraryConfig()
+        self.store: Store | None = None  # opened on the worker thread
         self.store_notice = ""
-        self.loaded = None  # engine.model.LoadedModel
-        self.sessions: dict = {}  # doc id -> engine.session.DocumentSession
-        self.documents: dict = {}  # doc id -> engine.ingest.Document (kept across model reloads)
+        self.loaded: LoadedModel | None = None
+        self.sessions: dict[str, DocumentSession] = {}
+        self.documents: dict[str, Document] = {}  # kept across model reloads
         self.prepared: set[str] = set()
-        self.span_maps: dict = {}
 
     # -- model ---------------------------------------------------------------------------------------
-    def load_model(self, settings: AppSettings, progress: ProgressCallback) -> ModelInfo:
-        from engine.model import load_model
+    def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
+        from engine import load_model
 
-        self.settings = settings
+        self.config = config
         self.sessions.clear()
         self.prepared.clear()
-        self.span_maps.clear()
         self.loaded = None
         started = time.perf_counter()
-        self._open_store(settings)
-        self.loaded = load_model(settings.model, settings.device, settings.dtype, progress)
+        self._open_store(library)
+        self.loaded = load_model(config.model, config.device, config.dtype, progress)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
                          self.loaded.max_positions, time.perf_counter() - started)
 
-    def _open_store(self, settings: AppSettings) -> None:
+    def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""
-        from engine.errors import StoreError
-        from engine.store import Store
+        from engine import Store
 
-        root = str(Path(settings.data_folder).expanduser())
-        if self.store is not None and str(self.store.root) == root:
-            self.store.set_budget(int(settings.disk_budget_gb * 1e9))
+        self.library = library
+        if self.store is not None and self.store.root == library.root:
+            self.store.set_budget(library.budget_bytes)
             return
         if self.store is not None:
             self.store.close()
@@ -148,8 +198,8 @@ class RealBackend:
             self.sessions.clear()
             self.prepared.clear()
         try:
-            self.store = Store(root)
-            self.store.set_budget(int(settings.disk_budget_gb * 1e9))
+            self.store = Store(library.root)
+            self.store.set_budget(library.budget_bytes)
             self.store_notice = "; ".join(self.store.notices)
         except StoreError as error:
             self.store, self.store_notice = None, f"Caches are kept in memory only: {error}"
@@ -157,33 +207,24 @@ class RealBackend:
     def library_entries(self) -> list[LibraryEntry]:
         if self.store is None:
             return []
-        shas = dict(self.store.db.execute("SELECT id, sha256 FROM documents").fetchall())
-        return [LibraryEntry(shas[d.id], d.title, d.pages, d.tokens or 0, d.cached, d.cache_bytes, d.last_used_at,
-                             d.source_path or "") for d in self.store.list_documents() if d.id in shas]
+        return [LibraryEntry(d.sha256, d.title, d.pages, d.tokens or 0, d.cached, d.cache_bytes, d.last_used_at,
+                             d.source_path or "") for d in self.store.list_documents()]
 
-    def apply_settings(self, settings: AppSettings) -> None:
-        import dataclasses
+    def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
+        change = ConfigChange.between(self.config, config)
+        self.config = config
+        self._open_store(library)
+        for doc_id, session in list(self.sessions.items()):
+            if change.reopen_documents:  # a new session: its K/V come from the library where it holds them
+                del self.sessions[doc_id]
+                self.prepared.discard(doc_id)
+                self._session(doc_id)
+            else:
+                session.config = config
 
-        old, self.settings = self.settings, settings
-        self._open_store(settings)
-        config = settings.engine_config()
-        for session in self.sessions.values():
-            session.config = dataclasses.replace(session.config, max_new_tokens=config.max_new_tokens,
-                                                 temperature=config.temperature)
-        if (old.attention, old.n_sink, old.n_window, old.top_k, old.search_effort) != (
-                settings.attention, settings.n_sink, settings.n_window, settings.top_k, settings.search_effort):
-            for doc_id in list(self.sessions):
-                self._rebuild_session(doc_id)
-
-    def _rebuild_session(self, doc_id: str) -> None:
-        self.sessions.pop(doc_id, None)
-        self.prepared.discard(doc_id)
-        self._session(doc_id)
-
-    def _session(self, doc_id: str):
+    def _session(self, doc_id: str) -> DocumentSession:
         """The document's session, made again (cache empty) after a model or attention change."""
-        from engine.errors import DocumentError
-        from engine.session import DocumentSession
+        from engine import DocumentSession
 
         if doc_id not in self.sessions:
             if doc_id not in self.documents and self.store is not None:
@@ -192,35 +233,17 @@ class RealBackend:
                     self.documents[doc_id] = self.store.load_document(store_id)
             if doc_id not in self.documents:
                 raise DocumentError("This document is no longer open.", "Open the file again (Ctrl+O).")
-            self.sessions[doc_id] = DocumentSession(self._require_model(), self.documents[doc_id],
-                                                    self.settings.engine_config(), store=self.store)
+            self.sessions[doc_id] = DocumentSession(self._require_model(), self.documents[doc_id], self.config,
+                                                    store=self.store)
         return self.sessions[doc_id]
 
-    def _require_model(self):
-        from engine.errors import ModelError
-
+    def _require_model(self) -> LoadedModel:
         if self.loaded is None:
             raise ModelError("No model is loaded.", "Check the model in Settings (Ctrl+,) and apply it again.")
         return self.loaded
 
-    def model_shape(self):
-        from app.fit import ModelShape
-
-        config = self._require_model().model.config.get_text_config()
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return ModelShape(layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", heads),
-                          query_heads=heads, head_dim=head_dim, max_positions=self.loaded.max_positions,
-                          weight_bytes_per_value=self.loaded.dtype.itemsize, kv_bytes_per_value=2,
-                          hidden_size=config.hidden_size)
-
     # -- documents -----------------------------------------------------------------------------------
     def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:
-        from app.fit import estimate_fit
-        from engine.events import Progress
-        from engine.ingest import read_document
-        from engine.session import DocumentSession
-
         loaded = self._require_model()
         progress(Progress("extract", 0, 1, "file"))
         document = read_document(path)
@@ -229,103 +252,37 @@ class RealBackend:
         doc_id = document.sha256
         if doc_id in self.documents:
             session = self._session(doc_id)
-        else:
-            progress(Progress("tokenize", 0, 1, "document"))
-            config = self.settings.engine_config()
-            tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
-            shape = self.model_shape()
-            fit = estimate_fit(shape, tokens, config.max_new_tokens, config.attention, config.n_sink,
-                               config.n_window, loaded.device.type == "cpu", self.settings.data_folder,
-                               int(self.settings.disk_budget_gb * 1e9), used_disk_bytes=self._used_disk(),
-                               available_device=self._free_device())
-            if not fit.fits:
-                return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit)
-            # tokenises the prompt and checks the context
-            session = DocumentSession(loaded, document, config, store=self.store)
-            progress(Progress("tokenize", 1, 1, "document"))
-            self.sessions[doc_id] = session
-            self.documents[doc_id] = document
-            return OpenedDocument(doc_id, document.title, document.pages, _document_tokens(session), str(path), fit)
-        return OpenedDocument(doc_id, document.title, document.pages, _document_tokens(session), str(path),
-                              self._fit_for(session), cached=doc_id in self.prepared)
+            fit = loaded.fit(session.prefix_tokens, self.config, self.library.root, self.library.budget_bytes,
+                             measure_free=False)
+            return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
+                                  cached=doc_id in self.prepared)
+        progress(Progress("tokenize", 0, 1, "document"))
+        tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
+        used = self.store.used_bytes() if self.store is not None else 0
+        fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)
+        if not fit.fits:
+            return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit)
+        from engine import DocumentSession
 
-    def _fit_for(self, session) -> FitReport:
-        from app.fit import estimate_fit
-
-        config = session.config
-        return estimate_fit(self.model_shape(), session.prefix_tokens, config.max_new_tokens, config.attention,
-                            config.n_sink, config.n_window, self.loaded.device.type == "cpu",
-                            self.settings.data_folder, int(self.settings.disk_budget_gb * 1e9),
-                            available_ram=0, available_device=0)
-
-    def _used_disk(self) -> int:
-        return self.store.used_bytes() if self.store is not None else 0
-
-    def _free_device(self) -> int | None:
-        import torch
-
-        if self.loaded is not None and self.loaded.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.loaded.device)
-            return int(free)
-        return None
+        session = DocumentSession(loaded, document, self.config, store=self.store)  # checks the context too
+        progress(Progress("tokenize", 1, 1, "document"))
+        self.sessions[doc_id] = session
+        self.documents[doc_id] = document
+        return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit)
 
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         """Prefill the document prefix (and build the indexes) now, so the first question is quick."""
         started = time.perf_counter()
         session = self._session(doc_id)
         if doc_id in self.prepared:
-            return PreparedDocument(doc_id, self._cache_bytes(session), time.perf_counter() - started, True)
-        own_prepare = getattr(session, "prepare", None) if session.uses_retrieval else None
-        try:
-            steps = own_prepare(cancel) if own_prepare else self._prepare_steps(session, cancel)
-            for event in steps:
-                progress(event)
-        except BaseException as error:
-            from engine.errors import CancelledError
-
-            if not isinstance(error, CancelledError):
-                session._cache = None
-            raise
+            return PreparedDocument(doc_id, session.cache_size_bytes(), time.perf_counter() - started, True)
+        for event in session.prepare(cancel):
+            progress(event)
         self.prepared.add(doc_id)
-        notice = "; ".join(filter(None, [self.store_notice, getattr(session, "cache_notice", None)]))
+        notice = "; ".join(filter(None, [self.store_notice, session.cache_notice]))
         self.store_notice = ""
-        return PreparedDocument(doc_id, self._cache_bytes(session), time.perf_counter() - started,
-                                bool(getattr(session, "cached", False)), notice)
-
-    def _prepare_steps(self, session, cancel: CancelToken):
-        """What DocumentSession.ask does before its first answer, done ahead of the question."""
-        import torch
-
-        from engine.generate import prefill_steps
-        from engine.retrieval import RETRIEVAL_ATTENTION
-        from engine.session import FULL_ATTENTION
-
-        model = session.loaded.model
-        model.set_attn_implementation(RETRIEVAL_ATTENTION if session.uses_retrieval else FULL_ATTENTION)
-        if session._cache is None:
-            session._cache = session._make_cache()
-        if session.uses_retrieval:
-            yield from session._prefill_document(cancel)
-            return
-        done = session._cache.get_seq_length()
-        ids = torch.tensor(session.prompt.prefix_ids[done:], dtype=torch.long)
-        if len(ids):
-            yield from prefill_steps(model, ids, session._cache, session.prefill_chunk, cancel)
-
-    @staticmethod
-    def _cache_bytes(session) -> int:
-        """Bytes on disk when the store holds the cache, else the bytes of its tensors in memory."""
-        if getattr(session, "cache_bytes", 0):
-            return session.cache_bytes
-        cache = session.cache
-        if cache is None:
-            return 0
-        total = 0
-        for layer in getattr(cache, "layers", []):
-            for value in vars(layer).values():
-                if hasattr(value, "element_size") and hasattr(value, "nelement"):
-                    total += value.element_size() * value.nelement()
-        return total
+        return PreparedDocument(doc_id, session.cache_size_bytes(), time.perf_counter() - started, session.cached,
+                                notice)
 
     def forget(self, doc_id: str) -> None:
         self.sessions.pop(doc_id, None)
@@ -333,7 +290,6 @@ class RealBackend:
         if self.store is not None and (store_id := self.store.find_document(doc_id)) is not None:
             self.store.delete_document(store_id)
         self.prepared.discard(doc_id)
-        self.span_maps.pop(doc_id, None)
 
     def new_chat(self, doc_id: str) -> None:
         session = self.sessions.get(doc_id)
@@ -343,8 +299,7 @@ class RealBackend:
     # -- questions -----------------------------------------------------------------------------------
     def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
             cancel: CancelToken) -> Answer:
-        from engine.events import Progress
-        from engine.generate import Finished, TokenEvent
+        from engine import Finished, TokenEvent
 
         session = self._session(doc_id)
         finished = None
@@ -358,58 +313,10 @@ class RealBackend:
         self.prepared.add(doc_id)
         assert finished is not None
         stats = finished.stats
-        citations = self._citations(doc_id, session, finished, question)
-        return Answer(finished.text, stats.prompt_tokens, stats.new_tokens, self.loaded.max_positions, stats.ttft_s,
-                      stats.decode_tokens_per_s, stats.stop_reason, tuple(citations))
-
-    def _citations(self, doc_id: str, session, finished, question: str) -> list[Passage]:
-        """Top passages from the attention record the engine attaches to Finished, or a full-attention probe."""
-        from engine.citations import document_span_map, top_passages
-
-        steps = getattr(finished, "attention_steps", None)  # per answer token: [(position, weight), ...]
-        if steps is None and not session.uses_retrieval and finished.token_ids:
-            from app.attention_probe import full_attention_steps
-
-            prompt_len = len(session.prompt.prompt_ids(session.loaded.tokenizer, question))
-            steps = full_attention_steps(session.loaded.model, session.cache, prompt_len, finished.token_ids,
-                                         session.prompt.doc_token_start, session.prompt.doc_token_end)
-        if not steps:
-            return []
-        if doc_id not in self.span_maps:
-            self.span_maps[doc_id] = document_span_map(session.loaded.tokenizer, session.document.text,
-                                                       session.prompt.doc_token_start)
-        document = session.document
-        return top_passages(steps, self.span_maps[doc_id], document.text, document.page_of)
+        return Answer(finished.text, stats.prompt_tokens, stats.new_tokens, self._require_model().max_positions,
+                      stats.ttft_s, stats.decode_tokens_per_s, stats.stop_reason,
+                      tuple(session.sources(finished, question)))
 
     def memory_in_use(self) -> str:
-        from app.library import format_bytes
-
-        if self.loaded is not None and self.loaded.device.type == "cuda":
-            import torch
-
-            return f"{format_bytes(torch.cuda.memory_allocated(self.loaded.device))} VRAM"
-        return f"{format_bytes(process_rss())} RAM"
-
-
-def process_rss() -> int:
-    """Resident memory of this process (bytes); 0 where unknown."""
-    try:
-        with open("/proc/self/statm") as handle:
-            import os
-
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except (ImportError, OSError):
-        return 0
-
-
-def _document_tokens(session) -> int:
-    """The document's own tokens (as the library lists them), without the chat template around them."""
-    return session.prompt.doc_token_end - session.prompt.doc_token_start
+        count, kind = memory_in_use(self.loaded.device if self.loaded is not None else None)
+        return f"{format_bytes(count)} {kind}"

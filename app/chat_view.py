@@ -19,8 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import Answer
-from engine.citations import Passage
+from app.backend import Answer, Passage
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second

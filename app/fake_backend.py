@@ -1,8 +1,8 @@
 """A fake EngineBackend for tests and demos: same events and timings shape as the engine, no model.
 
-Documents are read with the real engine.ingest (so bad files fail with the real messages); one "token"
+Documents are read with the engine's real reader (so bad files fail with the real messages); one "token"
 is one word; answers are canned text streamed word by word; citations point at the paragraph sharing
-the most words with the question, through the real engine.citations.
+the most words with the question, through the engine's real citation ranking.
 """
 
 from __future__ import annotations
@@ -10,13 +10,26 @@ from __future__ import annotations
 import re
 import time
 
-from app.backend import Answer, ModelInfo, OpenedDocument, PreparedDocument, TokenCallback
-from app.fit import ModelShape, estimate_fit
-from app.settings import AppSettings
-from engine.citations import SpanMap, top_passages
-from engine.errors import ModelError
-from engine.events import CancelToken, Progress, ProgressCallback, ProgressMeter
-from engine.ingest import Document, read_document
+from app.backend import (
+    Answer,
+    CancelToken,
+    Document,
+    EngineConfig,
+    LibraryConfig,
+    ModelError,
+    ModelInfo,
+    ModelShape,
+    OpenedDocument,
+    PreparedDocument,
+    Progress,
+    ProgressCallback,
+    ProgressMeter,
+    SpanMap,
+    TokenCallback,
+    estimate_fit,
+    read_document,
+    top_passages,
+)
 
 WORD = re.compile(r"\S+")
 DEFAULT_ANSWER = ("According to the document, **the answer** is on the cited page. "
@@ -29,15 +42,16 @@ class FakeBackend:
     def __init__(self, step_s: float = 0.01, answer: str = DEFAULT_ANSWER, context: int = 8192,
                  fail_load: str | None = None) -> None:
         self.step_s, self.answer, self.context, self.fail_load = step_s, answer, context, fail_load
-        self.settings = AppSettings()
+        self.config = EngineConfig()
+        self.library = LibraryConfig()
         self.documents: dict[str, Document] = {}
         self.spans: dict[str, SpanMap] = {}
         self.prepared: set[str] = set()
         self.turns: dict[str, int] = {}
         self.loaded = False
 
-    def load_model(self, settings: AppSettings, progress: ProgressCallback) -> ModelInfo:
-        self.settings = settings
+    def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
+        self.config, self.library = config, library
         self.documents.clear()
         self.prepared.clear()
         meter = ProgressMeter("load", 4, progress, "parts")
@@ -49,8 +63,8 @@ class FakeBackend:
         self.loaded = True
         return ModelInfo("FakeLM-1B", "cpu", "float32", self.context, 5 * self.step_s)
 
-    def apply_settings(self, settings: AppSettings) -> None:
-        self.settings = settings
+    def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
+        self.config, self.library = config, library
 
     def _shape(self) -> ModelShape:
         return ModelShape(layers=16, kv_heads=4, query_heads=16, head_dim=64, max_positions=self.context)
@@ -64,10 +78,9 @@ class FakeBackend:
         spans = [(m.start(), m.end()) for m in WORD.finditer(document.text)]
         progress(Progress("tokenize", 1, 1, "document"))
         doc_id = document.sha256
-        settings = self.settings
-        fit = estimate_fit(self._shape(), len(spans) + 40, settings.max_new_tokens, settings.attention,
-                           settings.n_sink, settings.n_window, True, settings.data_folder,
-                           int(settings.disk_budget_gb * 1e9), available_ram=0)
+        config = self.config
+        fit = estimate_fit(self._shape(), len(spans) + 40, config.max_new_tokens, config.attention, config.n_sink,
+                           config.n_window, True, self.library.root, self.library.budget_bytes, available_ram=0)
         if fit.fits:
             self.documents[doc_id] = document
             self.spans[doc_id] = SpanMap(20, spans)
@@ -131,4 +144,4 @@ class FakeBackend:
         return []
 
     def memory_in_use(self) -> str:
-        return "1.2 GB RAM"
+        return "1.2 GiB RAM"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import PurePosixPath
 
+from app.backend import default_model_gguf, use_bundled_default_model
 from app.resources import resource_path
-from engine.default_model import GGUF_ENV, GGUF_MEMBER, cache_dir
 
-BUNDLED_GGUF = f"models/{PurePosixPath(GGUF_MEMBER).name}"  # where packaging/folio.spec puts it
+
+def bundled_gguf_path() -> str:
+    """Where packaging/folio.spec puts the default model's GGUF, relative to the resources."""
+    return f"models/{default_model_gguf()}"
 
 
 def is_frozen() -> bool:
@@ -17,14 +18,6 @@ def is_frozen() -> bool:
 
 
 def configure_frozen_environment() -> None:
-    """Point the engine at the bundled default model and numba's compile cache at a writable folder.
-
-    The install folder (/opt/folio, Program Files) is read-only for users, so numba cannot cache next to the
-    engine's sources there; without a cache it would recompile the graph index's kernels on every start.
-    """
-    if not is_frozen():
-        return
-    bundled = resource_path(BUNDLED_GGUF)
-    if bundled.is_file():
-        os.environ.setdefault(GGUF_ENV, str(bundled))
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
+    """Point the engine at the bundled default model and numba's compile cache at a writable folder."""
+    if is_frozen():
+        use_bundled_default_model(resource_path(bundled_gguf_path()))

@@ -1,26 +1,16 @@
 """The document library the side panel shows, behind a small adapter.
 
-LibraryEntry is what the panel needs. `Library` keeps entries in memory for this session; a store-backed
-library (engine.store, SQLite + cached KV per document) can implement the same methods.
+LibraryEntry is what the panel needs. `Library` keeps entries in memory for this session; the backend fills it
+from the engine's persistent library.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class LibraryEntry:
-    id: str
-    title: str
-    pages: int
-    tokens: int
-    cached: bool = False
-    cache_bytes: int = 0
-    last_used: float = 0.0  # time.time()
-    source: str = ""
+from app.backend import LibraryEntry
 
 
 class LibraryBackend(Protocol):
@@ -64,15 +54,6 @@ class Library:
 
     def total_cache_bytes(self) -> int:
         return sum(e.cache_bytes for e in self._entries.values())
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KB' (decimal units, as file managers show disk sizes)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 def format_ago(timestamp: float, now: float | None = None) -> str:

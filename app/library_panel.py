@@ -6,7 +6,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from app.library import Library, LibraryEntry, format_ago, format_bytes
+from app.backend import LibraryEntry, format_bytes
+from app.library import Library, format_ago
 
 COLUMNS = ("Document", "Pages", "Tokens", "Cache", "Size", "Last used")
 

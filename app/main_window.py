@@ -22,9 +22,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import Answer, EngineBackend, ModelInfo, OpenedDocument, PreparedDocument
+from app.backend import (
+    Answer,
+    EngineBackend,
+    LibraryEntry,
+    ModelInfo,
+    OpenedDocument,
+    Passage,
+    PreparedDocument,
+    supported_suffixes,
+)
 from app.chat_view import AnswerCard, ChatView
-from app.library import Library, LibraryEntry
+from app.library import Library
 from app.library_panel import LibraryPanel
 from app.progress_panel import STAGE_NAMES, ProgressPanel
 from app.resources import APP_NAME, resource_path
@@ -34,8 +43,6 @@ from app.settings import AppSettings, change_impact, save_settings
 from app.settings_dialog import SettingsDialog
 from app.theme import app_icon
 from app.worker import ASK, LOAD, OPEN, REOPEN, SETTINGS, EngineController
-from engine.citations import Passage
-from engine.ingest import supported_suffixes
 
 
 class PromptEdit(QPlainTextEdit):
@@ -166,7 +173,7 @@ class MainWindow(QMainWindow):
         if self.runtime is not None:
             self._connect_runtime(self.runtime)
             # no automatic multi-GB download when the settings turn it off or ask for the CPU
-            self.runtime.start(settings.gpu_runtime_auto_download and settings.device != "cpu")
+            self.runtime.start(settings.gpu_runtime_auto_download and settings.engine.device != "cpu")
 
     # -- building ------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -475,8 +482,9 @@ class MainWindow(QMainWindow):
     def _job_started(self, job: str, args: tuple) -> None:
         if job == LOAD:
             self.model_label.setText("Model: loading…")
-            self.progress_panel.start("Loading the model", f"{args[0].model} on {args[0].device}")
-            self.welcome.model_line.setText(f"Loading the model ({args[0].model})…")
+            engine = args[0].engine
+            self.progress_panel.start("Loading the model", f"{engine.model} on {engine.device}")
+            self.welcome.model_line.setText(f"Loading the model ({engine.model})…")
         elif job == OPEN:
             self.opening[args[0]] = time.perf_counter()
             self.progress_panel.start(f"Opening {Path(args[0]).name}", "Checking that it fits…")

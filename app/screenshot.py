@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         from app.backend import RealBackend
 
         backend = RealBackend()
-    settings = AppSettings(attention=args.attention, max_new_tokens=80,
-                           data_folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
-                           gpu_runtime_auto_download=False)
+    settings = AppSettings().with_changes(attention=args.attention, max_new_tokens=80,
+                                          folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
+                                          gpu_runtime_auto_download=False)
     window = MainWindow(backend, settings, settings_path=None)
     window.resize(1360, 860)
     window.show()

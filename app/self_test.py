@@ -41,7 +41,7 @@ def run_self_test(gpu_runtime: str | None = None, timeout_s: float = TIMEOUT_S) 
 
     app = QApplication(sys.argv[:1])
     with tempfile.TemporaryDirectory(prefix="folio-self-test-") as data_folder:
-        settings = AppSettings(max_new_tokens=48, data_folder=data_folder, gpu_runtime_auto_download=False)
+        settings = AppSettings().with_changes(max_new_tokens=48, folder=data_folder, gpu_runtime_auto_download=False)
         window = MainWindow(RealBackend(), settings, settings_path=None)
         window.show()
         outcome: list[SampleRunResult] = []

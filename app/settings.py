@@ -1,4 +1,5 @@
-"""The app's settings: one dataclass, validated (reusing EngineConfig), stored as JSON in the config folder."""
+"""The app's settings: the engine's config, the library's, and the app's own choices, stored as JSON in the
+config folder. Defaults and validation belong to the engine's dataclasses; this module only holds them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import platformdirs
 
-from engine.config import EngineConfig
+from app.backend import ConfigChange, EngineConfig, LibraryConfig
 
 SETTINGS_FILE = "settings.json"
 ATTENTION_CHOICES = (
@@ -18,6 +19,8 @@ ATTENTION_CHOICES = (
     ("full", "Full attention (comparison)"),
     ("window", "Sinks + window only (comparison)"),
 )
+ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
+LIBRARY_FIELDS = frozenset(f.name for f in fields(LibraryConfig))
 
 
 def config_dir() -> Path:
@@ -25,52 +28,34 @@ def config_dir() -> Path:
     return Path(os.environ.get("FOLIO_CONFIG_DIR") or platformdirs.user_config_dir("folio", appauthor=False))
 
 
-def default_data_dir() -> str:
-    return os.environ.get("FOLIO_DATA_DIR") or platformdirs.user_data_dir("folio", appauthor=False)
-
-
 @dataclass(frozen=True)
 class AppSettings:
-    """Everything the settings panel edits. Engine fields mirror engine.config.EngineConfig."""
+    """Everything the settings panel edits. engine and library validate themselves when made (ValueError)."""
 
-    model: str = "default"
-    device: str = "auto"
-    dtype: str = "auto"
-    attention: str = "retrieval"
-    n_sink: int = 128
-    n_window: int = 512
-    top_k: int = 100
-    search_effort: int = 100
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    data_folder: str = field(default_factory=default_data_dir)
-    disk_budget_gb: float = 50.0  # the store's default budget too
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    library: LibraryConfig = field(default_factory=LibraryConfig)
     gpu_runtime_auto_download: bool = True  # fetch the CUDA runtime when an NVIDIA GPU is found (app.runtime)
 
-    def engine_config(self) -> EngineConfig:
-        """The EngineConfig these settings describe (raises ValueError with a readable message)."""
-        shared = {f.name for f in fields(EngineConfig)} & {f.name for f in fields(self)}
-        return EngineConfig(**{name: getattr(self, name) for name in shared})
-
-    def validate(self) -> None:
-        """Raise ValueError naming every problem, in words for people."""
-        problems: list[str] = []
-        try:
-            self.engine_config()
-        except ValueError as error:
-            problems.append(str(error).removeprefix("Invalid settings: ").rstrip("."))
-        if not self.model.strip():
-            problems.append("model must be 'default', a model folder or a hub id")
-        if not self.data_folder.strip():
-            problems.append("data folder must be set")
-        elif Path(self.data_folder).expanduser().exists() and not Path(self.data_folder).expanduser().is_dir():
-            problems.append(f"data folder {self.data_folder} is a file, not a folder")
-        if self.disk_budget_gb <= 0:
-            problems.append("disk budget must be more than 0 GB")
-        if self.max_new_tokens > 32768:
-            problems.append("max new tokens must be at most 32,768")
+    def with_changes(self, **changes) -> AppSettings:
+        """A copy with fields replaced by name, wherever they live: `with_changes(top_k=250, folder="/data")`."""
+        engine = {k: v for k, v in changes.items() if k in ENGINE_FIELDS}
+        library = {k: v for k, v in changes.items() if k in LIBRARY_FIELDS}
+        own = {k: v for k, v in changes.items() if k not in ENGINE_FIELDS | LIBRARY_FIELDS}
+        problems, made = [], {}
+        for name, changed in (("engine", engine), ("library", library)):
+            try:
+                made[name] = dataclasses.replace(getattr(self, name), **changed)
+            except ValueError as error:  # "Invalid settings: a; b." from either: name them all
+                problems.append(str(error).removeprefix("Invalid settings: ").rstrip("."))
         if problems:
             raise ValueError("Invalid settings: " + "; ".join(problems) + ".")
+        return dataclasses.replace(self, **made, **own)
+
+    def validate(self) -> None:
+        """Raise ValueError for what only the file system can tell (the engine's values are checked when made)."""
+        folder = self.library.root
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"Invalid settings: the data folder {folder} is a file, not a folder.")
 
 
 def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
@@ -82,13 +67,31 @@ def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        known = {f.name: f for f in dataclasses.fields(AppSettings)}
-        values = {k: _coerce(known[k].type, v) for k, v in raw.items() if k in known}
-        settings = AppSettings(**values)
+        settings = AppSettings().with_changes(**_known_values(_flatten(raw)))
         settings.validate()
         return settings, None
     except (OSError, ValueError, TypeError) as error:
         return AppSettings(), f"The settings file {path} could not be used ({error}); using the defaults."
+
+
+def _flatten(raw: dict) -> dict:
+    """The file's values by field name. Files written before the engine and library sections existed were flat,
+    with the data folder as data_folder and the budget as disk_budget_gb (decimal GB): both still load."""
+    flat = {k: v for k, v in raw.items() if k not in ("engine", "library")}
+    for section in ("engine", "library"):
+        if isinstance(raw.get(section), dict):
+            flat.update(raw[section])
+    if "data_folder" in flat:
+        flat.setdefault("folder", flat.pop("data_folder"))
+    if "disk_budget_gb" in flat:
+        gigabytes = _coerce("float", flat.pop("disk_budget_gb"))
+        flat.setdefault("budget_bytes", int(gigabytes * 10**9))
+    return flat
+
+
+def _known_values(flat: dict) -> dict:
+    types = {f.name: f.type for cls in (EngineConfig, LibraryConfig, AppSettings) for f in fields(cls)}
+    return {k: _coerce(types[k], v) for k, v in flat.items() if k in types and k not in ("engine", "library")}
 
 
 def _coerce(type_name: str, value):
@@ -119,10 +122,6 @@ def save_settings(settings: AppSettings, path: Path | None = None) -> Path:
     return path
 
 
-RELOAD_MODEL_FIELDS = ("model", "device", "dtype")
-REBUILD_CACHE_FIELDS = ("attention", "n_sink", "n_window", "top_k", "search_effort")
-
-
 @dataclass(frozen=True)
 class ChangeImpact:
     """What applying new settings costs."""
@@ -143,6 +142,9 @@ class ChangeImpact:
 
 
 def change_impact(old: AppSettings, new: AppSettings) -> ChangeImpact:
-    changed = tuple(f.name for f in dataclasses.fields(AppSettings) if getattr(old, f.name) != getattr(new, f.name))
-    return ChangeImpact(reload_model=any(name in changed for name in RELOAD_MODEL_FIELDS),
-                        rebuild_caches=any(name in changed for name in REBUILD_CACHE_FIELDS), changed=changed)
+    engine = ConfigChange.between(old.engine, new.engine)
+    own = tuple(f.name for f in fields(LibraryConfig) if getattr(old.library, f.name) != getattr(new.library, f.name))
+    if old.gpu_runtime_auto_download != new.gpu_runtime_auto_download:
+        own += ("gpu_runtime_auto_download",)
+    return ChangeImpact(reload_model=engine.reload_model, rebuild_caches=engine.reopen_documents,
+                        changed=engine.changed + own)

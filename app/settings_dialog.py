@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,8 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.backend import DTYPES, GIB, MAX_ANSWER_TOKENS
 from app.settings import ATTENTION_CHOICES, AppSettings, change_impact
-from engine.config import DTYPES
 
 DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
 
@@ -77,14 +75,14 @@ class SettingsDialog(QDialog):
         self.device = _combo(DEVICE_CHOICES, editable=True)
         self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
         self.gpu_runtime = QCheckBox("Download the GPU runtime when an NVIDIA GPU is found")
-        self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.5 GB), fetched once in the background; "
+        self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.6 GiB), fetched once in the background; "
                                     "Folio runs on the CPU until it is ready")
         self.attention = _combo(ATTENTION_CHOICES)
         self.n_sink = _spin(0, 65536)
         self.n_window = _spin(0, 1 << 20, 64)
         self.top_k = _spin(1, 100000, 10)
         self.search_effort = _spin(1, 100000, 10)
-        self.max_new_tokens = _spin(1, 32768, 64)
+        self.max_new_tokens = _spin(1, MAX_ANSWER_TOKENS, 64)
         self.temperature = QDoubleSpinBox()
         self.temperature.setRange(0.0, 5.0)
         self.temperature.setSingleStep(0.1)
@@ -98,7 +96,7 @@ class SettingsDialog(QDialog):
         data_row.addWidget(data_browse)
         self.disk_budget = QDoubleSpinBox()
         self.disk_budget.setRange(0.0, 100000.0)
-        self.disk_budget.setSuffix(" GB")
+        self.disk_budget.setSuffix(" GiB")
         self.disk_budget.setDecimals(1)
 
         model_box = QGroupBox("Model")
@@ -136,36 +134,38 @@ class SettingsDialog(QDialog):
         self.show_settings(settings)
 
     def show_settings(self, settings: AppSettings) -> None:
-        self.model.setText(settings.model)
-        _set_combo(self.device, settings.device)
-        _set_combo(self.dtype, settings.dtype)
-        _set_combo(self.attention, settings.attention)
-        self.n_sink.setValue(settings.n_sink)
-        self.n_window.setValue(settings.n_window)
-        self.top_k.setValue(settings.top_k)
-        self.search_effort.setValue(settings.search_effort)
-        self.max_new_tokens.setValue(settings.max_new_tokens)
-        self.temperature.setValue(settings.temperature)
-        self.data_folder.setText(settings.data_folder)
-        self.disk_budget.setValue(settings.disk_budget_gb)
+        engine, library = settings.engine, settings.library
+        self.model.setText(engine.model)
+        _set_combo(self.device, engine.device)
+        _set_combo(self.dtype, engine.dtype)
+        _set_combo(self.attention, engine.attention)
+        self.n_sink.setValue(engine.n_sink)
+        self.n_window.setValue(engine.n_window)
+        self.top_k.setValue(engine.top_k)
+        self.search_effort.setValue(engine.search_effort)
+        self.max_new_tokens.setValue(engine.max_new_tokens)
+        self.temperature.setValue(engine.temperature)
+        self.data_folder.setText(library.folder)
+        self.disk_budget.setValue(library.budget_bytes / GIB)
         self.gpu_runtime.setChecked(settings.gpu_runtime_auto_download)
 
     def edited_settings(self) -> AppSettings:
-        """The values in the form (not validated)."""
+        """The values in the form; ValueError names every invalid one."""
         index = self.device.findText(self.device.currentText())
         device = self.device.itemData(index) if index >= 0 else self.device.currentText().strip()
-        return dataclasses.replace(
-            self.original, model=self.model.text().strip(), device=device or "auto",
+        return self.original.with_changes(
+            model=self.model.text().strip(), device=device or "auto",
             dtype=self.dtype.currentData(), attention=self.attention.currentData(), n_sink=self.n_sink.value(),
             n_window=self.n_window.value(), top_k=self.top_k.value(), search_effort=self.search_effort.value(),
             max_new_tokens=self.max_new_tokens.value(), temperature=self.temperature.value(),
-            data_folder=self.data_folder.text().strip(), disk_budget_gb=self.disk_budget.value(),
+            folder=self.data_folder.text().strip(),
+            budget_bytes=round(self.disk_budget.value() * GIB),
             gpu_runtime_auto_download=self.gpu_runtime.isChecked(),
         )
 
     def accept(self) -> None:
-        settings = self.edited_settings()
         try:
+            settings = self.edited_settings()
             settings.validate()
         except ValueError as error:
             self.error.setText(str(error))

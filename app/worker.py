@@ -16,8 +16,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.backend import EngineBackend
 from app.settings import AppSettings
-from engine.errors import CancelledError, FolioError
-from engine.events import CancelToken, Progress
+from engine import CancelledError, CancelToken, FolioError, Progress
 
 log = logging.getLogger("folio.app")
 
@@ -84,7 +83,7 @@ class EngineWorker(QObject):
     @Slot(object, object)
     def load_model(self, settings: AppSettings, _cancel: CancelToken) -> None:
         def work() -> None:
-            self.model_loaded.emit(self.backend.load_model(settings, self._progress))
+            self.model_loaded.emit(self.backend.load_model(settings.engine, settings.library, self._progress))
             self._list_library()
 
         self._run(LOAD, work)
@@ -92,7 +91,7 @@ class EngineWorker(QObject):
     @Slot(object, object)
     def apply_settings(self, settings: AppSettings, _cancel: CancelToken) -> None:
         def work() -> None:
-            self.backend.apply_settings(settings)
+            self.backend.apply_settings(settings.engine, settings.library)
             self._list_library()
 
         self._run(SETTINGS, work)

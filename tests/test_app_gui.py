@@ -39,7 +39,7 @@ def make_window(qtbot, tmp_path, config_dir):
     windows = []
 
     def make(backend: FakeBackend | None = None, wait_loaded: bool = True) -> MainWindow:
-        settings = AppSettings(data_folder=str(tmp_path / "data"))
+        settings = AppSettings().with_changes(folder=str(tmp_path / "data"))
         window = MainWindow(backend or FakeBackend(step_s=0.005), settings, config_dir / "settings.json")
         qtbot.addWidget(window)
         window.show()
@@ -120,7 +120,7 @@ def test_ask_streams_a_markdown_answer_with_citations_and_stats(qtbot, make_wind
     assert card.sources.isVisible()
     assert "of 8,192 tokens" in window.context_label.text()
     assert "tokens/s" in window.speed_label.text() and "first token" in window.speed_label.text()
-    assert window.memory_label.text() == "1.2 GB RAM"
+    assert window.memory_label.text() == "1.2 GiB RAM"
     assert window.model_label.text() == "Model: FakeLM-1B" and window.device_label.text().startswith("cpu")
     card.copy_button.click()
     assert QApplication.clipboard().text() == card.text
@@ -234,7 +234,7 @@ def test_model_load_error_is_a_message_and_the_app_keeps_working(qtbot, make_win
     assert "no config.json" in window.error_banner.message
     assert window.model_label.text() == "Model: not loaded"
     window.controller.worker.backend.fail_load = None
-    window.apply_settings(AppSettings(model="other", data_folder=window.settings.data_folder))
+    window.apply_settings(window.settings.with_changes(model="other"))
     qtbot.waitUntil(lambda: window.model_info is not None, timeout=5000)
 
 
@@ -250,7 +250,7 @@ def test_settings_round_trip_through_the_dialog_and_disk(qtbot, make_window, con
     window.apply_settings(dialog.result_settings)
     saved, warning = load_settings(config_dir / "settings.json")
     assert warning is None and saved == dialog.result_settings
-    assert (saved.top_k, saved.temperature, saved.attention) == (300, 0.4, "full")
+    assert (saved.engine.top_k, saved.engine.temperature, saved.engine.attention) == (300, 0.4, "full")
     reopened = SettingsDialog(saved, window, confirm=False)
     qtbot.addWidget(reopened)
     assert reopened.edited_settings() == saved

@@ -27,8 +27,8 @@ def test_real_model_answers_the_sample_question_in_the_window(qtbot, tmp_path, m
     if not is_default_model_ready():
         pytest.skip("the default model is not converted yet (bash packaging/dev.sh setup, or set FOLIO_CACHE_DIR)")
     monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
-    settings = AppSettings(attention=attention, max_new_tokens=48, data_folder=str(tmp_path / "data"),
-                           gpu_runtime_auto_download=False)  # no multi-GB download on a GPU test machine
+    settings = AppSettings().with_changes(attention=attention, max_new_tokens=48, folder=str(tmp_path / "data"),
+                                          gpu_runtime_auto_download=False)  # no multi-GB download on a GPU test machine
     window = MainWindow(RealBackend(), settings, tmp_path / "config" / "settings.json")
     qtbot.addWidget(window)
     window.show()

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
 from app.settings import AppSettings, change_impact, config_dir, load_settings, save_settings
+from engine import GIB, EngineConfig
 
 
 def test_defaults_use_retrieval_attention_and_the_default_model():
     settings = AppSettings()
-    assert settings.model == "default" and settings.attention == "retrieval"
+    assert settings.engine.model == "default" and settings.engine.attention == "retrieval"
     settings.validate()
-    assert settings.engine_config().attention == "retrieval"
+    assert settings.engine == EngineConfig()  # the engine's defaults are the app's: one home
 
 
 def test_round_trip_through_the_config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
-    settings = AppSettings(attention="full", top_k=250, temperature=0.7, data_folder=str(tmp_path / "d"))
+    settings = AppSettings().with_changes(attention="full", top_k=250, temperature=0.7, folder=str(tmp_path / "d"))
     path = save_settings(settings)
     assert path.parent == config_dir() == tmp_path / "config"
     assert load_settings() == (settings, None)
@@ -29,12 +29,12 @@ def test_round_trip_through_the_config_dir(tmp_path, monkeypatch):
     ({"top_k": 0}, "top_k must be at least 1"),
     ({"attention": "magic"}, "attention must be one of"),
     ({"temperature": -1.0}, "temperature must be 0"),
-    ({"disk_budget_gb": 0.0}, "disk budget must be more than 0 GB"),
+    ({"budget_bytes": 0}, "disk budget must be more than 0 bytes"),
     ({"device": "tpu"}, "device must be one of"),
 ])
 def test_validation_messages_are_readable(change, words):
     with pytest.raises(ValueError, match="Invalid settings") as error:
-        dataclasses.replace(AppSettings(), **change).validate()
+        AppSettings().with_changes(**change).validate()
     assert words in str(error.value)
 
 
@@ -47,11 +47,26 @@ def test_bad_file_falls_back_to_defaults_with_a_warning(tmp_path):
     assert load_settings(path)[1]
 
 
+def test_a_flat_settings_file_from_an_earlier_version_still_loads(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"model": "default", "top_k": 300, "max_new_tokens": 256, "data_folder": str(tmp_path),
+                                "disk_budget_gb": 20.0, "gpu_runtime_auto_download": False}))
+    settings, warning = load_settings(path)
+    assert warning is None
+    assert (settings.engine.top_k, settings.engine.max_new_tokens) == (300, 256)
+    assert settings.library.folder == str(tmp_path) and settings.library.budget_bytes == 20 * 10**9
+    assert settings.gpu_runtime_auto_download is False
+
+
+def test_the_default_disk_budget_is_the_engine_store_default_in_binary_units():
+    assert AppSettings().library.budget_bytes == 50 * GIB
+
+
 def test_change_impact():
     base = AppSettings()
-    assert change_impact(base, dataclasses.replace(base, temperature=0.5)).message() == ""
-    assert change_impact(base, dataclasses.replace(base, model="/models/x")).reload_model
-    impact = change_impact(base, dataclasses.replace(base, n_window=1024))
+    assert change_impact(base, base.with_changes(temperature=0.5)).message() == ""
+    assert change_impact(base, base.with_changes(model="/models/x")).reload_model
+    impact = change_impact(base, base.with_changes(n_window=1024))
     assert impact.rebuild_caches and not impact.reload_model and "rebuilds the cache" in impact.message()
 
 

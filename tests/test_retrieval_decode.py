@@ -149,7 +149,7 @@ def test_cpu_memory_holds_each_key_once_and_saving_gets_the_prefix_back(model):
 
 
 def test_the_ram_estimate_bounds_the_prefill_store_and_the_built_cache(model):
-    """The fit check (engine.sizing.estimate_fit) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
+    """The fit check (engine.sizing) must not underestimate the RAM a retrieval cache takes on a CPU host, in the
     prefill (the float32 store and the hidden states between layers) or after the build (K/V once, queries, graph),
     nor overstate it more than 3x."""
     from engine.sizing import ModelShape, estimate_fit
@@ -210,8 +210,8 @@ def test_the_device_estimate_counts_the_layer_by_layer_prefill_and_the_builds_be
 def test_the_estimates_count_the_training_queries_kept():
     """One prefill query in 8 to one in 16 per query head is kept in float16 (RetrievalCache.train_stride): at 128K
     tokens 8,192 per head, 2 GiB for Llama-3-8B's 32 x 32 heads, which the RAM and disk estimates include."""
-    from engine.sizing import ModelShape, estimate_fit
     from engine.cache import RetrievalCache
+    from engine.sizing import ModelShape, estimate_fit
 
     shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
                        weight_bytes_per_value=2)
