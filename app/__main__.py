@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime = use_ready_runtime()  # before anything imports torch: a downloaded CUDA build goes first
     if args.self_test:
-        from app.self_test import run_self_test
+        from app.sample.self_test import run_self_test
 
         return run_self_test(runtime)
     if problem := missing_display():
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.resources import APP_NAME
     from app.settings import load_settings
-    from app.theme import app_icon, apply_theme
+    from app.widgets.theme import app_icon, apply_theme
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName(APP_NAME)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QSplitter,
     QStackedWidget,
@@ -32,112 +30,20 @@ from app.backend import (
     PreparedDocument,
     supported_suffixes,
 )
-from app.chat_view import AnswerCard, ChatView
 from app.library import Library
-from app.library_panel import LibraryPanel
-from app.progress_panel import STAGE_NAMES, ProgressPanel
 from app.resources import APP_NAME, resource_path
 from app.runtime.banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
 from app.runtime.worker import ACTIVE, RuntimeController, RuntimeOptions
 from app.settings import AppSettings, change_impact, save_settings
-from app.settings_dialog import SettingsDialog
-from app.theme import app_icon
+from app.widgets.chat_view import AnswerCard, ChatView
+from app.widgets.error_banner import ErrorBanner
+from app.widgets.library_panel import LibraryPanel
+from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
+from app.widgets.prompt_edit import PromptEdit
+from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.theme import app_icon
+from app.widgets.welcome import WelcomePage
 from app.worker import ASK, LOAD, OPEN, REOPEN, SETTINGS, EngineController
-
-
-class PromptEdit(QPlainTextEdit):
-    """The question box: Enter sends, Shift+Enter starts a new line."""
-
-    submitted = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setPlaceholderText("Ask a question about the document…  (Enter to send, Shift+Enter for a new line)")
-        self.setAcceptDrops(False)
-        self.setTabChangesFocus(True)
-        self.setFixedHeight(72)
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
-            if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-                self.insertPlainText("\n")
-            else:
-                self.submitted.emit()
-            return
-        super().keyPressEvent(event)
-
-
-class ErrorBanner(QFrame):
-    """A readable message in the window (never a traceback dialog), dismissed by the user."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("errorBanner")
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        dismiss = QPushButton("Dismiss")
-        dismiss.clicked.connect(self.hide)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(12, 8, 8, 8)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
-        self.hide()
-
-    def show_message(self, message: str) -> None:
-        self.label.setText(message)
-        self.show()
-
-    @property
-    def message(self) -> str:
-        return self.label.text() if self.isVisible() else ""
-
-
-class WelcomePage(QWidget):
-    """The first-run screen: what Folio does and how to start."""
-
-    def __init__(self, on_open, on_sample, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        icon = QLabel()
-        icon.setPixmap(app_icon().pixmap(QSize(96, 96)))
-        icon.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        title = QLabel("Ask your documents")
-        title.setObjectName("welcomeTitle")
-        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        text = QLabel("Folio reads the <b>whole</b> document with a local language model — nothing leaves this "
-                      "computer — and answers your questions with the pages it drew on.")
-        text.setObjectName("welcomeText")
-        text.setWordWrap(True)
-        text.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        hint = QLabel("Drop a PDF, Markdown or text file anywhere on this window")
-        hint.setObjectName("dropHint")
-        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        open_button = QPushButton("Open a document…  (Ctrl+O)")
-        open_button.clicked.connect(on_open)
-        sample_button = QPushButton("Try the sample document")
-        sample_button.clicked.connect(on_sample)
-        sample_button.setVisible(resource_path("sample.md").exists())
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
-        buttons.addWidget(open_button)
-        buttons.addWidget(sample_button)
-        buttons.addStretch(1)
-        self.model_line = QLabel()
-        self.model_line.setObjectName("answerInfo")
-        self.model_line.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        column = QVBoxLayout()
-        column.addStretch(2)
-        for widget in (icon, title, text, hint):
-            column.addWidget(widget)
-            column.addSpacing(8)
-        column.addLayout(buttons)
-        column.addSpacing(12)
-        column.addWidget(self.model_line)
-        column.addStretch(3)
-        outer = QHBoxLayout(self)
-        outer.addStretch(1)
-        outer.addLayout(column, 4)
-        outer.addStretch(1)
 
 
 class MainWindow(QMainWindow):

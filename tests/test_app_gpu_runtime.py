@@ -37,7 +37,7 @@ from app.runtime.source import RuntimeSource
 from app.runtime.startup import InstalledTorch
 from app.runtime.worker import RuntimeOptions, spawn_detached
 from app.settings import AppSettings, load_settings, save_settings
-from app.settings_dialog import SettingsDialog
+from app.widgets.settings_dialog import SettingsDialog
 from tests.test_gpu_runtime import CUBLAS_WHEEL, TORCH, TORCH_REQUIRES, WHEEL_NAME, make_dep_wheel, make_wheel
 
 CHUNK = 4096

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QApplication
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
 from app.settings import AppSettings, load_settings
-from app.settings_dialog import SettingsDialog
+from app.widgets.settings_dialog import SettingsDialog
 
 DOCUMENT = ("# The Lighthouse\n\nThe lighthouse on Varnholm was designed by Ingrid Solberg in 1861.\n\n"
             "The first head keeper was Anders Holm, who served for thirty-one years.\n\n"
@@ -282,7 +282,7 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
     qtbot.waitUntil(lambda: chat.last_card.done and not window.controller.busy, timeout=5000)  # new chat waits
     passage = chat.last_card.citations[0]
     assert passage.page == 2 and "keeper" in passage.text
-    from app.chat_view import CitationItem
+    from app.widgets.chat_view import CitationItem
 
     item = chat.last_card.findChildren(CitationItem)[0]
     item.button.click()
@@ -297,7 +297,7 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
 
 
 def test_progress_text_gives_counts_a_reader_can_use():
-    from app.progress_panel import describe
+    from app.widgets.progress_panel import describe
 
     assert describe("index", 3, 30, "layers", 12) == "Building the index · 3 of 30 layers · about 12 s left"
     # a layer-by-layer prefill counts tokens × layers: the bar's percent and the ETA say it better

@@ -11,8 +11,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from app.backend import format_bytes
-from app.progress_panel import format_eta
 from app.runtime.worker import DOWNLOADING, OFFER  # the worker's states the banner shows as they are
+from app.widgets.progress_panel import format_eta
 
 INFO, READY, FAILED, PAUSED = "info", "ready", "failed", "paused"
 WHILE_DOWNLOADING = " · running on the CPU until then"

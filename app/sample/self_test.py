@@ -36,7 +36,7 @@ def run_self_test(gpu_runtime: str | None = None, timeout_s: float = TIMEOUT_S) 
 
     from app.backend import RealBackend
     from app.main_window import MainWindow
-    from app.sample_run import SAMPLE_EXPECTED, SAMPLE_QUESTION, SampleRun, SampleRunResult
+    from app.sample.run import SAMPLE_EXPECTED, SAMPLE_QUESTION, SampleRun, SampleRunResult
     from app.settings import AppSettings
 
     app = QApplication(sys.argv[:1])

@@ -1,4 +1,4 @@
-"""Dev tool: `python -m app.screenshot OUT.png [--fake-engine]` opens the sample document in the real window,
+"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine]` opens the sample document in the real window,
 asks the sample question, waits for the answer and its citations, expands the first one, and saves a PNG."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import tempfile
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.screenshot")
+    parser = argparse.ArgumentParser(prog="python -m app.sample.screenshot")
     parser.add_argument("output")
     parser.add_argument("--fake-engine", action="store_true")
     parser.add_argument("--attention", default="retrieval", help="attention mode (both give citations)")
@@ -19,11 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.chat_view import CitationItem
     from app.main_window import MainWindow
-    from app.sample_run import SampleRun, SampleRunResult
+    from app.sample.run import SampleRun, SampleRunResult
     from app.settings import AppSettings
-    from app.theme import app_icon, apply_theme
+    from app.widgets.chat_view import CitationItem
+    from app.widgets.theme import app_icon, apply_theme
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("Folio")
