@@ -37,3 +37,38 @@ def test_question_that_overflows_is_refused_before_prefill(tiny_loaded):
     session = DocumentSession(tiny_loaded, document("short document"), EngineConfig(max_new_tokens=1800))
     with pytest.raises(ContextTooLongError):
         next(session.ask("why? " * 300))
+
+
+@pytest.mark.parametrize("attention", ["full", "exact"])
+def test_prepare_readies_the_prefix_so_the_first_question_prefills_only_itself(tiny_loaded, attention):
+    config = EngineConfig(attention=attention, n_sink=4, n_window=16, max_new_tokens=6)
+    text = "the keeper lit the lamp every night " * 12
+    prepared = DocumentSession(tiny_loaded, document(text), config)
+    assert not prepared.ready and prepared.cache_size_bytes() == 0
+    events = list(prepared.prepare())
+    assert events and prepared.ready and prepared.cache_size_bytes() > 0
+    first = answer(prepared, "who lit it?")
+    assert first.stats.reused_tokens == prepared.prefix_tokens
+    assert first.token_ids == answer(DocumentSession(tiny_loaded, document(text), config), "who lit it?").token_ids
+
+
+def test_a_retrieval_cache_counts_each_tensor_storage_once(tiny_loaded):
+    session = DocumentSession(tiny_loaded, document("puffins nest on the cliffs " * 30),
+                              EngineConfig(attention="exact", n_sink=4, n_window=16, kv_dtype="float32"))
+    list(session.prepare())
+    layer = session.cache.layers[0]
+    # float32 K/V [H_kv, T, D]: the values once (the offloaded values are a view of them), the offloaded keys, the
+    # static keys on the device and their CPU copy, and the float16 training queries
+    per_layer = (layer.prefix_values.nbytes + layer.off_keys.nbytes + layer.static_k.nbytes + layer.static_v.nbytes
+                 + layer.static_prefix_k.nbytes + layer.train_queries.nbytes)
+    assert session.cache.nbytes() == per_layer * len(session.cache.layers) == session.cache_size_bytes()
+
+
+def test_sources_point_at_the_document_for_both_attentions(tiny_loaded):
+    text = "The lighthouse was lit in 1865.\n\nPuffins nest on the cliffs below it."
+    for attention in ("full", "exact"):
+        session = DocumentSession(tiny_loaded, document(text), EngineConfig(attention=attention, n_sink=2,
+                                                                              n_window=4, max_new_tokens=4))
+        finished = answer(session, "When was it lit?")
+        sources = session.sources(finished, "When was it lit?")
+        assert sources and all(p.text in text and 0 < p.score <= 1 for p in sources), attention

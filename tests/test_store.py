@@ -14,7 +14,6 @@ from engine.generate import Finished
 from engine.ingest import Document
 from engine.session import DocumentSession
 from engine.store import Store
-from engine.units import parse_size
 
 CONFIG = EngineConfig(attention="exact", n_sink=8, n_window=32, top_k=16, max_new_tokens=6)
 TEXTS = ["the keepers recorded the weather three times a day. ",
@@ -269,14 +268,7 @@ def test_documents_keep_text_pages_and_per_token_spans(tiny_loaded):
     for token, (page, start, end) in zip(doc_ids[:50], spans[:50], strict=True):
         assert page == 1 and tiny_loaded.tokenizer.decode([token]) == text[start:end]
     info = store.get_document(doc_id)
-    assert info.tokens == len(spans) and info.characters == len(text)
-
-
-def test_parse_size():
-    assert parse_size("50GiB") == 50 * 2**30 and parse_size("500 MB") == 500 * 10**6 and parse_size("12") == 12
-    with pytest.raises(ValueError):
-        parse_size("lots")
-
+    assert info.tokens == len(spans) and info.characters == len(text) and info.sha256 == document(0).sha256
 
 def test_arrays_are_never_pickled(tmp_path):
     from engine.arrays import write_array
