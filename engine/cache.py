@@ -42,9 +42,8 @@ class RetrievalSettings:
     """method: an index method ("retrieval", "exact", "flat", "ivf", "hnsw") or "window".
 
     max_train_queries: aim for this many prefill queries per head to train the index, evenly spaced,
-        but keep between one in MIN_TRAIN_STRIDE and one in MAX_TRAIN_STRIDE of them. Measured: at 3.5K
-        tokens one in 8 trains as well as all of them at a third of the build time; at 128K keys 8,192
-        training queries (one in 16) reach recall@100 0.95 scanning 2.0% of keys where 2,048 need 3.2%.
+        but keep between one in MIN_TRAIN_STRIDE and one in MAX_TRAIN_STRIDE of them (why these bounds:
+        docs/benchmarks.md, training queries).
     kv_dtype: the dtype the prefix K/V are kept in after the prefill (in CPU memory and on disk). A layer whose
         keys or values leave float16's range keeps them in float32 instead (`fits_float16`).
     """
