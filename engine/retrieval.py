@@ -16,7 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
-from engine.retrieved_cpu import SUPPORTED_KV_DTYPES, decode_attention_cpu, retrieved_attention_cpu
+from engine.cpu_decode import SUPPORTED_KV_DTYPES, decode_attention_cpu, retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
 

@@ -44,7 +44,7 @@ def knn_chunk_rows(n_keys: int) -> int:
 
 def device_knn_bytes(n_keys: int, n_queries: int, dim: int) -> int:
     """The device memory one exact top-k of the graph build holds: keys [N, D] and queries [n, D] in float32 and
-    one chunk of scores. On a GPU host the builds run these one at a time (engine.index.graph.nearest_keys), so
+    one chunk of scores. On a GPU host the builds run these one at a time (engine.index.knn.nearest_keys), so
     this is all the index builds add to the prefill's device memory."""
     return 4 * dim * (n_keys + n_queries) + 4 * knn_chunk_rows(n_keys) * n_keys
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention, retrieved_attention
-from engine.retrieved_cpu import decode_attention_cpu, retrieved_attention_cpu
+from engine.cpu_decode import decode_attention_cpu, retrieved_attention_cpu
 
 H, H_KV, D = 6, 2, 16
 SCALE = D**-0.5

@@ -9,7 +9,7 @@ from numba import njit
 from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
 from engine.index.exact import ExactIndex
 from engine.index.graph import GraphIndex, build_graph_index
-from engine.index.graph_search import _half_to_f32, _half_to_f32_by_bits
+from engine.index.kernels import half_to_f32, half_to_f32_by_bits
 
 D = 32
 
@@ -144,7 +144,7 @@ def test_no_training_queries_still_searchable() -> None:
 
 
 def test_key_neighbours_are_the_exact_nearest_other_keys_nearest_first():
-    from engine.index.graph import key_neighbours
+    from engine.index.knn import key_neighbours
 
     keys = np.random.default_rng(1).standard_normal((500, 16)).astype(np.float32)
     ids, dist = key_neighbours(keys, 8)
@@ -158,12 +158,12 @@ def test_key_neighbours_are_the_exact_nearest_other_keys_nearest_first():
 
 
 def test_approximate_key_neighbours_match_exact_ones_closely():
-    from engine.index.graph import _approximate_key_neighbours, key_neighbours
+    from engine.index.knn import approximate_key_neighbours, key_neighbours
 
     rng = np.random.default_rng(0)
     keys = rng.standard_normal((3000, 16)).astype(np.float32)
     exact_ids, _ = key_neighbours(keys, 8)
-    approx_ids, approx_dist = _approximate_key_neighbours(keys, 8)
+    approx_ids, approx_dist = approximate_key_neighbours(keys, 8)
     assert approx_ids.shape == (3000, 8)
     assert not np.any(approx_ids == np.arange(3000)[:, None]), "a key is never its own neighbour"
     assert np.all(np.diff(approx_dist, axis=1) >= -1e-5), "nearest first"
@@ -294,8 +294,8 @@ def test_parallel_searches_reuse_one_workspace_per_thread_without_carrying_anyth
 @njit
 def _convert_halves(bits, native, by_bits):
     for i in range(bits.shape[0]):
-        native[i] = _half_to_f32(bits[i])
-        by_bits[i] = _half_to_f32_by_bits(bits[i])
+        native[i] = half_to_f32(bits[i])
+        by_bits[i] = half_to_f32_by_bits(bits[i])
 
 
 def test_float16_keys_are_converted_exactly_on_both_routes():
@@ -316,14 +316,16 @@ def unconnected_graph(n_keys: int = 2000, seed: int = 1):
     leaves them: most keys are unreachable from the entry. Returns keys, adj [N, cap], deg [N], m, entry."""
     import torch
 
-    from engine.index import graph
+    from engine.index.graph_build import project
+    from engine.index.knn import exact_knn
+    from engine.sizing import GRAPH_OVERFLOW_SLACK
 
     rng = np.random.default_rng(seed)
     keys = rng.standard_normal((n_keys, D), dtype=np.float32)
     queries = rng.standard_normal((100, D), dtype=np.float32)
-    knn, _ = graph.exact_topk(torch.from_numpy(keys), torch.from_numpy(queries), 32)
+    knn, _ = exact_knn(torch.from_numpy(keys), torch.from_numpy(queries), 32)
     m = 16
-    adj, deg = graph._project(keys, knn, m, m * graph.OVERFLOW_SLACK)
+    adj, deg = project(keys, knn, m, m * GRAPH_OVERFLOW_SLACK)
     return keys, adj, deg, m, int(knn[0, 0])
 
 
@@ -341,12 +343,12 @@ def reachable(adj: np.ndarray, deg: np.ndarray, entry: int) -> np.ndarray:
 
 
 def test_connect_makes_every_key_reachable_from_the_entry():
-    from engine.index import graph
+    from engine.index.graph_build import connect
 
     keys, adj, deg, m, entry = unconnected_graph()
     unreached_before = int((~reachable(adj, deg, entry)).sum())
     assert unreached_before > 300
-    linked = graph._connect(keys, adj, deg, entry, m)
+    linked = connect(keys, adj, deg, entry, m)
     assert 0 < linked <= unreached_before
     assert reachable(adj, deg, entry).all()
     assert deg.max() <= adj.shape[1]
@@ -355,7 +357,7 @@ def test_connect_makes_every_key_reachable_from_the_entry():
 def test_connect_links_each_unreached_key_from_its_nearest_reached_key_with_room(monkeypatch):
     """With batches of one key, the batched connect is its definition: in key order, each key still unreachable is
     linked from the nearest reachable key whose list has room (reference in plain Python)."""
-    from engine.index import graph
+    from engine.index import graph_build
 
     keys, adj, deg, m, entry = unconnected_graph(n_keys=600, seed=2)
     want_adj, want_deg = adj.copy(), deg.copy()
@@ -371,10 +373,10 @@ def test_connect_links_each_unreached_key_from_its_nearest_reached_key_with_room
         parent = int(np.argmin(dist))
         want_adj[parent, want_deg[parent]] = x
         want_deg[parent] += 1
-        graph._add_edge(keys, want_adj, want_deg, x, parent, m, buf_i, buf_d)
+        graph_build.add_edge(keys, want_adj, want_deg, x, parent, m, buf_i, buf_d)
         seen |= reachable(want_adj, want_deg, x)
-    monkeypatch.setattr(graph, "CONNECT_BATCH", 1)
-    graph._connect(keys, adj, deg, entry, m)
+    monkeypatch.setattr(graph_build, "CONNECT_BATCH", 1)
+    graph_build.connect(keys, adj, deg, entry, m)
     assert np.array_equal(deg, want_deg)
     for x in range(len(keys)):
         assert np.array_equal(np.sort(adj[x, : deg[x]]), np.sort(want_adj[x, : want_deg[x]]))
@@ -385,17 +387,17 @@ def test_exact_top_k_in_chunks_of_bounded_scores_finds_the_same_keys(monkeypatch
     host's build adds a bounded amount to the prefill's memory); the chunking must not change what it finds."""
     import torch
 
-    from engine.index.graph import exact_topk
+    from engine.index.knn import exact_knn
     from engine.sizing import knn_chunk_rows
 
     rng = np.random.default_rng(2)
     keys = torch.from_numpy(rng.standard_normal((700, 16)).astype(np.float32))
     queries = torch.from_numpy(rng.standard_normal((50, 16)).astype(np.float32))
-    whole = {metric: exact_topk(keys, queries, 12, metric) for metric in ("ip", "l2")}  # one chunk of 50
+    whole = {metric: exact_knn(keys, queries, 12, metric) for metric in ("ip", "l2")}  # one chunk of 50
     monkeypatch.setattr("engine.sizing.KNN_SCORE_BYTES", 3 * 4 * 700)
     assert knn_chunk_rows(700) == 3
     for metric, (want_ids, want_scores) in whole.items():
-        ids, scores = exact_topk(keys, queries, 12, metric)
+        ids, scores = exact_knn(keys, queries, 12, metric)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
@@ -407,28 +409,28 @@ def test_graphs_built_at_once_take_turns_on_an_accelerator(monkeypatch, data):
     import threading
     import time
 
-    import engine.index.graph as graph
+    import engine.index.knn as knn
 
     keys, train, test = data
     params = IndexParams(query_stride=2, threads=4, graph_per_kv_head=False)  # 4 graphs built at once
     reference = build_layer_index("retrieval", keys, train, params)
     running, most = [0], [0]
     lock = threading.Lock()
-    real_topk = graph.exact_topk
+    real_knn = knn.exact_knn
 
-    def counted_topk(*args, **kwargs):
+    def counted_knn(*args, **kwargs):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
         time.sleep(0.02)  # long enough for the other graphs' threads to arrive
         try:
-            return real_topk(*args, **kwargs)
+            return real_knn(*args, **kwargs)
         finally:
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(graph, "exact_topk", counted_topk)
-    monkeypatch.setattr(graph, "shares_one_accelerator", lambda device: True)
+    monkeypatch.setattr(knn, "exact_knn", counted_knn)
+    monkeypatch.setattr(knn, "shares_one_accelerator", lambda device: True)
     taking_turns = build_layer_index("retrieval", keys, train, params)
     assert most[0] == 1
     np.testing.assert_array_equal(taking_turns.indices, reference.indices)

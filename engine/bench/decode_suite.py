@@ -44,9 +44,9 @@ import torch
 from engine.attention import partial_attention
 from engine.bench.index_suite import recall_at_k
 from engine.bench.report import Report
+from engine.cpu_decode import decode_attention_cpu
 from engine.index import IndexParams, LayerIndex, build_layer_index
 from engine.index.exact import exact_topk
-from engine.retrieved_cpu import decode_attention_cpu
 from engine.sizing import training_stride
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100

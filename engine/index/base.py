@@ -21,6 +21,9 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from engine.config import EngineConfig
+from engine.sizing import GRAPH_DEGREE
+
 
 @dataclass(frozen=True)
 class IndexParams:
@@ -32,19 +35,19 @@ class IndexParams:
         n_neighbors_per_query: graph build: exact top-Nq keys per training query.
         degree: graph build: out-degree M after projection.
         query_stride: graph build: use every `query_stride`-th training query (the cache already
-            samples them; measured at 128K keys, striding again cost recall).
+            samples them).
         hnsw_m: HNSW links per node.
         ivf_lists_per_sqrt_n: IVF: number of lists = this x sqrt(N).
         threads: worker threads for build/search (0 = library default).
         knn_device: where the graph build's exact nearest-neighbour matmuls run ("cpu", "cuda").
         graph_per_kv_head: graph build: one graph per KV head, trained on the queries of all its query
-            heads, instead of one per query head (the paper's choice). Measured on SmolLM2 (3 query heads per
-            KV head) and Gemma 3 (4): the same or better recall per key scanned, with 3-4x less index memory.
+            heads, instead of one per query head (the paper's choice): G times less index memory for G query heads
+            per KV head (recall per key scanned: docs/benchmarks.md).
     """
 
-    effort: int = 100
+    effort: int = EngineConfig.search_effort
     n_neighbors_per_query: int = 32
-    degree: int = 16
+    degree: int = GRAPH_DEGREE
     query_stride: int = 1
     hnsw_m: int = 32
     ivf_lists_per_sqrt_n: float = 4.0

@@ -7,83 +7,19 @@ the reads the search already knows it will make (they, and the heaps' branches, 
 cold graph, not the arithmetic).
 
 Shapes: keys [N, D] (float32, or float16 as its uint16 bits: numba has no float16), indptr [N+1] absolute
-offsets into indices int32, entries [E] int64 (-1 padded, at least one valid).
+offsets into indices int32, entries [E] int64 (-1 padded, at least one valid). The key dot products, prefetching
+and the workspaces come from engine.index.kernels.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
-CACHE_LINE = 64  # bytes; see _prefetch
+from engine.index.kernels import key_dot, prefetch
+
 HEAP_ARITY = 4  # children per heap node: half the levels of a binary heap, the children in one cache line
-
-
-def _host_converts_half() -> bool:
-    """Whether this CPU converts float16 to float32 in one instruction (x86 F16C; every 64-bit Arm)."""
-    import llvmlite.binding as llvm
-
-    return llvm.get_process_triple().startswith(("aarch64", "arm64")) or bool(llvm.get_host_cpu_features().get("f16c"))
-
-
-NATIVE_HALF = _host_converts_half()
-
-
-def _half_by_bits(builder: ir.IRBuilder, bits16: ir.Value) -> ir.Value:
-    """float16 bits (i16) -> float32 with integer operations: the half's exponent and mantissa, shifted into a
-    float32's, give the value times 2^-112 (normals and subnormals alike), the sign moves to bit 31, and one
-    multiply restores the scale. Exact for every finite half."""
-    i32 = ir.IntType(32)
-    h = builder.zext(bits16, i32)
-    magnitude = builder.shl(builder.and_(h, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
-    sign = builder.shl(builder.and_(h, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
-    value = builder.bitcast(builder.or_(magnitude, sign), ir.FloatType())
-    return builder.fmul(value, ir.Constant(ir.FloatType(), 2.0**112))
-
-
-def _half_conversion(native: bool):
-    """An intrinsic: a float16 given as its uint16 bits -> float32 (numba has no float16). native: the CPU's
-    conversion instruction (LLVM's fpext, vectorised to vcvtph2ps), 1.4-1.6 x faster per key; else the
-    integer route (_half_by_bits)."""
-    @intrinsic
-    def half_to_f32(typingctx, bits):
-        def codegen(context, builder, signature, args):
-            if native:
-                return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-            return _half_by_bits(builder, args[0])
-        return types.float32(types.uint16), codegen
-    return half_to_f32
-
-
-_half_to_f32 = _half_conversion(NATIVE_HALF)  # what the search and the retrieved attention use
-_half_to_f32_by_bits = _half_conversion(False)  # what a CPU without NATIVE_HALF runs (tested everywhere)
-
-
-def _key_dot(q: np.ndarray, key: np.ndarray) -> float:
-    """q · key for a float32 key, or for a float16 key stored as its uint16 bits (numba has no float16)."""
-    raise NotImplementedError("numba only (see the overload below)")
-
-
-@overload(_key_dot, jit_options={"fastmath": True, "nogil": True})
-def _key_dot_impl(q, key):
-    if key.dtype == types.uint16:
-        def dot_half(q, key):
-            s = np.float32(0.0)
-            for i in range(q.shape[0]):
-                s += q[i] * _half_to_f32(key[i])
-            return s
-        return dot_half
-
-    def dot_float(q, key):
-        s = np.float32(0.0)
-        for i in range(q.shape[0]):
-            s += q[i] * key[i]
-        return s
-    return dot_float
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -140,33 +76,6 @@ def _heap_pop(heap_s, heap_i, n):
     return n
 
 
-@intrinsic
-def _prefetch(typingctx, arr, i):
-    """Hint the CPU to fetch arr[i] (1-D) or every cache line of row arr[i] (2-D) into its caches; no effect
-    on results. The search knows a node's neighbours and the next node to expand before it needs their
-    keys and lists, and these random reads are what it waits on."""
-    def codegen(context, builder, signature, args):
-        arr_type, index_type = signature.args
-        array = context.make_array(arr_type)(context, builder, args[0])
-        index = context.cast(builder, args[1], index_type, types.intp)
-        zero = ir.Constant(ir.IntType(64), 0)
-        pointer = cgutils.get_item_pointer(context, builder, arr_type, array, [index] + [zero] * (arr_type.ndim - 1))
-        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        read, keep_in_all_levels, data = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
-        i64 = ir.IntType(64)
-        n_bytes = ir.Constant(i64, arr_type.dtype.bitwidth // 8)
-        if arr_type.ndim == 2:  # the whole row
-            n_bytes = builder.mul(cgutils.unpack_tuple(builder, array.shape, 2)[1], n_bytes)
-        with cgutils.for_range_slice(builder, zero, n_bytes, ir.Constant(i64, CACHE_LINE)) as (offset, _):
-            builder.call(prefetch, [builder.gep(byte_pointer, [offset]), read, keep_in_all_levels, data])
-        return context.get_dummy_value()
-    return types.void(arr, i), codegen
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _unvisited_neighbours(node, indptr, indices, visited, fresh, keys):
     """Mark node's neighbours visited, collect the ones that were not into fresh [max_degree + 1] (written
@@ -179,25 +88,8 @@ def _unvisited_neighbours(node, indptr, indices, visited, fresh, keys):
         n_fresh += 1 - np.int64(visited[v])
         visited[v] = True
     for j in range(n_fresh):
-        _prefetch(keys, fresh[j])
+        prefetch(keys, fresh[j])
     return n_fresh
-
-
-@njit(cache=True, nogil=True)
-def _workspace(n_keys, size, k, max_degree):
-    """Scratch for _search_one, reused across searches over n_keys keys: visited [N] bool (all False between
-    searches), the candidate heap [N] (negated scores, ids: a min-heap with the best candidate at 0), the result
-    min-heap [size], the answer min-heap [k] and one node's unvisited neighbours [max_degree + 1]."""
-    return (
-        np.zeros(n_keys, dtype=np.bool_),
-        np.empty(n_keys, dtype=np.float32),
-        np.empty(n_keys, dtype=np.int32),
-        np.empty(size, dtype=np.float32),
-        np.empty(size, dtype=np.int32),
-        np.empty(k, dtype=np.float32),
-        np.empty(k, dtype=np.int32),
-        np.empty(max_degree + 1, dtype=np.int32),
-    )
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -205,10 +97,10 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     """Best-first search by inner product over one head's CSR graph; returns the q·k count.
 
     q [D], keys [N, D], indptr [N+1] (absolute offsets into indices), entries [E] int64 (-1 padded, at least one
-    valid) seed the search; work from _workspace. The result list holds the best `size` keys scanned; the next
-    node to expand is the best unexpanded one among them, and the search ends when none is left (HNSW's
-    termination: the best candidate is worse than the size-th best result). The answer is the best k of every
-    key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
+    valid) seed the search; work from engine.index.kernels.search_workspace. The result list holds the best `size`
+    keys scanned; the next node to expand is the best unexpanded one among them, and the search ends when none is
+    left (HNSW's termination: the best candidate is worse than the size-th best result). The answer is the best k
+    of every key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
     """
     visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
     n_keys = keys.shape[0]  # the candidate heap's capacity, never reached
@@ -222,31 +114,31 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
         if v < 0 or visited[v]:
             continue
         visited[v] = True
-        s = _key_dot(q, keys[v])
+        s = key_dot(q, keys[v])
         scanned += 1
         if separate_answer:
             n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
         if n_res < size or s > res_s[0]:
             n_res = _heap_push(res_s, res_i, n_res, size, s, v)
             n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
-            _prefetch(indptr, v)
+            prefetch(indptr, v)
     while n_cand > 0 and not (n_res == size and -cand_s[0] < res_s[0]):
         node = cand_i[0]
         n_cand = _heap_pop(cand_s, cand_i, n_cand)
         if n_cand > 0:
-            _prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
+            prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
         n_fresh = _unvisited_neighbours(node, indptr, indices, visited, fresh, keys)
         # The same scoring as for the entry points above, written out: an inline helper taking the workspace
-        # made this loop 10-30% slower under numba (measured at 128K keys).
+        # made this loop slower under numba (docs/benchmarks.md).
         for j in range(n_fresh):
             v = fresh[j]
-            s = _key_dot(q, keys[v])
+            s = key_dot(q, keys[v])
             if separate_answer:
                 n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
             if n_res < size or s > res_s[0]:
                 n_res = _heap_push(res_s, res_i, n_res, size, s, v)
                 n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
-                _prefetch(indptr, v)
+                prefetch(indptr, v)
         scanned += n_fresh
     if separate_answer:
         best_s, best_i, n_best = ans_s, ans_i, n_ans
@@ -259,26 +151,11 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     return scanned
 
 
-@njit(cache=True, nogil=True)
-def _thread_workspaces(n_threads, n_keys, size, k, max_degree):
-    """_workspace's arrays stacked for n_threads numba threads (each thread's row is its own workspace)."""
-    return (
-        np.zeros((n_threads, n_keys), dtype=np.bool_),
-        np.empty((n_threads, n_keys), dtype=np.float32),
-        np.empty((n_threads, n_keys), dtype=np.int32),
-        np.empty((n_threads, size), dtype=np.float32),
-        np.empty((n_threads, size), dtype=np.int32),
-        np.empty((n_threads, k), dtype=np.float32),
-        np.empty((n_threads, k), dtype=np.int32),
-        np.empty((n_threads, max_degree + 1), dtype=np.int32),
-    )
-
-
 @njit(cache=True, nogil=True, parallel=True)
-def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, works):
+def search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, works):
     """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
-    indptr [G, N+1], entries [G, E], works from _thread_workspaces (one row per numba thread, reusable across
-    calls) -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
+    indptr [G, N+1], entries [G, E], works from engine.index.kernels.thread_search_workspaces (one row per numba
+    thread, reusable across calls) -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
@@ -296,8 +173,8 @@ def _search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, s
 
 
 @njit(cache=True, nogil=True)
-def _search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, work):
-    """As _search_parallel, on the calling thread with the given workspace (from _workspace(N, size, k,
+def search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, work):
+    """As search_parallel, on the calling thread with the given workspace (from search_workspace(N, size, k,
     max_degree), reusable across calls: no thread-pool wake-up and no fresh pages, best for decode)."""
     n_heads, m, _ = queries.shape
     ids = np.empty((n_heads, m, k), dtype=np.int64)

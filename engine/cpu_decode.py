@@ -1,18 +1,14 @@
-"""Attention over the retrieved keys on the CPU, in one compiled pass (numba).
+"""The whole decode step's attention on the CPU, in one compiled pass (numba).
 
 `engine.attention.retrieved_attention` gathers the retrieved K/V rows into new tensors and runs a handful of
-torch ops over them; for one decode query per head (top-100 of 9 heads) that is about 0.2 ms, mostly
-per-op overhead and copies. The kernel here reads each retrieved row in place (float16 rows as their bits,
-like the graph search) and computes the same (o, lse, weights) in one pass; `retrieved_attention` stays the
-reference it is tested against.
+torch ops over them, mostly per-op overhead and copies for one decode query per head. The kernel here reads each
+retrieved row in place (float16 rows as their bits, like the graph search) and computes the same (o, lse,
+weights) in one pass; `retrieved_attention` stays the reference it is tested against.
 
 `decode_attention_cpu` does the whole step where the static set is in CPU memory too (no GPU): the static
 part, the retrieved part and their merge in one pass; `retrieved_attention_cpu` is the same kernel with an
-empty static set, for a GPU host whose static part stays on the device. A decode step meets these arrays and
-torch's operator code cold, after 29 other layers' work; measured in the decode suite's round-robin
-(synthetic Gemma 3 shape, 32K keys), the non-search part of a step went from 0.6-0.9 ms as separate torch
-ops to 0.24-0.31 ms.
-"""
+empty static set, for a GPU host whose static part stays on the device. What it saves per step is measured by
+the decode suite (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ import torch
 from numba import njit, types
 from numba.extending import overload
 
-from engine.index.graph_search import _half_to_f32, _key_dot, _prefetch
+from engine.index.kernels import half_to_f32, key_dot, prefetch
 
 
 def _add_scaled(out: np.ndarray, weight: float, row: np.ndarray) -> None:
@@ -34,7 +30,7 @@ def _add_scaled_impl(out, weight, row):
     if row.dtype == types.uint16:
         def add_half(out, weight, row):
             for i in range(out.shape[0]):
-                out[i] += weight * _half_to_f32(row[i])
+                out[i] += weight * half_to_f32(row[i])
         return add_half
 
     def add_float(out, weight, row):
@@ -92,11 +88,11 @@ def _decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, ou
         for h in range(first, first + group):  # the retrieved rows are random reads: ask for them early
             for t in range(ids.shape[1]):
                 if ids[h, t] >= 0:
-                    _prefetch(keys[kv], ids[h, t])
+                    prefetch(keys[kv], ids[h, t])
         # static set: each key and value row read once for the whole group
         for j in range(n_static):
             for g in range(group):
-                scratch[g, j] = _key_dot(q[first + g], static_k[kv, j]) * scale
+                scratch[g, j] = key_dot(q[first + g], static_k[kv, j]) * scale
         for g in range(group):
             best = np.float32(-np.inf)
             for j in range(n_static):
@@ -118,8 +114,8 @@ def _decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, ou
             for t in range(row_ids.shape[0]):
                 v = row_ids[t]
                 if v >= 0:
-                    _prefetch(values[kv], v)
-                    weights[h, t] = _key_dot(q[h], keys[kv, v]) * scale
+                    prefetch(values[kv], v)
+                    weights[h, t] = key_dot(q[h], keys[kv, v]) * scale
                     best = max(best, weights[h, t])
             total = np.float32(0.0)
             acc[:] = 0.0
