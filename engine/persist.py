@@ -11,8 +11,8 @@ a cache of another identity is deleted when the new one is needed, with the reas
 Files: per layer `layer_NNN_keys.npy`, `_values.npy` ([H_kv, T, D], kv_dtype), `_queries.npy`
 ([H, Nq, D] float16), plus `prefix_ids.npy` (int32 [T]); per index and layer
 `layer_NNN_<name>.npy` for each array of `LayerIndex.to_arrays()`.
-Verification on open: size, dtype and shape of every file used, and the full sha256 of each (cheap
-next to reading them: ~1.7 GB/s, in parallel threads; see README).
+Verification on open: size, dtype and shape of every file used, and the full sha256 of each (hashed in
+parallel threads, cheap next to reading the files).
 """
 
 from __future__ import annotations
