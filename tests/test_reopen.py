@@ -158,7 +158,9 @@ def test_default_model_round_trip_in_new_processes(tmp_path):
     second = json.loads(engine("ask", str(doc), DEFAULT_NEEDLE.question, *options).stdout)
     assert not first["cached"] and second["cached"]
     assert second["answer"] == first["answer"]
-    assert second["ttft_s"] < first["ttft_s"] / 5
+    # The reopen prefilled only the question (the document came from the library); its speed is the reopen suite's.
+    assert first["prefill_tokens"] == first["prompt_tokens"]
+    assert second["prefill_tokens"] < first["prompt_tokens"] / 10
 
 
 def test_the_disk_estimate_before_a_prefill_bounds_the_cache_it_then_stores(tiny_model_dir, doc, capsys):
