@@ -19,7 +19,12 @@ config) do not import torch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Model downloads (engine/hub.py) go over plain HTTP, which reports every chunk so that Cancel stops within a file;
+# huggingface_hub reads this when it is first imported.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 # public name -> the module that defines it
 _EXPORTS = {
