@@ -143,6 +143,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
             quantization_config=quantization_config(weights, torch_dtype), **placement, **overrides,
         )
     except (OSError, ValueError, KeyError) as error:
+        if weights != "full" and "dispatched on the CPU or the disk" in str(error):
+            check_quantization(weights, torch_device, offloads_to_disk=True)
         if "offload" in str(error) and max_memory is None:
             raise ModelError(f"The model in {path} does not fit in device memory and RAM together.",
                              "Choose a smaller model or 4-bit weights, or close other programs.") from error

@@ -20,10 +20,10 @@ KNN_SCORE_BYTES = 256 * 2**20  # ... fewer where a chunk's [rows, N] float32 sco
 GRAPH_DEGREE = 16  # the graph index's out-degree after pruning (IndexParams.degree)
 GRAPH_OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
 NEIGHBOUR_ID_BYTES = 4  # neighbour ids are int32
-# Bytes per weight of a linear layer quantized at load (engine.quantize, bitsandbytes): int8 (its one float32 scale per
-# output row is counted apart), and NF4 in blocks of 64 with double-quantized scales (one int8 per block, one
-# float32 per 256 blocks). Embeddings, the output head, norms and biases stay in the compute dtype.
-BYTES_PER_WEIGHT = {"8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
+# How bitsandbytes stores 4-bit weights (engine.quantize): NF4 in blocks of 64, the blocks' scales quantized again
+# in groups of 256; each layer keeps its code tables (16 + 256 float32) and an offset.
+NF4_BLOCK, NF4_BLOCKS_PER_SCALE = 64, 256
+NF4_TABLE_BYTES = 4 * (16 + 256 + 1)
 CUDA_CONTEXT_BYTES = 512 * 2**20  # what a card holds for the CUDA context besides torch's allocations (card tables)
 
 
@@ -93,14 +93,25 @@ def parameter_split(shape: ModelShape) -> tuple[int, int]:
 
 def weights_bytes(shape: ModelShape, weights: str = "full", dtype_bytes: int = 2) -> int:
     """The memory a model's weights take when loaded: "full" (every parameter in a dtype of dtype_bytes) or "8bit"/
-    "4bit" (engine.quantize: the layers' linear weights quantized, the rest in the dtype)."""
+    "4bit" (engine.quantize: the layers' linear weights quantized as bitsandbytes stores them, the rest in the dtype).
+    8-bit: one byte per weight and one float32 scale per output row. 4-bit (NF4, double-quantized scales): half a
+    byte per weight, one int8 scale per block of 64, one float32 per 256 blocks, and the code tables."""
     linear, rest = parameter_split(shape)
     if weights == "full":
         return (linear + rest) * dtype_bytes
-    rows = shape.query_heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 2 * shape.width \
-        + 2 * shape.intermediate_size  # output rows of q, k, v, o, gate, up, down
-    scales = 4 * shape.layers * rows if weights == "8bit" else 0  # one float32 per output row
-    return round(linear * BYTES_PER_WEIGHT[weights]) + scales + rest * dtype_bytes
+    width, attention, kv = shape.width, shape.query_heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    per_layer = 0
+    for rows, columns in ((attention, width), (kv, width), (kv, width), (width, attention),
+                          (shape.intermediate_size, width), (shape.intermediate_size, width),
+                          (width, shape.intermediate_size)):  # q, k, v, o, gate, up, down: (out, in)
+        count = rows * columns
+        if weights == "8bit":
+            per_layer += count + 4 * rows
+        else:
+            blocks = math.ceil(count / NF4_BLOCK)
+            per_layer += math.ceil(count / 2) + blocks + 4 * math.ceil(blocks / NF4_BLOCKS_PER_SCALE) \
+                + NF4_TABLE_BYTES
+    return shape.layers * per_layer + rest * dtype_bytes
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -170,6 +172,19 @@ class FakeHub:
                 request.wfile.write(body[offset : offset + 65536])
             except (BrokenPipeError, ConnectionResetError):
                 return
+
+
+@contextmanager
+def fake_hub_env(repos: dict[str, FakeRepo], monkeypatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """Serve `repos` and point huggingface_hub (through engine.hub) at the server, with an empty cache and no token."""
+    with FakeHub(repos) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
 
 
 def git_blob_id(data: bytes) -> str:

@@ -12,7 +12,7 @@ from engine import hub
 from engine.errors import CancelledError, ModelError
 from engine.events import CancelToken
 from tests.conftest import make_tiny_model_dir
-from tests.fake_hub import FakeHub, FakeRepo, closed_port_url, repo_from_folder
+from tests.fake_hub import FakeHub, FakeRepo, closed_port_url, fake_hub_env, repo_from_folder
 
 JUNK = {"modeling_custom.py": b"raise SystemExit('remote code ran')\n", "pytorch_model.bin": b"\x80pickle" * 100,
         "consolidated.safetensors": b"other format" * 100, "README.md": b"# tiny\n"}
@@ -38,13 +38,7 @@ def fake_hub(model_folders, tmp_path, monkeypatch):
     plain.files.update(JUNK)
     repos = {"folio-test/tiny": plain, "folio-test/tiny-sharded": repo_from_folder(sharded),
              "folio-test/gated": repo_from_folder(single, gated=True, allowed_tokens={TOKEN})}
-    with FakeHub(repos) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("FOLIO_CONFIG_DIR", str(tmp_path / "config"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with fake_hub_env(repos, monkeypatch, tmp_path) as server:
         yield server
 
 
