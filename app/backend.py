@@ -180,7 +180,7 @@ class RealBackend:
         self.loaded = None
         started = time.perf_counter()
         self._open_store(library)
-        self.loaded = load_model(config.model, config.device, config.dtype, progress)
+        self.loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
                          self.loaded.max_positions, time.perf_counter() - started)
 

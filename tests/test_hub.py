@@ -210,3 +210,25 @@ def test_needed_files_refuses_repos_without_safetensors():
         hub.needed_files(["config.json", hub.WEIGHTS_INDEX], {"weight_map": {"a": "model-1.safetensors"}})
     assert hub.needed_files(["config.json", "tokenizer.json", "model.safetensors", "x.py"], None) == [
         "config.json", "tokenizer.json", "model.safetensors"]
+
+
+def test_models_command_pulls_lists_and_removes(fake_hub, capsys, monkeypatch):
+    import io
+    import json
+
+    from engine.cli import main
+
+    assert main(["models", "pull", "folio-test/tiny"]) == 0
+    folder = capsys.readouterr().out.strip()
+    assert hub.installed_folder("folio-test/tiny") == hub.Path(folder)
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {m["id"] for m in listed["models"]} >= {"smollm2-135m-instruct", "qwen2.5-7b-instruct"}
+    assert sum(m["recommended_weights"] is not None for m in listed["models"]) == 1
+    assert main(["models", "remove", "folio-test/tiny"]) == 0 and "freed" in capsys.readouterr().err
+    assert main(["models", "remove", "folio-test/tiny"]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN + "\n"))
+    assert main(["models", "token"]) == 0 and hub.stored_token() == TOKEN
+    assert TOKEN not in capsys.readouterr().err
+    assert main(["models", "pull", "folio-test/gated"]) == 0
+    assert main(["models", "remove", "default"]) == 2 and "cannot be removed" in capsys.readouterr().err
