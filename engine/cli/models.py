@@ -75,15 +75,16 @@ def _list(as_json: bool) -> int:
         } for c in choices]}, indent=2))
         return 0
     print(f"On this machine: {machine.name}")
-    header = f"{'':2}{'id':26}{'params':>8}{'context':>9}  {'installed':10}{'best fit (document tokens: weights)':38}licence"
-    print(header)
+    print(f"{'':2}{'id':26}{'params':>8}{'context':>9}  {'installed':10}"
+          f"{'best fit (document tokens: weights)':38}licence")
     for choice in choices:
         entry = choice.entry
         fits = ", ".join(f"{t // 1024}K: {choice.best_weights(t) or 'no'}" for t in choice.lengths())
         installed = "yes" if choice.installed else format_bytes(entry.download_bytes)
         licence = entry.licence + (" (gated)" if entry.gated else "")
         mark = "* " if choice.recommended else "  "
-        print(f"{mark}{entry.id:26}{entry.parameters / 1e9:>7.2f}B{entry.context:>9,}  {installed:10}{fits:38}{licence}")
+        print(f"{mark}{entry.id:26}{entry.parameters / 1e9:>7.2f}B{entry.context:>9,}  {installed:10}"
+              f"{fits:38}{licence}")
     recommended = next((c for c in choices if c.recommended), None)
     if recommended is not None:
         print(f"* recommended here: {recommended.entry.id} with {recommended.recommended_weights} weights "
