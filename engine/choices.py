@@ -59,7 +59,8 @@ def document_lengths(entry: CatalogEntry, reserved: int = EngineConfig.max_new_t
 
 
 def machine_now(models_folder=None) -> Machine:
-    """This machine: its first GPU's free memory (when torch sees one), available RAM, free disk for downloads."""
+    """This machine: its first GPU's free memory (when torch sees one; with what this process holds there, which a
+    change of model frees), available RAM, free disk for downloads."""
     ram = memory.available_ram() or 0
     disk = memory.free_disk(models_folder or hub.hub_cache_dir())
     try:
@@ -68,7 +69,7 @@ def machine_now(models_folder=None) -> Machine:
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info(0)
             name = f"{torch.cuda.get_device_name(0)} ({format_bytes(total)})"
-            return Machine("cuda", int(free), ram, disk, name)
+            return Machine("cuda", int(free + torch.cuda.memory_reserved(0)), ram, disk, name)
     except (ImportError, RuntimeError):
         pass
     return Machine("cpu", 0, ram, disk, f"CPU ({format_bytes(ram)} RAM available)")

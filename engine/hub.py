@@ -90,7 +90,7 @@ def token_path() -> Path:
     return Path(folder) / TOKEN_FILE
 
 
-def save_token(token: str) -> Path:
+def save_hub_token(token: str) -> Path:
     """Store the token (user-only permissions, written to a temporary name, then renamed); an empty one removes it."""
     path = token_path()
     token = token.strip()
@@ -113,7 +113,7 @@ def save_token(token: str) -> Path:
     return path
 
 
-def stored_token() -> str | None:
+def stored_hub_token() -> str | None:
     """Folio's stored token, or None (huggingface_hub then uses HF_TOKEN or its own login, if any)."""
     try:
         return token_path().read_text(encoding="utf-8").strip() or None
@@ -161,7 +161,7 @@ def installed_folder(repo_id: str) -> Path | None:
     return folder if has_tokenizer and all((folder / name).exists() for name in names) else None
 
 
-def remove(repo_id: str) -> int:
+def remove_model(repo_id: str) -> int:
     """Delete every cached revision of the repo from huggingface_hub's cache; returns the bytes freed (0: none)."""
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
@@ -208,7 +208,7 @@ def remote_model(repo_id: str, token: str | None = None) -> HubModel:
     return HubModel(repo_id, info.sha, tuple(files), bool(info.gated))
 
 
-def pull(repo_id: str, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+def pull_model(repo_id: str, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
          token: str | None = None) -> Path:
     """The model's snapshot folder, downloading what the cache lacks first (Progress "download" in bytes, then
     "verify"). CancelledError when cancelled; the finished files stay in the cache for the next pull."""
@@ -217,7 +217,7 @@ def pull(repo_id: str, progress: ProgressCallback | None = None, cancel: CancelT
     folder = installed_folder(repo_id)
     if folder is not None:
         return folder
-    token = token or stored_token()
+    token = token or stored_hub_token()
     model = remote_model(repo_id, token)
     cache = hub_cache_dir()
     missing = [f for f in model.files if not _cached(repo_id, f.name, model.commit)]
@@ -391,7 +391,7 @@ def _hub_error(repo_id: str, error: Exception) -> ModelError:
 def gated_error(repo_id: str) -> ModelError:
     """The message for a gated model the hub refused to serve: the licence, and the token."""
     page = f"{DEFAULT_ENDPOINT}/{repo_id}"
-    has_token = stored_token() is not None or bool(os.environ.get("HF_TOKEN"))
+    has_token = stored_hub_token() is not None or bool(os.environ.get("HF_TOKEN"))
     if has_token:
         problem = (f"{repo_id} is gated, and the hub refused the access token Folio has: its account has not been "
                    "granted access yet (or the token is wrong or expired).")

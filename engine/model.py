@@ -110,7 +110,7 @@ def resolve_model_path(spec: str, progress: ProgressCallback | None = None, canc
         raise ModelError(f"Model {spec!r} was not found: it is neither a model folder nor a hub id.",
                          "Choose a folder with config.json, a hub id like 'Qwen/Qwen2.5-7B-Instruct', "
                          "or 'default' for the bundled model.")
-    return hub.pull(spec, progress, cancel)
+    return hub.pull_model(spec, progress, cancel)
 
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 QUANT_PACKAGE = "bitsandbytes"
 QUANT_REQUIREMENT = "bitsandbytes==0.50.2"  # the wheel the GPU runtime fetches (app/runtime/requirements.py)

@@ -49,7 +49,7 @@ def progress_log():
 
 def test_complete_pull_fetches_only_what_folio_needs_and_loads(fake_hub, model_folders):
     events, progress = progress_log()
-    folder = hub.pull("folio-test/tiny", progress)
+    folder = hub.pull_model("folio-test/tiny", progress)
     single = model_folders[0]
     expected = {p.name for p in single.iterdir()}
     assert {p.name for p in folder.iterdir()} == expected
@@ -64,7 +64,7 @@ def test_complete_pull_fetches_only_what_folio_needs_and_loads(fake_hub, model_f
     assert [e.done for e in downloads] == sorted(e.done for e in downloads)
     assert [e for e in events if e.stage == "verify"][-1].done == total
     fake_hub.requests.clear()
-    assert hub.pull("folio-test/tiny") == folder and hub.installed_folder("folio-test/tiny") == folder
+    assert hub.pull_model("folio-test/tiny") == folder and hub.installed_folder("folio-test/tiny") == folder
     assert fake_hub.requests == []  # installed: no network at all
 
     from engine.model import load_model
@@ -74,7 +74,7 @@ def test_complete_pull_fetches_only_what_folio_needs_and_loads(fake_hub, model_f
 
 
 def test_sharded_model_takes_its_index_and_shards(fake_hub, model_folders):
-    folder = hub.pull("folio-test/tiny-sharded")
+    folder = hub.pull_model("folio-test/tiny-sharded")
     shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
     assert len(shards) >= 2 and (folder / hub.WEIGHTS_INDEX).exists()
 
@@ -90,7 +90,7 @@ def add_big_repo(server: FakeHub) -> bytes:
 def test_dropped_connection_resumes_with_a_range_request(fake_hub):
     weights = add_big_repo(fake_hub)
     fake_hub.faults.drop_after["model.safetensors"] = 11 << 20
-    folder = hub.pull("folio-test/big")
+    folder = hub.pull_model("folio-test/big")
     gets = fake_hub.file_gets("model.safetensors")
     assert gets[0] is None and len(gets) == 2 and gets[1] == f"bytes={10 << 20}-"  # resumed, not restarted
     assert (folder / "model.safetensors").read_bytes() == weights
@@ -108,12 +108,12 @@ def test_cancelled_pull_resumes_with_the_files_it_finished(fake_hub):
             cancel.cancel()
 
     with pytest.raises(CancelledError):
-        hub.pull("folio-test/tiny-sharded", progress, cancel)
+        hub.pull_model("folio-test/tiny-sharded", progress, cancel)
     assert hub.installed_folder("folio-test/tiny-sharded") is None
     assert not list(hub.hub_cache_dir().rglob("*.incomplete"))  # nothing half-written left behind
     fake_hub.faults.delay_s.clear()
     fake_hub.requests.clear()
-    hub.pull("folio-test/tiny-sharded")
+    hub.pull_model("folio-test/tiny-sharded")
     assert fake_hub.file_gets(shards[0]) == []  # finished before the cancel: not fetched again
     assert len(fake_hub.file_gets(shards[1])) == 1
 
@@ -129,7 +129,7 @@ def test_cancel_stops_within_a_file(fake_hub):
             cancel.cancel()
 
     with pytest.raises(CancelledError):
-        hub.pull("folio-test/big", progress, cancel)
+        hub.pull_model("folio-test/big", progress, cancel)
     assert 1 << 20 < seen[-1].done < len(weights) < seen[-1].total  # stopped after the first read of the weights
     assert hub.installed_folder("folio-test/big") is None
     assert not list(hub.hub_cache_dir().rglob("*.incomplete"))
@@ -139,68 +139,68 @@ def test_cancel_stops_within_a_file(fake_hub):
 def test_corrupt_file_is_detected_deleted_and_pulled_again(fake_hub, model_folders):
     fake_hub.faults.corrupt.add("model.safetensors")
     with pytest.raises(ModelError, match=r"model.safetensors .* is damaged \(its checksum.*deleted.*Pull"):
-        hub.pull("folio-test/tiny")
+        hub.pull_model("folio-test/tiny")
     assert hub.installed_folder("folio-test/tiny") is None
     fake_hub.faults.corrupt.clear()
-    folder = hub.pull("folio-test/tiny")
+    folder = hub.pull_model("folio-test/tiny")
     assert (folder / "model.safetensors").read_bytes() == (model_folders[0] / "model.safetensors").read_bytes()
 
 
 def test_gated_repo_explains_licence_and_token(fake_hub):
     with pytest.raises(ModelError) as error:
-        hub.pull("folio-test/gated")
+        hub.pull_model("folio-test/gated")
     message = str(error.value)
     assert "gated" in message and "licence" in message and "access token" in message
     assert "/folio-test/gated" in message and "model picker" in message
-    path = hub.save_token("hf_wrongToken")
+    path = hub.save_hub_token("hf_wrongToken")
     with pytest.raises(ModelError, match="refused the access token"):
-        hub.pull("folio-test/gated")
-    hub.save_token(TOKEN)
+        hub.pull_model("folio-test/gated")
+    hub.save_hub_token(TOKEN)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().strip() == TOKEN
-    folder = hub.pull("folio-test/gated")
+    folder = hub.pull_model("folio-test/gated")
     assert (folder / "config.json").exists()
     assert all(had_token for method, path, _, had_token in fake_hub.requests[-3:])
 
 
 def test_token_is_never_in_messages(fake_hub):
-    hub.save_token("hf_secretValue")
+    hub.save_hub_token("hf_secretValue")
     with pytest.raises(ModelError) as error:
-        hub.pull("folio-test/gated")
+        hub.pull_model("folio-test/gated")
     assert "hf_secretValue" not in str(error.value)
     with pytest.raises(ModelError, match="spaces"):
-        hub.save_token("hf_a b")
-    hub.save_token("")
-    assert hub.stored_token() is None and not hub.token_path().exists()
+        hub.save_hub_token("hf_a b")
+    hub.save_hub_token("")
+    assert hub.stored_hub_token() is None and not hub.token_path().exists()
 
 
 def test_no_network_is_a_clear_message_and_installed_models_still_load(fake_hub, monkeypatch):
-    folder = hub.pull("folio-test/tiny")
+    folder = hub.pull_model("folio-test/tiny")
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
-    assert hub.pull("folio-test/tiny") == folder  # installed: used as it is
+    assert hub.pull_model("folio-test/tiny") == folder  # installed: used as it is
     with pytest.raises(ModelError, match=r"Could not download 'folio-test/tiny-sharded'.*internet"):
-        hub.pull("folio-test/tiny-sharded")
+        hub.pull_model("folio-test/tiny-sharded")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
-        hub.pull("folio-test/tiny-sharded")
+        hub.pull_model("folio-test/tiny-sharded")
 
 
 def test_unknown_repo(fake_hub):
     with pytest.raises(ModelError, match="has no model 'folio-test/missing'"):
-        hub.pull("folio-test/missing")
+        hub.pull_model("folio-test/missing")
 
 
 def test_disk_space_is_checked_before_downloading(fake_hub, monkeypatch):
     monkeypatch.setattr(hub, "free_disk", lambda folder: 1000)
     with pytest.raises(ModelError, match="needs .* more on the disk, but only 1000 B is free"):
-        hub.pull("folio-test/tiny")
+        hub.pull_model("folio-test/tiny")
     assert fake_hub.file_gets("model.safetensors") == []
 
 
 def test_remove_frees_the_cache(fake_hub):
-    hub.pull("folio-test/tiny")
-    assert hub.remove("folio-test/tiny") > 0
+    hub.pull_model("folio-test/tiny")
+    assert hub.remove_model("folio-test/tiny") > 0
     assert hub.installed_folder("folio-test/tiny") is None
-    assert hub.remove("folio-test/tiny") == 0
+    assert hub.remove_model("folio-test/tiny") == 0
 
 
 def test_needed_files_refuses_repos_without_safetensors():
@@ -228,7 +228,7 @@ def test_models_command_pulls_lists_and_removes(fake_hub, capsys, monkeypatch):
     assert main(["models", "remove", "folio-test/tiny"]) == 0 and "freed" in capsys.readouterr().err
     assert main(["models", "remove", "folio-test/tiny"]) == 1
     monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN + "\n"))
-    assert main(["models", "token"]) == 0 and hub.stored_token() == TOKEN
+    assert main(["models", "token"]) == 0 and hub.stored_hub_token() == TOKEN
     assert TOKEN not in capsys.readouterr().err
     assert main(["models", "pull", "folio-test/gated"]) == 0
     assert main(["models", "remove", "default"]) == 2 and "cannot be removed" in capsys.readouterr().err

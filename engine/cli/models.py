@@ -35,10 +35,10 @@ def models_command(args: argparse.Namespace) -> int:
         return _list(args.json)
     if args.verb == "token":
         if args.clear:
-            hub.save_token("")
+            hub.save_hub_token("")
             print("hub token removed", file=sys.stderr)
         else:
-            path = hub.save_token(getpass.getpass("Hub access token (hidden): ") if sys.stdin.isatty()
+            path = hub.save_hub_token(getpass.getpass("Hub access token (hidden): ") if sys.stdin.isatty()
                                   else sys.stdin.readline())
             print(f"hub token stored in {path} (readable by you only)", file=sys.stderr)
         return 0
@@ -47,13 +47,13 @@ def models_command(args: argparse.Namespace) -> int:
         if entry is not None and entry.bundled:
             path = ensure_default_model(ProgressPrinter())
         else:
-            path = hub.pull(entry.hub_id if entry else args.id, ProgressPrinter())
+            path = hub.pull_model(entry.hub_id if entry else args.id, ProgressPrinter())
         print(path)
         return 0
     if entry is not None and entry.bundled:
         raise ModelError("The bundled model cannot be removed: it is what Folio runs offline.",
                          "Remove a downloaded model instead.")
-    freed = hub.remove(entry.hub_id if entry else args.id)
+    freed = hub.remove_model(entry.hub_id if entry else args.id)
     if not freed:
         print(f"{args.id} is not downloaded.", file=sys.stderr)
         return 1
