@@ -55,13 +55,20 @@ def quantization_config(weights: str, compute_dtype: torch.dtype):
         return None
     from transformers import BitsAndBytesConfig
 
-    # bitsandbytes warns at import that an optional CPU kernel package (fetched from the hub at run time) is absent;
-    # Folio never installs it (no code from the hub), so the warning is noise.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import_bitsandbytes()
     if weights == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+def import_bitsandbytes():
+    """The bitsandbytes module, imported quietly: at import it warns that an optional CPU kernel package (fetched from
+    the hub at run time) is absent; Folio never installs it (no code from the hub), so the warning is noise."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import bitsandbytes
+
+    return bitsandbytes
 
 
 def precision_label(weights: str, dtype: torch.dtype | str) -> str:
