@@ -324,7 +324,6 @@ class ModelController(QObject):
         self.pulling: str | None = None  # the spec being downloaded
         self._cancel: CancelToken | None = None
         self._pending: deque[tuple[str, Signal, tuple]] = deque()
-        self.thread.start()
 
     @property
     def busy(self) -> bool:
@@ -354,6 +353,8 @@ class ModelController(QObject):
             self._next()
 
     def _next(self) -> None:
+        if not self.thread.isRunning():  # started at the first job: a window that never opens the picker has none
+            self.thread.start()
         job, signal, args = self._pending.popleft()
         self.current = job
         if job == PULL:

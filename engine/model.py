@@ -166,7 +166,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     if variant:  # quantized weights or a changed config compute other K/V: caches made without them do not apply
         fingerprint = hashlib.sha256((fingerprint + json.dumps(variant, sort_keys=True)).encode()).hexdigest()
     return LoadedModel(
-        model=model, tokenizer=tokenizer, name=_display_name(spec, path), path=path,
+        model=model, tokenizer=tokenizer, path=path,
+        name=entry.hub_id if entry is not None and not entry.bundled else _display_name(spec, path),
         device=devices[0] if devices else torch_device, dtype=torch_dtype, fingerprint=fingerprint,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         max_positions=int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0),

@@ -156,6 +156,7 @@ def test_a_catalog_model_loads_with_its_rope_scaling(tiny_model_dir, tmp_path, m
         loaded = load_model("qwen2.5-7b-instruct", device="cpu", dtype="float32")
         plain = load_model(str(loaded.path), device="cpu", dtype="float32")
     assert loaded.max_positions == 131072 and plain.max_positions == 32768
+    assert loaded.name == "Qwen/Qwen2.5-7B-Instruct"
     rope = loaded.model.config.rope_parameters
     assert rope["rope_type"] == "yarn" and rope["factor"] == 4.0 and rope["rope_theta"] == 1e6
     assert loaded.model.model.rotary_emb.rope_type == "yarn"
