@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.resources import APP_NAME
-    from app.settings import load_settings
+    from app.settings import SETTINGS_FILE, config_dir, load_settings
     from app.widgets.theme import app_icon, apply_theme
 
     app = QApplication(sys.argv[:1])
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setDesktopFileName("folio")
     app.setWindowIcon(app_icon())
     apply_theme(app)
+    first_run = not (config_dir() / SETTINGS_FILE).exists()
     settings, warning = load_settings()
     if args.model:
         settings = settings.with_changes(model=args.model)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = RealBackend()
     from app.main_window import MainWindow
 
-    window = MainWindow(backend, settings)
+    window = MainWindow(backend, settings, first_run=first_run)
     if warning:
         window.error_banner.show_message(warning)
 

@@ -20,6 +20,7 @@ from engine import (
     DTYPES,
     GIB,
     MAX_ANSWER_TOKENS,
+    WEIGHTS,
     CancelledError,
     CancelToken,
     ConfigChange,
@@ -29,7 +30,10 @@ from engine import (
     FitReport,
     FolioError,
     LibraryConfig,
+    Machine,
+    ModelChoice,
     ModelError,
+    ModelFit,
     ModelShape,
     Passage,
     Progress,
@@ -37,10 +41,14 @@ from engine import (
     ProgressMeter,
     SpanMap,
     StoreError,
+    card,
     default_model_gguf,
     estimate_fit,
+    find_entry,
     format_bytes,
+    gated_error,
     memory_in_use,
+    model_choices,
     read_document,
     supported_suffixes,
     top_passages,
@@ -51,10 +59,12 @@ if TYPE_CHECKING:
     from engine import DocumentSession, LoadedModel, Store
 
 __all__ = [  # the engine names the app may use, besides this module's own
-    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "CancelToken", "CancelledError", "ConfigChange", "Document",
-    "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "ModelError", "ModelShape", "Passage", "Progress",
-    "ProgressCallback", "ProgressMeter", "SpanMap", "default_model_gguf", "estimate_fit", "format_bytes",
-    "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
+    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ConfigChange", "Document",
+    "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError", "ModelFit",
+    "ModelShape", "Passage", "Progress",
+    "ProgressCallback", "ProgressMeter", "SpanMap", "card", "default_model_gguf", "estimate_fit", "find_entry",
+    "format_bytes", "gated_error", "model_choices", "read_document", "supported_suffixes", "top_passages",
+    "use_bundled_default_model",
 ]
 
 TokenCallback = Callable[[str], None]
@@ -81,6 +91,7 @@ class ModelInfo:
     dtype: str
     max_positions: int
     load_s: float = 0.0
+    weights: str = "full"  # EngineConfig.weights the model was loaded with
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,21 @@ class EngineBackend(Protocol):
     def memory_in_use(self) -> str:
         """Memory in use on the model's device, for the status bar ("1.2 GiB RAM", "5.1 GiB VRAM")."""
 
+    # The model picker's calls run on the model thread (app.worker.ModelController), beside the engine's jobs.
+    def model_choices(self) -> tuple[str, list[ModelChoice]]:
+        """(this machine in words, every catalog model's ModelChoice: installed, fit, recommended)."""
+
+    def pull_model(self, spec: str, progress: ProgressCallback, cancel: CancelToken) -> str:
+        """Download a catalog model (stages "download", "verify", in bytes); returns its folder."""
+
+    def remove_model(self, spec: str) -> int:
+        """Delete a downloaded model; returns the bytes freed."""
+
+    def save_hub_token(self, token: str) -> None:
+        """Store the hub access token (user-only permissions; "" removes it)."""
+
+    def has_hub_token(self) -> bool: ...
+
 
 class RealBackend:
     """The engine: one model loaded once, one DocumentSession per open document, the engine's Store as library.
@@ -180,9 +206,9 @@ class RealBackend:
         self.loaded = None
         started = time.perf_counter()
         self._open_store(library)
-        self.loaded = load_model(config.model, config.device, config.dtype, progress)
+        self.loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
-                         self.loaded.max_positions, time.perf_counter() - started)
+                         self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights)
 
     def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""
@@ -320,3 +346,37 @@ class RealBackend:
     def memory_in_use(self) -> str:
         count, kind = memory_in_use(self.loaded.device if self.loaded is not None else None)
         return f"{format_bytes(count)} {kind}"
+
+    # -- models (on the model thread) ----------------------------------------------------------------
+    def model_choices(self) -> tuple[str, list[ModelChoice]]:
+        from engine import machine_now, model_choices
+
+        machine = machine_now()
+        return machine.name, model_choices(machine)
+
+    def pull_model(self, spec: str, progress: ProgressCallback, cancel: CancelToken) -> str:
+        from engine import ensure_default_model, find_entry, pull_model
+
+        entry = find_entry(spec)
+        if entry is not None and entry.bundled:
+            return str(ensure_default_model(progress))
+        return str(pull_model(entry.hub_id if entry is not None else spec, progress, cancel))
+
+    def remove_model(self, spec: str) -> int:
+        from engine import find_entry, remove_model
+
+        entry = find_entry(spec)
+        if entry is not None and entry.bundled:
+            raise ModelError("The bundled model cannot be removed: it is what Folio runs offline.",
+                             "Remove a downloaded model instead.")
+        return remove_model(entry.hub_id if entry is not None else spec)
+
+    def save_hub_token(self, token: str) -> None:
+        from engine import save_hub_token
+
+        save_hub_token(token)
+
+    def has_hub_token(self) -> bool:
+        from engine import stored_hub_token
+
+        return stored_hub_token() is not None

@@ -16,6 +16,8 @@ from app.backend import (
     Document,
     EngineConfig,
     LibraryConfig,
+    Machine,
+    ModelChoice,
     ModelError,
     ModelInfo,
     ModelShape,
@@ -26,7 +28,11 @@ from app.backend import (
     ProgressMeter,
     SpanMap,
     TokenCallback,
+    card,
     estimate_fit,
+    find_entry,
+    gated_error,
+    model_choices,
     read_document,
     top_passages,
 )
@@ -40,8 +46,13 @@ class FakeBackend:
     """step_s: sleep per prefill chunk / answer token; answer: the text streamed for every question."""
 
     def __init__(self, step_s: float = 0.01, answer: str = DEFAULT_ANSWER, context: int = 8192,
-                 fail_load: str | None = None) -> None:
+                 fail_load: str | None = None, machine: Machine | None = None) -> None:
+        """machine: what the model picker sees (a 12 GB card by default); models "download" in 20 steps."""
         self.step_s, self.answer, self.context, self.fail_load = step_s, answer, context, fail_load
+        self.machine = machine or card(12, ram_bytes=32 * 2**30)
+        self.installed = {"smollm2-135m-instruct"}
+        self.hub_token = ""
+        self.pulls: list[str] = []
         self.config = EngineConfig()
         self.library = LibraryConfig()
         self.documents: dict[str, Document] = {}
@@ -61,7 +72,9 @@ class FakeBackend:
         if self.fail_load:
             raise ModelError(self.fail_load, "Choose another model in Settings (Ctrl+,).")
         self.loaded = True
-        return ModelInfo("FakeLM-1B", "cpu", "float32", self.context, 5 * self.step_s)
+        entry = find_entry(config.model)
+        name = "FakeLM-1B" if entry is None or entry.bundled else entry.name
+        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights)
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         self.config, self.library = config, library
@@ -145,3 +158,37 @@ class FakeBackend:
 
     def memory_in_use(self) -> str:
         return "1.2 GiB RAM"
+
+    # -- the model picker ------------------------------------------------------------------------------
+    def model_choices(self) -> tuple[str, list[ModelChoice]]:
+        choices = model_choices(self.machine, installed=lambda entry: entry.id in self.installed,
+                                quantization_available=True)
+        return self.machine.name, choices
+
+    def pull_model(self, spec: str, progress: ProgressCallback, cancel: CancelToken) -> str:
+        entry = find_entry(spec)
+        if entry is None:
+            raise ModelError(f"The hub has no model {spec!r}, or it is private.", "Check the spelling.")
+        if entry.gated and not self.hub_token:
+            raise gated_error(entry.hub_id)
+        self.pulls.append(entry.id)
+        meter = ProgressMeter("download", entry.download_bytes, progress, "bytes")
+        for step in range(21):
+            cancel.raise_if_cancelled()
+            meter.update(entry.download_bytes * step // 20)
+            time.sleep(self.step_s)
+        self.installed.add(entry.id)
+        return f"/fake/hub/{entry.hub_id}"
+
+    def remove_model(self, spec: str) -> int:
+        entry = find_entry(spec)
+        if entry is None or entry.id not in self.installed:
+            return 0
+        self.installed.discard(entry.id)
+        return entry.download_bytes
+
+    def save_hub_token(self, token: str) -> None:
+        self.hub_token = token.strip()
+
+    def has_hub_token(self) -> bool:
+        return bool(self.hub_token)

@@ -28,6 +28,7 @@ from app.backend import (
     OpenedDocument,
     Passage,
     PreparedDocument,
+    format_bytes,
     supported_suffixes,
 )
 from app.library import Library
@@ -38,25 +39,29 @@ from app.settings import AppSettings, change_impact, save_settings
 from app.widgets.chat_view import AnswerCard, ChatView
 from app.widgets.error_banner import ErrorBanner
 from app.widgets.library_panel import LibraryPanel
+from app.widgets.model_picker import ModelPicker
 from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
-from app.worker import ASK, LOAD, OPEN, REOPEN, SETTINGS, EngineController
+from app.worker import ASK, LOAD, OPEN, PULL, REMOVE, REOPEN, SETTINGS, TOKEN, EngineController, ModelController
 
 
 class MainWindow(QMainWindow):
     def __init__(self, backend: EngineBackend, settings: AppSettings, settings_path: Path | None = None,
                  library: Library | None = None, load_model: bool = True,
-                 gpu_runtime: RuntimeOptions | None = None) -> None:
+                 gpu_runtime: RuntimeOptions | None = None, first_run: bool = False) -> None:
         """``gpu_runtime``: how to check for a GPU and fetch its runtime; by default the real check when the
-        backend offers it (RealBackend), none with the fake backend."""
+        backend offers it (RealBackend), none with the fake backend. ``first_run``: no settings saved yet, so the
+        start screen offers the model picker (the bundled model works offline meanwhile)."""
         super().__init__()
         self.settings = settings
         self.settings_path = settings_path
         self.library = library or Library()
         self.controller = EngineController(backend, self)
+        self.models = ModelController(backend, self)
+        self.model_picker: ModelPicker | None = None
         if gpu_runtime is None and getattr(backend, "offers_gpu_runtime", False):
             gpu_runtime = RuntimeOptions()
         self.runtime = RuntimeController(gpu_runtime, self) if gpu_runtime is not None else None
@@ -74,6 +79,7 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(QSize(820, 520))
         self._build()
         self._connect()
+        self.welcome.show_model_offer(first_run)
         if load_model:
             self.controller.load_model(settings)
         if self.runtime is not None:
@@ -87,7 +93,7 @@ class MainWindow(QMainWindow):
         self.runtime_banner = RuntimeBanner()
         self.progress_panel = ProgressPanel()
         self.error_banner = ErrorBanner()
-        self.welcome = WelcomePage(self.open_dialog, self.open_sample)
+        self.welcome = WelcomePage(self.open_dialog, self.open_sample, self.open_model_picker, self.keep_bundled_model)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.prompt = PromptEdit()
@@ -158,6 +164,7 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         self.open_action = self._action(file_menu, "&Open document…", QKeySequence.StandardKey.Open, self.open_dialog)
         self.settings_action = self._action(file_menu, "&Settings…", QKeySequence("Ctrl+,"), self.open_settings)
+        self.models_action = self._action(file_menu, "&Models…", QKeySequence("Ctrl+M"), self.open_model_picker)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", QKeySequence.StandardKey.Quit, self.close)
         chat_menu = self.menuBar().addMenu("&Chat")
@@ -282,9 +289,81 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("New chat: earlier questions are cleared.", 3000)
 
     def open_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self)
+        dialog = SettingsDialog(self.settings, self, choose_model=self.open_model_picker)
         if dialog.exec() and dialog.result_settings is not None:
             self.apply_settings(dialog.result_settings)
+
+    def open_model_picker(self, on_chosen=None, parent=None) -> ModelPicker:
+        """The model picker, its work on the model thread. A model chosen there is applied (the model reloads), or
+        handed to `on_chosen(spec, weights)` (the settings dialog fills its fields with it)."""
+        if self.model_picker is not None:
+            self.model_picker.raise_()
+            return self.model_picker
+        picker = ModelPicker(self.settings.engine.model, self.settings.engine.weights, parent or self)
+        worker = self.models.worker
+        worker.listed.connect(picker.show_choices)
+        worker.progress.connect(picker.show_progress)
+        worker.pulled.connect(self._model_pulled)
+        worker.removed.connect(self._model_removed)
+        worker.failed.connect(self._model_job_failed)
+        worker.cancelled.connect(self._model_job_cancelled)
+        worker.token_saved.connect(picker.token_saved)
+        self.models.busy_changed.connect(picker.set_busy)
+        picker.pull_requested.connect(self.models.pull)
+        picker.remove_requested.connect(self.models.remove)
+        picker.cancel_requested.connect(self.models.cancel)
+        picker.token_entered.connect(self.models.save_token)
+        picker.set_busy(self.models.busy)
+        picker.finished.connect(lambda _result: self._model_picker_closed(picker, on_chosen))
+        self.model_picker = picker
+        picker.open()
+        self.models.list_models()
+        return picker
+
+    def _model_picker_closed(self, picker: ModelPicker, on_chosen) -> None:
+        worker = self.models.worker
+        for signal, slot in ((worker.listed, picker.show_choices), (worker.progress, picker.show_progress),
+                             (worker.token_saved, picker.token_saved), (self.models.busy_changed, picker.set_busy)):
+            signal.disconnect(slot)
+        for signal, slot in ((worker.pulled, self._model_pulled), (worker.removed, self._model_removed),
+                             (worker.failed, self._model_job_failed), (worker.cancelled, self._model_job_cancelled)):
+            signal.disconnect(slot)
+        self.model_picker = None
+        picker.deleteLater()
+        if picker.chosen is None:
+            return
+        spec, weights = picker.chosen
+        if on_chosen is not None:
+            on_chosen(spec, weights)
+        else:
+            self.welcome.show_model_offer(False)
+            self.apply_settings(self.settings.with_changes(model=spec, weights=weights))
+
+    def keep_bundled_model(self) -> None:
+        """The first run's offer declined: save the settings, so it is not made again."""
+        self.welcome.show_model_offer(False)
+        self.apply_settings(self.settings)
+
+    def _model_pulled(self, spec: str, _folder: str) -> None:
+        if self.model_picker is not None:
+            self.model_picker.download_finished(spec)
+        self.models.list_models()
+
+    def _model_removed(self, spec: str, freed: int) -> None:
+        if self.model_picker is not None:
+            self.model_picker.show_message(f"Removed {spec}: {format_bytes(freed)} freed." if freed
+                                           else f"{spec} was not downloaded.")
+        self.models.list_models()
+
+    def _model_job_failed(self, job: str, message: str) -> None:
+        if self.model_picker is not None:
+            self.model_picker.show_error(message)
+        if job in (PULL, REMOVE, TOKEN):
+            self.models.list_models()
+
+    def _model_job_cancelled(self, job: str) -> None:
+        if self.model_picker is not None and job == PULL:
+            self.model_picker.download_cancelled()
 
     def apply_settings(self, settings: AppSettings) -> None:
         """Save and apply `settings`: reload the model or mark caches for rebuild where needed."""
@@ -414,7 +493,8 @@ class MainWindow(QMainWindow):
     def _model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
         self.model_label.setText(f"Model: {info.name}")
-        self.device_label.setText(f"{info.device} · {info.dtype}")
+        weights = {"8bit": " · 8-bit weights", "4bit": " · 4-bit weights"}.get(info.weights, "")
+        self.device_label.setText(f"{info.device} · {info.dtype}{weights}")
         self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
@@ -516,5 +596,6 @@ class MainWindow(QMainWindow):
             if self.runtime.busy:
                 self.hide()  # a download stops at its next chunk: do not look frozen meanwhile
             self.runtime.shutdown()
+        self.models.shutdown()
         self.controller.shutdown()
         super().closeEvent(event)

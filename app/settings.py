@@ -133,7 +133,7 @@ class ChangeImpact:
     def message(self) -> str:
         """A sentence for the confirmation box; empty when nothing heavy happens."""
         if self.reload_model:
-            return ("Changing the model, device or dtype reloads the model and rebuilds the cache of every "
+            return ("Changing the model, device, dtype or weights reloads the model and rebuilds the cache of every "
                     "open document (each document is read again at its next question).")
         if self.rebuild_caches:
             return ("Changing the attention mode, sink tokens, window, top-k or search effort rebuilds the "

@@ -3,6 +3,9 @@
 EngineController (GUI thread) queues jobs, one at a time, and cancels the running one through its
 CancelToken (thread-safe: set from the GUI thread, checked by the engine between chunks and tokens).
 EngineWorker (worker thread) runs each job on the EngineBackend and reports through typed signals.
+
+The model picker's work (listing what fits, downloads that can take an hour, removal) runs on a second thread,
+ModelController/ModelWorker, so questions about documents go on meanwhile.
 """
 
 from __future__ import annotations
@@ -236,6 +239,142 @@ class EngineController(QObject):
 
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Cancel what runs and stop the thread (at the next chunk/token)."""
+        self.cancel()
+        self.thread.quit()
+        self.thread.wait(wait_ms)
+
+
+PULL, REMOVE, LIST_MODELS, TOKEN = "pull", "remove_model", "list_models", "hub_token"
+
+
+class ModelWorker(QObject):
+    """Lives on the model thread: the picker's listing, downloads and removals on the backend."""
+
+    listed = Signal(str, list)  # machine in words, [ModelChoice]
+    progress = Signal(str, object, object, str, float)  # as EngineWorker.progress (byte counts pass 2**31)
+    pulled = Signal(str, str)  # spec, folder
+    removed = Signal(str, object)  # spec, bytes freed (an int past 2**31)
+    token_saved = Signal(bool)  # a token is stored now
+    failed = Signal(str, str)  # job, message
+    cancelled = Signal(str)  # job
+    idle = Signal(str)
+
+    def __init__(self, backend: EngineBackend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def _run(self, job: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except CancelledError:
+            self.cancelled.emit(job)
+        except Exception as error:
+            log.error("%s failed:\n%s", job, traceback.format_exc())
+            self.failed.emit(job, user_message(error))
+        finally:
+            self.idle.emit(job)
+
+    def _progress(self, event: Progress) -> None:
+        self.progress.emit(event.stage, event.done, event.total, event.unit,
+                           -1.0 if event.eta_s is None else float(event.eta_s))
+
+    @Slot()
+    def list_models(self) -> None:
+        self._run(LIST_MODELS, lambda: self.listed.emit(*self.backend.model_choices()))
+
+    @Slot(str, object)
+    def pull(self, spec: str, cancel: CancelToken) -> None:
+        self._run(PULL, lambda: self.pulled.emit(spec, self.backend.pull_model(spec, self._progress, cancel)))
+
+    @Slot(str)
+    def remove(self, spec: str) -> None:
+        self._run(REMOVE, lambda: self.removed.emit(spec, self.backend.remove_model(spec)))
+
+    @Slot(str)
+    def save_token(self, token: str) -> None:
+        def work() -> None:
+            self.backend.save_hub_token(token)
+            self.token_saved.emit(self.backend.has_hub_token())
+
+        self._run(TOKEN, work)
+
+
+class ModelController(QObject):
+    """GUI-thread side of the model thread: one job at a time, the others queued (the picker disables its buttons
+    while one runs)."""
+
+    busy_changed = Signal(bool)
+    _list = Signal()
+    _pull = Signal(str, object)
+    _remove = Signal(str)
+    _token = Signal(str)
+
+    def __init__(self, backend: EngineBackend, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("folio-models")
+        self.worker = ModelWorker(backend)
+        self.worker.moveToThread(self.thread)
+        self._list.connect(self.worker.list_models)
+        self._pull.connect(self.worker.pull)
+        self._remove.connect(self.worker.remove)
+        self._token.connect(self.worker.save_token)
+        self.worker.idle.connect(self._done)
+        self.current: str | None = None
+        self.pulling: str | None = None  # the spec being downloaded
+        self._cancel: CancelToken | None = None
+        self._pending: deque[tuple[str, Signal, tuple]] = deque()
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def list_models(self) -> None:
+        self._start(LIST_MODELS, self._list)
+
+    def pull(self, spec: str) -> None:
+        self._start(PULL, self._pull, spec)
+
+    def remove(self, spec: str) -> None:
+        self._start(REMOVE, self._remove, spec)
+
+    def save_token(self, token: str) -> None:
+        self._start(TOKEN, self._token, token)
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    def _start(self, job: str, signal: Signal, *args) -> None:
+        if job == LIST_MODELS and any(pending == LIST_MODELS for pending, _, _ in self._pending):
+            return
+        self._pending.append((job, signal, args))
+        if self.current is None:
+            self._next()
+
+    def _next(self) -> None:
+        if not self.thread.isRunning():  # started at the first job: a window that never opens the picker has none
+            self.thread.start()
+        job, signal, args = self._pending.popleft()
+        self.current = job
+        if job == PULL:
+            self._cancel = CancelToken()
+            self.pulling = args[0]
+            args = (*args, self._cancel)
+        self.busy_changed.emit(True)
+        signal.emit(*args)
+
+    @Slot(str)
+    def _done(self, job: str) -> None:
+        self.current = None
+        if job == PULL:
+            self.pulling, self._cancel = None, None
+        if self._pending:
+            self._next()
+        else:
+            self.busy_changed.emit(False)
+
+    def shutdown(self, wait_ms: int = 5000) -> None:
         self.cancel()
         self.thread.quit()
         self.thread.wait(wait_ms)

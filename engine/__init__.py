@@ -19,7 +19,12 @@ config) do not import torch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Model downloads (engine/hub.py) go over plain HTTP, which reports every chunk so that Cancel stops within a file;
+# huggingface_hub reads this when it is first imported.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -36,6 +41,19 @@ _EXPORTS = {
     "ensure_default_model": "engine.default_model",
     "default_model_gguf": "engine.default_model",
     "use_bundled_default_model": "engine.default_model",
+    "WEIGHTS": "engine.config",
+    "CatalogEntry": "engine.catalog",
+    "load_catalog": "engine.catalog",
+    "find_entry": "engine.catalog",
+    "ModelChoice": "engine.choices",
+    "model_choices": "engine.choices",
+    "machine_now": "engine.choices",
+    "card": "engine.choices",
+    "pull_model": "engine.hub",
+    "remove_model": "engine.hub",
+    "save_hub_token": "engine.hub",
+    "stored_hub_token": "engine.hub",
+    "gated_error": "engine.hub",
     # documents and questions
     "Document": "engine.ingest",
     "read_document": "engine.ingest",
@@ -70,6 +88,8 @@ _EXPORTS = {
     "ModelShape": "engine.sizing",
     "FitReport": "engine.sizing",
     "estimate_fit": "engine.sizing",
+    "Machine": "engine.sizing",
+    "ModelFit": "engine.sizing",
     "memory_in_use": "engine.memory",
     "GIB": "engine.units",
     "format_bytes": "engine.units",

@@ -20,7 +20,7 @@ Life of a cache (one document prefix of T tokens):
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -354,10 +354,15 @@ def _grow(buffer: torch.Tensor, used: int, extra: int) -> torch.Tensor:
 class RetrievalCache(Cache):
     """The model-wide cache: one RetrievalLayer per layer, plus search statistics."""
 
-    def __init__(self, n_layers: int, prefix_len: int, device: torch.device, settings: RetrievalSettings,
-                 dtype: torch.dtype = torch.float32) -> None:
-        """dtype: the model's compute dtype (the static set on the device is kept in it)."""
-        super().__init__(layers=[RetrievalLayer(prefix_len, device, settings, dtype) for _ in range(n_layers)])
+    def __init__(self, n_layers: int, prefix_len: int, device: torch.device | Sequence[torch.device],
+                 settings: RetrievalSettings, dtype: torch.dtype = torch.float32) -> None:
+        """device: where the static sets live, one device or one per layer (a model split by accelerate keeps each
+        layer's static set on its layer's device: LoadedModel.cache_devices). dtype: the model's compute dtype (the
+        static set on the device is kept in it)."""
+        devices = [device] * n_layers if isinstance(device, torch.device) else list(device)
+        if len(devices) != n_layers:
+            raise ValueError(f"{len(devices)} devices for {n_layers} layers")
+        super().__init__(layers=[RetrievalLayer(prefix_len, d, settings, dtype) for d in devices])
         self.settings = settings
         self.prefix_len = prefix_len
         self.stats = SearchStats()
@@ -399,8 +404,9 @@ class RetrievalCache(Cache):
         self.index_wait_s += elapsed
 
     @classmethod
-    def restore(cls, prefixes: list[PrefixArrays], device: torch.device, settings: RetrievalSettings,
-                dtype: torch.dtype, index_arrays: list[dict[str, np.ndarray]] | None = None) -> RetrievalCache:
+    def restore(cls, prefixes: list[PrefixArrays], device: torch.device | Sequence[torch.device],
+                settings: RetrievalSettings, dtype: torch.dtype,
+                index_arrays: list[dict[str, np.ndarray]] | None = None) -> RetrievalCache:
         """A ready-to-decode cache from saved per-layer prefixes (and indexes, when they match settings)."""
         prefix_len = prefixes[0].keys.shape[1]
         cache = cls(len(prefixes), prefix_len, device, settings, dtype)

@@ -7,11 +7,12 @@ from dataclasses import dataclass, fields
 ATTENTION_MODES = ("full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+WEIGHTS = ("full", "8bit", "4bit")  # the weights as stored, or quantized at load (engine.quantize)
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
 MAX_ANSWER_TOKENS = 32768
 # Which settings need what when they change (ConfigChange): the model reloaded, or each document's session made
 # again (its K/V reused from the library where it holds them).
-RELOAD_MODEL_FIELDS = ("model", "device", "dtype")
+RELOAD_MODEL_FIELDS = ("model", "device", "dtype", "weights")
 REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "search_effort", "kv_dtype", "prefill_chunk")
 
 
@@ -20,7 +21,10 @@ class EngineConfig:
     """What model runs where, how attention is done, and how answers are generated. The one home of these
     defaults: the CLI, the app's settings and the cache's RetrievalSettings take them from here.
 
-    model: "default" (the bundled SmolLM2-135M-Instruct), a local model folder, or a hub id.
+    model: "default" (the bundled SmolLM2-135M-Instruct), a catalog id (resources/models.json), a local model
+        folder, or a hub id.
+    weights: "full" (the model's weights in `dtype`), or "8bit"/"4bit": its linear layers quantized at load
+        (engine.quantize), so a larger model fits a smaller card.
     attention: "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks + last
         window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
     n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
@@ -33,6 +37,7 @@ class EngineConfig:
     model: str = "default"
     device: str = "auto"
     dtype: str = "auto"
+    weights: str = "full"
     attention: str = "retrieval"
     n_sink: int = 128
     n_window: int = 512
@@ -55,6 +60,8 @@ class EngineConfig:
             problems.append(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
         if self.kv_dtype not in ("float16", "float32"):
             problems.append(f"kv_dtype must be float16 or float32, not {self.kv_dtype!r}")
+        if self.weights not in WEIGHTS:
+            problems.append(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         for name in ("n_sink", "n_window", "threads", "prefill_chunk"):
@@ -85,7 +92,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ConfigChange:
-    """What applying a new EngineConfig costs: reload_model (model, device or dtype changed), reopen_documents
+    """What applying a new EngineConfig costs: reload_model (model, device, dtype or weights changed), reopen_documents
     (attention settings changed: each open document's session is made again), changed (the field names)."""
 
     reload_model: bool

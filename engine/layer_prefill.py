@@ -117,7 +117,7 @@ def _layer_major_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Retriev
     yield meter.update(state.layer * total + state.start)
     while state.layer < n_layers:
         layer: RetrievalLayer = cache.layers[state.layer]
-        layer.prefill_on_device = keeps_layer_on_device(model.device)
+        layer.prefill_on_device = keeps_layer_on_device(layer.device)
         while state.start < total:
             if cancel:
                 cancel.raise_if_cancelled()

@@ -1,28 +1,32 @@
-"""Load a causal LM and its tokenizer (default model, local folder or hub id) and fingerprint it."""
+"""Load a causal LM and its tokenizer (default model, catalog id, local folder or hub id), with quantized weights and
+layers split across devices where asked, and fingerprint it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from engine import hub
+from engine.catalog import find_entry
 from engine.config import EngineConfig
 from engine.default_model import ensure_default_model
 from engine.errors import ModelError
-from engine.events import ProgressCallback, ProgressMeter
-from engine.memory import device_free
-from engine.sizing import FitReport, ModelShape, estimate_fit
+from engine.events import CancelToken, ProgressCallback, ProgressMeter
+from engine.memory import available_ram, device_free
+from engine.quantize import check_quantization, quantization_config
+from engine.sizing import FitReport, ModelShape, estimate_fit, weights_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLE_BYTES = 1 << 20  # bytes hashed at the start, middle and end of each weight file
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_ID = hub.HUB_ID
+LONG_DOCUMENT_TOKENS = 131072  # device room kept for a document this long when a model is split across devices
 
 
 @dataclass
@@ -39,6 +43,8 @@ class LoadedModel:
     tokenizer_fingerprint: str
     max_positions: int
     stop_token_ids: set[int] = field(default_factory=set)
+    weights: str = "full"  # EngineConfig.weights: "full", "8bit" or "4bit"
+    layer_devices: list[torch.device] = field(default_factory=list)  # per decoder layer (see layer_devices)
 
     @property
     def config(self):
@@ -47,12 +53,12 @@ class LoadedModel:
     @property
     def shape(self) -> ModelShape:
         """What a document's cache size depends on (for engine.sizing.estimate_fit)."""
-        config = self.model.config.get_text_config()
-        heads = config.num_attention_heads
-        return ModelShape(layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", heads),
-                          query_heads=heads, head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-                          max_positions=self.max_positions, weight_bytes_per_value=self.dtype.itemsize,
-                          kv_bytes_per_value=2, hidden_size=config.hidden_size)
+        return shape_from_config(self.model.config, self.dtype, self.max_positions)
+
+    @property
+    def cache_devices(self) -> list[torch.device]:
+        """The device of each layer's static set: its layer's device (one device unless accelerate split the model)."""
+        return self.layer_devices or [self.device] * self.model.config.get_text_config().num_hidden_layers
 
     def fit(self, tokens: int, config: EngineConfig, data_folder: str | Path, disk_budget_bytes: int,
             used_disk_bytes: int = 0, measure_free: bool = True) -> FitReport:
@@ -85,10 +91,15 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def resolve_model_path(spec: str, progress: ProgressCallback | None = None) -> Path:
-    """Turn "default", a folder or a hub id into a local model folder (downloading where allowed)."""
+def resolve_model_path(spec: str, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Path:
+    """Turn "default", a catalog id, a folder or a hub id into a local model folder (downloading where allowed)."""
     if spec == "default":
         return ensure_default_model(progress)
+    entry = find_entry(spec)
+    if entry is not None:
+        if entry.bundled:
+            return ensure_default_model(progress)
+        spec = entry.hub_id
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -99,67 +110,130 @@ def resolve_model_path(spec: str, progress: ProgressCallback | None = None) -> P
         raise ModelError(f"Model {spec!r} was not found: it is neither a model folder nor a hub id.",
                          "Choose a folder with config.json, a hub id like 'Qwen/Qwen2.5-7B-Instruct', "
                          "or 'default' for the bundled model.")
-    return _download_from_hub(spec, progress)
-
-
-def _download_from_hub(repo_id: str, progress: ProgressCallback | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    meter = ProgressMeter("download", 1, progress, "model")
-    meter.update(0)
-    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except RepositoryNotFoundError as error:
-        raise ModelError(f"The hub has no model {repo_id!r} (or it is private).",
-                         "Check the spelling, or log in with `hf auth login` for gated models.") from error
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise ModelError(
-            f"Could not download {repo_id!r} from the Hugging Face Hub and it is not in the local cache "
-            f"({str(error).splitlines()[0]}).",
-            "Connect to the internet once to download it, or choose a local model folder.",
-        ) from error
-    meter.update(1)
-    return folder
+    return hub.pull_model(spec, progress, cancel)
 
 
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
                progress: ProgressCallback | None = None, attn_implementation: str = "sdpa",
-               config_overrides: dict | None = None) -> LoadedModel:
-    """Load model `spec` ("default", a folder or a hub id) ready for inference. Never runs remote code.
+               config_overrides: dict | None = None, weights: str = "full", max_memory: dict | None = None,
+               offload_folder: str | Path | None = None, cancel: CancelToken | None = None) -> LoadedModel:
+    """Load model `spec` ("default", a catalog id, a folder or a hub id) ready for inference. Never runs remote code.
 
+    weights: "full", or "8bit"/"4bit" (engine.quantize). A catalog model gets the RoPE scaling its entry names.
+    Placement: one device, except for device "auto" on a GPU whose free memory the weights do not fit beside room for
+    a long document's cache: then accelerate's device_map spreads the layers over the GPUs and the CPU. max_memory
+    (accelerate's {device: bytes}, with offload_folder for "disk") forces such a split.
     config_overrides: config attributes to replace at load (benchmarks stretch RoPE this way)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    path = resolve_model_path(spec, progress)
+    check_quantization(weights, torch_device)
+    path = resolve_model_path(spec, progress, cancel)
     meter = ProgressMeter("load", 1, progress, "model")
     meter.update(0)
     hf_logging.disable_progress_bar()  # we report our own progress
+    entry = find_entry(spec)
     try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        overrides = {**(entry.load_overrides(getattr(config, "rope_parameters", None)) if entry else {}),
+                     **(config_overrides or {})}
+        placement = _placement(config, weights, torch_device, torch_dtype, device, max_memory, offload_folder)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=False, attn_implementation=attn_implementation,
-            **(config_overrides or {}),
+            quantization_config=quantization_config(weights, torch_dtype), **placement, **overrides,
         )
     except (OSError, ValueError, KeyError) as error:
+        if weights != "full" and "dispatched on the CPU or the disk" in str(error):
+            check_quantization(weights, torch_device, offloads_to_disk=True)
+        if "offload" in str(error) and max_memory is None:
+            raise ModelError(f"The model in {path} does not fit in device memory and RAM together.",
+                             "Choose a smaller model or 4-bit weights, or close other programs.") from error
         raise ModelError(f"The model in {path} could not be loaded: {str(error).splitlines()[0]}",
                          "Check that the folder holds a complete transformers causal LM.") from error
     except torch.OutOfMemoryError as error:
         raise ModelError(f"The model in {path} does not fit in {torch_device} memory.",
-                         "Choose a smaller model, a smaller dtype, or the CPU device.") from error
-    model.to(torch_device).eval()
+                         "Choose a smaller model, 4-bit weights, a smaller dtype, or the CPU device.") from error
+    model.eval()
+    devices = layer_devices(model)
+    check_quantization(weights, torch_device, offloads_to_disk="disk" in (getattr(model, "hf_device_map", None)
+                                                                          or {}).values())
     meter.update(1)
     if tokenizer.chat_template is None:
         raise ModelError(f"The tokenizer in {path} has no chat template, so Folio cannot format questions.",
                          "Use an instruction-tuned (chat) model.")
+    variant = {k: v for k, v in (("weights", weights), ("config", overrides)) if v and v != "full"}
+    fingerprint = model_fingerprint(path)
+    if variant:  # quantized weights or a changed config compute other K/V: caches made without them do not apply
+        fingerprint = hashlib.sha256((fingerprint + json.dumps(variant, sort_keys=True)).encode()).hexdigest()
     return LoadedModel(
-        model=model, tokenizer=tokenizer, name=_display_name(spec, path), path=path,
-        device=torch_device, dtype=torch_dtype, fingerprint=model_fingerprint(path),
+        model=model, tokenizer=tokenizer, path=path,
+        name=entry.hub_id if entry is not None and not entry.bundled else _display_name(spec, path),
+        device=devices[0] if devices else torch_device, dtype=torch_dtype, fingerprint=fingerprint,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         max_positions=int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0),
-        stop_token_ids=stop_token_ids(model, tokenizer),
+        stop_token_ids=stop_token_ids(model, tokenizer), weights=weights, layer_devices=devices,
     )
+
+
+def _placement(config, weights: str, device: torch.device, dtype: torch.dtype, device_spec: str,
+               max_memory: dict | None, offload_folder: str | Path | None) -> dict:
+    """from_pretrained's device_map (and max_memory, offload_folder): the whole model on `device`, or accelerate's
+    split where max_memory asks for one or where device "auto" finds a GPU too small for the weights."""
+    if max_memory is not None:
+        return {"device_map": "auto", "max_memory": max_memory,
+                **({"offload_folder": str(offload_folder)} if offload_folder else {})}
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        if device_spec == "auto":
+            split = _gpu_split(config, weights, dtype)
+            if split is not None:
+                return {"device_map": "auto", "max_memory": split}
+    return {"device_map": {"": device}}
+
+
+def _gpu_split(config, weights: str, dtype: torch.dtype) -> dict | None:
+    """accelerate's max_memory when the weights and a long document's device memory do not fit GPU 0's free memory:
+    every GPU less that room, then the CPU; None when they fit (or the model's size cannot be counted)."""
+    shape = shape_from_config(config, dtype)
+    try:
+        need = weights_bytes(shape, weights, dtype.itemsize)
+    except ValueError:
+        return None
+    tokens = max(1, min(shape.max_positions or 32768, LONG_DOCUMENT_TOKENS))
+    room = estimate_fit(shape, tokens, 0, "retrieval", EngineConfig.n_sink, EngineConfig.n_window, False, ".",
+                        1 << 62, available_ram=0, available_device=0).device_bytes
+    free = [device_free(torch.device("cuda", i)) or 0 for i in range(torch.cuda.device_count())]
+    if need + room <= free[0]:
+        return None
+    return {**{i: max(0, f - room) for i, f in enumerate(free)}, "cpu": int(0.9 * (available_ram() or 0))}
+
+
+def layer_devices(model: PreTrainedModel) -> list[torch.device]:
+    """The device each decoder layer computes on: where accelerate's hook runs it (a split model's layers kept in CPU
+    memory or on disk run on their execution device), else where its weights are. [] for a model without `layers`."""
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    devices = []
+    for layer in layers:
+        execution = getattr(getattr(layer, "_hf_hook", None), "execution_device", None)
+        if execution is None:
+            execution = next(layer.parameters()).device
+        devices.append(torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution))
+    return devices
+
+
+def shape_from_config(config, dtype: torch.dtype, max_positions: int | None = None) -> ModelShape:
+    """A model config's shape, for the cache and weights arithmetic of engine.sizing."""
+    config = config.get_text_config()
+    heads = config.num_attention_heads
+    return ModelShape(layers=config.num_hidden_layers, kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                      query_heads=heads, head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+                      max_positions=max_positions if max_positions is not None
+                      else int(getattr(config, "max_position_embeddings", 0) or 0),
+                      weight_bytes_per_value=dtype.itemsize, kv_bytes_per_value=2, hidden_size=config.hidden_size,
+                      intermediate_size=getattr(config, "intermediate_size", 0) or 0,
+                      vocab_size=getattr(config, "vocab_size", 0) or 0,
+                      tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+                      qkv_bias=bool(getattr(config, "attention_bias", False) or config.model_type == "qwen2"))
 
 
 def _display_name(spec: str, path: Path) -> str:

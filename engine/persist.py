@@ -165,7 +165,7 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
     cache = None
     if index_arrays is not None:
         try:
-            cache = RetrievalCache.restore(prefixes, loaded.device, settings, loaded.dtype, index_arrays)
+            cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, index_arrays)
         except (KeyError, ValueError, IndexError, TypeError) as error:  # arrays that do not make an index
             store.delete_index(cache_id, index_id)
             index_arrays, notice = None, f"index rebuilt: damaged index removed ({error})"
@@ -177,7 +177,7 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
                 store.delete_cache(cache_id)
                 return result
         build_started = time.perf_counter()
-        cache = RetrievalCache.restore(prefixes, loaded.device, settings, loaded.dtype, None)
+        cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, None)
     result.index_loaded = index_arrays is not None
     if not result.index_loaded and settings.method != WINDOW_ONLY:
         result.index_build_s = cache.index_build_s = cache.index_wait_s = time.perf_counter() - build_started

@@ -257,7 +257,7 @@ class DocumentSession:
         config = self.loaded.model.config
         if not self.uses_retrieval:
             return DynamicCache(config=config)
-        return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.device,
+        return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.cache_devices,
                               retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
 
 

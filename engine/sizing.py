@@ -6,6 +6,7 @@ The graph index's shape constants live here because its memory is counted here: 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ KNN_SCORE_BYTES = 256 * 2**20  # ... fewer where a chunk's [rows, N] float32 sco
 GRAPH_DEGREE = 16  # the graph index's out-degree after pruning (IndexParams.degree)
 GRAPH_OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
 NEIGHBOUR_ID_BYTES = 4  # neighbour ids are int32
+# How bitsandbytes stores 4-bit weights (engine.quantize): NF4 in blocks of 64, the blocks' scales quantized again
+# in groups of 256; each layer keeps its code tables (16 + 256 float32) and an offset.
+NF4_BLOCK, NF4_BLOCKS_PER_SCALE = 64, 256
+NF4_TABLE_BYTES = 4 * (16 + 256 + 1)
+CUDA_CONTEXT_BYTES = 512 * 2**20  # what a card holds for the CUDA context besides torch's allocations (card tables)
 
 
 def graph_bytes_per_key(degree: int = GRAPH_DEGREE) -> int:
@@ -61,6 +67,51 @@ class ModelShape:
     weight_bytes_per_value: int = 4  # model dtype on the device
     kv_bytes_per_value: int = 2  # kv_dtype of the offloaded document K/V
     hidden_size: int = 0  # 0: query_heads x head_dim (as in the Llama family)
+    # What the weights' memory depends on (weights_bytes); 0 where unknown.
+    intermediate_size: int = 0
+    vocab_size: int = 0
+    tied_embeddings: bool = True
+    qkv_bias: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.hidden_size or self.query_heads * self.head_dim
+
+
+def parameter_split(shape: ModelShape) -> tuple[int, int]:
+    """(weights of the decoder layers' linear projections, every other parameter) of a Llama-family model: the first
+    are what 8-bit and 4-bit loading quantize; embeddings, output head, norms and biases are the rest."""
+    if not (shape.intermediate_size and shape.vocab_size):
+        raise ValueError("the model's intermediate size and vocabulary are needed to count its weights")
+    width, attention_width = shape.width, shape.query_heads * shape.head_dim
+    kv_width = shape.kv_heads * shape.head_dim
+    per_layer = 2 * width * attention_width + 2 * width * kv_width + 3 * width * shape.intermediate_size
+    embeddings = shape.vocab_size * width * (1 if shape.tied_embeddings else 2)
+    biases = shape.layers * (attention_width + 2 * kv_width) if shape.qkv_bias else 0
+    return shape.layers * per_layer, embeddings + biases + (2 * shape.layers + 1) * width
+
+
+def weights_bytes(shape: ModelShape, weights: str = "full", dtype_bytes: int = 2) -> int:
+    """The memory a model's weights take when loaded: "full" (every parameter in a dtype of dtype_bytes) or "8bit"/
+    "4bit" (engine.quantize: the layers' linear weights quantized as bitsandbytes stores them, the rest in the dtype).
+    8-bit: one byte per weight and one float32 scale per output row. 4-bit (NF4, double-quantized scales): half a
+    byte per weight, one int8 scale per block of 64, one float32 per 256 blocks, and the code tables."""
+    linear, rest = parameter_split(shape)
+    if weights == "full":
+        return (linear + rest) * dtype_bytes
+    width, attention, kv = shape.width, shape.query_heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    per_layer = 0
+    for rows, columns in ((attention, width), (kv, width), (kv, width), (width, attention),
+                          (shape.intermediate_size, width), (shape.intermediate_size, width),
+                          (width, shape.intermediate_size)):  # q, k, v, o, gate, up, down: (out, in)
+        count = rows * columns
+        if weights == "8bit":
+            per_layer += count + 4 * rows
+        else:
+            blocks = math.ceil(count / NF4_BLOCK)
+            per_layer += math.ceil(count / 2) + blocks + 4 * math.ceil(blocks / NF4_BLOCKS_PER_SCALE) \
+                + NF4_TABLE_BYTES
+    return shape.layers * per_layer + rest * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -142,3 +193,56 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
                         "delete documents from the library or raise the budget in Settings.")
     return FitReport(tokens, shape.max_positions, reserved, ram, on_device, disk, device_is_cpu,
                      tuple(problems), tuple(warnings))
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a model's fit is checked against: where it runs and what is free there (bytes)."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    device_bytes: int = 0  # free memory of the card (0 on the CPU)
+    ram_bytes: int = 0  # available RAM (0: unknown, not checked)
+    disk_bytes: int | None = None  # free disk where models are downloaded (None: unknown, not checked)
+    name: str = ""  # e.g. "NVIDIA GeForce RTX 4070 (12.0 GiB)"
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """Whether a model runs a document of `tokens` tokens on a machine with its weights as `weights`."""
+
+    weights: str
+    tokens: int
+    weights_bytes: int
+    device_bytes: int  # the weights and the cache's device part (0 on the CPU)
+    ram_bytes: int  # the cache's CPU part (and the weights, on the CPU)
+    download_bytes: int  # still to download (0 when installed)
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+
+def model_fit(shape: ModelShape, weights: str, tokens: int, machine: Machine, download_bytes: int = 0,
+              dtype_bytes: int = 2, reserved: int = 512, attention: str = "retrieval", n_sink: int = 128,
+              n_window: int = 512) -> ModelFit:
+    """The fit check of a model before it is chosen: its weights (in precision `weights`, engine.quantize) and the
+    cache of a `tokens`-token document (estimate_fit) against the machine's device memory, RAM and disk (download)."""
+    weights_size = weights_bytes(shape, weights, dtype_bytes)
+    on_cpu = machine.device == "cpu"
+    cache_shape = dataclasses.replace(shape, weight_bytes_per_value=dtype_bytes)
+    cache = estimate_fit(cache_shape, tokens, reserved, attention, n_sink, n_window, on_cpu, ".", 1 << 62,
+                         available_ram=0, available_device=0)
+    device = 0 if on_cpu else weights_size + cache.device_bytes
+    ram = cache.ram_bytes + (weights_size if on_cpu else 0)
+    problems = list(cache.problems)
+    if not on_cpu and device > machine.device_bytes:
+        problems.append(f"needs ≈ {format_bytes(device)} of device memory at {tokens:,} tokens "
+                        f"({format_bytes(weights_size)} of weights); {format_bytes(machine.device_bytes)} is free")
+    if machine.ram_bytes and ram > machine.ram_bytes:
+        problems.append(f"needs ≈ {format_bytes(ram)} of RAM at {tokens:,} tokens; "
+                        f"{format_bytes(machine.ram_bytes)} is available")
+    if machine.disk_bytes is not None and download_bytes > machine.disk_bytes:
+        problems.append(f"its download ({format_bytes(download_bytes)}) needs more than the "
+                        f"{format_bytes(machine.disk_bytes)} free on the disk")
+    return ModelFit(weights, tokens, weights_size, device, ram, download_bytes, tuple(problems))

@@ -29,11 +29,13 @@ def full_attention_logits(model, ids, steps, chunk=64):
 
 
 @torch.inference_mode()
-def retrieval_logits(model, prefix, question, steps, settings, chunk=64, layer_major=True, background_builds=None):
-    """The same with the retrieval cache on the model's device: prefix prefilled and indexed (layer by layer as the
-    app does, or chunk by chunk), then the question prefilled after it. Returns (logits, cache)."""
+def retrieval_logits(model, prefix, question, steps, settings, chunk=64, layer_major=True, background_builds=None,
+                     devices=None):
+    """The same with the retrieval cache on the model's device (or on `devices`, one per layer): prefix prefilled and
+    indexed (layer by layer as the app does, or chunk by chunk), then the question prefilled after it. Returns
+    (logits, cache)."""
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
-    cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), model.device, settings)
+    cache = RetrievalCache(model.config.num_hidden_layers, len(prefix), devices or model.device, settings)
     kwargs = {"folio_cache": cache}
     if layer_major:
         run_steps(document_prefill_steps(model, prefix, cache, chunk, background_builds=background_builds))

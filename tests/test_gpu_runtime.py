@@ -543,7 +543,7 @@ def test_http_index_install_with_resume(tmp_path: Path, server: tuple[str, type[
     install_runtime(build, source, progress, path=path, chunk_size=CHUNK)
     total = (handler.root / WHEEL_NAME).stat().st_size
     assert seen[0] == (5 * CHUNK, total) and seen[-1] == (total, total)
-    assert handler.requests[-1] == f"bytes={5 * CHUNK}-"
+    assert f"bytes={5 * CHUNK}-" in handler.requests  # then it looks up the optional quantization wheel
     assert runtime_ready(path, build.torch_version)
     assert read_stamp(path)["sha256"] == ref.sha256  # type: ignore[index]
     assert (path / SITE_DIR / "torch" / "__init__.py").read_text().strip() == '__version__ = "2.13.0+cu126"'
@@ -637,3 +637,25 @@ def test_stamp_written_atomically(tmp_path: Path) -> None:
     write_stamp(tmp_path, build_cu126(), WHEEL_NAME, "ab" * 32)
     assert json.loads((tmp_path / STAMP_FILE).read_text())["wheel"] == WHEEL_NAME
     assert not (tmp_path / (STAMP_FILE + ".tmp")).exists() and runtime_ready(tmp_path)
+
+
+def test_install_adds_the_quantization_library_when_the_source_has_it(tmp_path: Path) -> None:
+    from app.runtime.requirements import OPTIONAL_REQUIREMENTS
+    from engine.quantize import QUANT_REQUIREMENT
+
+    assert OPTIONAL_REQUIREMENTS == (QUANT_REQUIREMENT,)  # the wheel the runtime fetches is the one the engine uses
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, requires=TORCH_REQUIRES)
+    make_dep_wheel(wheels)
+    version = QUANT_REQUIREMENT.split("==")[1]
+    name = f"bitsandbytes-{version}-py3-none-manylinux_2_24_x86_64.whl"
+    with zipfile.ZipFile(wheels / name, "w") as archive:
+        archive.writestr("bitsandbytes/__init__.py", f'__version__ = "{version}"\n')
+        archive.writestr(f"bitsandbytes-{version}.dist-info/METADATA",
+                         f"Metadata-Version: 2.1\nName: bitsandbytes\nVersion: {version}\n")
+    path = install_runtime(build_cu126(), RuntimeSource("folder", str(wheels)), path=tmp_path / "rt")
+    assert read_stamp(path)["dependencies"] == [CUBLAS_WHEEL, name]
+    assert (path / SITE_DIR / "bitsandbytes" / "__init__.py").is_file()
+    (wheels / name).unlink()  # a source without it: the runtime works with full weights only
+    path = install_runtime(build_cu126(), RuntimeSource("folder", str(wheels)), path=tmp_path / "rt2")
+    assert runtime_ready(path) and read_stamp(path)["dependencies"] == [CUBLAS_WHEEL]

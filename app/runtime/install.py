@@ -8,11 +8,14 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import Requirement
+
 from app.runtime.builds import RuntimeBuild
 from app.runtime.download import CHUNK_SIZE, Cancel, Progress, download, sha256_of, size_of
+from app.runtime.errors import WheelNotFound
 from app.runtime.layout import DOWNLOADS_DIR, SITE_DIR, STAMP_FILE, runtime_path, runtime_ready, write_stamp
-from app.runtime.requirements import runtime_requirements, wheel_requirements
-from app.runtime.source import RuntimeSource
+from app.runtime.requirements import OPTIONAL_REQUIREMENTS, PYPI_SIMPLE, runtime_requirements, wheel_requirements
+from app.runtime.source import SOURCE_ENV, RuntimeSource, WheelRef
 
 
 def _member_target(member: str) -> PurePosixPath | None:
@@ -54,6 +57,18 @@ def unpack_wheels(wheels: Sequence[Path], site_dir: Path) -> None:
     os.replace(staging, site_dir)
 
 
+def optional_wheels(source: RuntimeSource) -> list[WheelRef]:
+    """The OPTIONAL_REQUIREMENTS wheels `source` has (PyPI beside the PyTorch index; a custom source's own folder or
+    index otherwise); one it lacks is left out."""
+    found = []
+    for line in OPTIONAL_REQUIREMENTS:
+        try:
+            found.append(source.find_requirement(Requirement(line)))
+        except WheelNotFound:
+            continue
+    return found
+
+
 def _no_progress(_done: int, _total: int | None) -> None:
     """The default progress callback."""
 
@@ -65,7 +80,8 @@ def install_runtime(build: RuntimeBuild, source: RuntimeSource | None = None, pr
 
     After the torch wheel, the requirements in its METADATA that apply here (:func:`runtime_requirements`:
     the CUDA libraries, triton, anything the main environment lacks) are fetched from the same source and
-    unpacked into the same site-packages; a missing one raises :class:`WheelNotFound` naming it. Progress is
+    unpacked into the same site-packages; a missing one raises :class:`WheelNotFound` naming it. The quantization
+    library (:func:`optional_wheels`) joins them where its source has it. Progress is
     reported over all wheels (the total grows to include the dependencies once torch's METADATA is read).
     Idempotent: a ready runtime is returned at once; an interrupted download resumes (downloaded wheels are
     kept until the unpack); an interrupted unpack (no stamp) is redone. The stamp, listing the dependency
@@ -74,6 +90,7 @@ def install_runtime(build: RuntimeBuild, source: RuntimeSource | None = None, pr
     path = path if path is not None else runtime_path(build)
     if runtime_ready(path, build.torch_version):
         return path
+    default_source = source is None and not os.environ.get(SOURCE_ENV, "").strip()
     source = source if source is not None else RuntimeSource.for_build(build)
     ref = source.find_wheel(build)
     (path / STAMP_FILE).unlink(missing_ok=True)
@@ -82,6 +99,7 @@ def install_runtime(build: RuntimeBuild, source: RuntimeSource | None = None, pr
                      chunk_size=chunk_size)
     digest = ref.sha256 or sha256_of(wheel)
     deps = [source.find_requirement(req) for req in runtime_requirements(wheel_requirements(wheel))]
+    deps += optional_wheels(RuntimeSource("index", PYPI_SIMPLE) if default_source else source)
     wheels = [wheel]
     if deps:
         done = wheel.stat().st_size

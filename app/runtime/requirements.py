@@ -14,6 +14,11 @@ from packaging.utils import canonicalize_name
 # Requirements of the CUDA torch wheel that are always fetched into the runtime, even when the main environment
 # has a version that fits: they only exist for the CUDA build (canonical names; ``nvidia-*`` by prefix).
 ALWAYS_FETCH = ("triton", "pytorch-triton")
+# Wheels the runtime adds beside CUDA torch when its source has them: the quantization library for 8-bit and 4-bit
+# weights (engine/quantize.py's QUANT_REQUIREMENT; a test keeps the two equal). One wheel serves every CUDA
+# version. Without it the runtime still works, with full weights only.
+OPTIONAL_REQUIREMENTS = ("bitsandbytes==0.50.2",)
+PYPI_SIMPLE = "https://pypi.org/simple"  # where they come from beside the PyTorch index
 
 
 def wheel_requirements(wheel: Path) -> list[str]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from app.backend import format_bytes
+
 STAGE_NAMES = {
     "download": "Downloading the model",
+    "verify": "Checking the download",
     "extract": "Extracting text",
     "convert": "Converting the model",
     "load": "Loading the model",
@@ -33,7 +36,9 @@ def format_eta(seconds: float) -> str:
 def describe(stage: str, done: int, total: int, unit: str, eta_s: float) -> str:
     name = STAGE_NAMES.get(stage, stage.capitalize())
     parts = [name]
-    if total > 1 and unit not in UNITS_WITHOUT_COUNTS:
+    if unit == "bytes":
+        parts.append(f"{format_bytes(done)} of {format_bytes(total)}")
+    elif total > 1 and unit not in UNITS_WITHOUT_COUNTS:
         parts.append(f"{done:,} of {total:,} {unit}".strip())
     if eta := (format_eta(eta_s) if done < total else ""):
         parts.append(eta)

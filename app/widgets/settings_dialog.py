@@ -21,10 +21,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import DTYPES, GIB, MAX_ANSWER_TOKENS
+from app.backend import DTYPES, GIB, MAX_ANSWER_TOKENS, WEIGHTS
 from app.settings import ATTENTION_CHOICES, AppSettings, change_impact
 
 DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
+WEIGHT_NAMES = {"full": "Full", "8bit": "8-bit (quantized at load)", "4bit": "4-bit (quantized at load)"}
+WEIGHT_CHOICES = tuple((w, WEIGHT_NAMES[w]) for w in WEIGHTS)
 
 
 def _combo(choices: tuple[tuple[str, str], ...], editable: bool = False) -> QComboBox:
@@ -54,7 +56,9 @@ def _spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
 class SettingsDialog(QDialog):
     """Shows `settings`; `result_settings` holds the accepted, validated settings."""
 
-    def __init__(self, settings: AppSettings, parent: QWidget | None = None, confirm: bool = True) -> None:
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None, confirm: bool = True,
+                 choose_model=None) -> None:
+        """choose_model(on_chosen, parent): opens the model picker, which calls on_chosen(spec, weights)."""
         super().__init__(parent)
         self.setWindowTitle("Folio settings")
         self.original = settings
@@ -70,10 +74,17 @@ class SettingsDialog(QDialog):
         use_default.clicked.connect(lambda: self.model.setText("default"))
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
+        if choose_model is not None:
+            catalog = QPushButton("Models…")
+            catalog.setToolTip("The model catalog: what fits this computer, downloads")
+            catalog.clicked.connect(lambda: choose_model(on_chosen=self.set_model, parent=self))
+            model_row.addWidget(catalog)
         model_row.addWidget(browse)
         model_row.addWidget(use_default)
         self.device = _combo(DEVICE_CHOICES, editable=True)
         self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
+        self.weights = _combo(WEIGHT_CHOICES)
+        self.weights.setToolTip("4-bit and 8-bit weights let a larger model fit a smaller GPU (bitsandbytes)")
         self.gpu_runtime = QCheckBox("Download the GPU runtime when an NVIDIA GPU is found")
         self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.6 GiB), fetched once in the background; "
                                     "Folio runs on the CPU until it is ready")
@@ -104,6 +115,7 @@ class SettingsDialog(QDialog):
         model_form.addRow("Model:", model_row)
         model_form.addRow("Device:", self.device)
         model_form.addRow("Precision:", self.dtype)
+        model_form.addRow("Weights:", self.weights)
         model_form.addRow("", self.gpu_runtime)
         attention_box = QGroupBox("Attention")
         attention_form = QFormLayout(attention_box)
@@ -138,6 +150,7 @@ class SettingsDialog(QDialog):
         self.model.setText(engine.model)
         _set_combo(self.device, engine.device)
         _set_combo(self.dtype, engine.dtype)
+        _set_combo(self.weights, engine.weights)
         _set_combo(self.attention, engine.attention)
         self.n_sink.setValue(engine.n_sink)
         self.n_window.setValue(engine.n_window)
@@ -155,7 +168,8 @@ class SettingsDialog(QDialog):
         device = self.device.itemData(index) if index >= 0 else self.device.currentText().strip()
         return self.original.with_changes(
             model=self.model.text().strip(), device=device or "auto",
-            dtype=self.dtype.currentData(), attention=self.attention.currentData(), n_sink=self.n_sink.value(),
+            dtype=self.dtype.currentData(), weights=self.weights.currentData(),
+            attention=self.attention.currentData(), n_sink=self.n_sink.value(),
             n_window=self.n_window.value(), top_k=self.top_k.value(), search_effort=self.search_effort.value(),
             max_new_tokens=self.max_new_tokens.value(), temperature=self.temperature.value(),
             folder=self.data_folder.text().strip(),
@@ -178,6 +192,11 @@ class SettingsDialog(QDialog):
                 return
         self.result_settings = settings
         super().accept()
+
+    def set_model(self, spec: str, weights: str) -> None:
+        """A model chosen in the picker: fill the fields (applied with the other settings on OK)."""
+        self.model.setText(spec)
+        _set_combo(self.weights, weights)
 
     def _browse_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (with config.json)")

@@ -1,5 +1,5 @@
-"""Command line: `python -m engine ask DOCUMENT "QUESTION"`, `python -m engine library ...` and
-`python -m engine setup`. One module per command; this one parses and dispatches."""
+"""Command line: `python -m engine ask DOCUMENT "QUESTION"`, `python -m engine library ...`,
+`python -m engine models ...` and `python -m engine setup`. One module per command; this one parses and dispatches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from engine.cli.ask import ask_command
 from engine.cli.library import library_command
+from engine.cli.models import add_models_parser, models_command
 from engine.cli.options import add_model_arguments
 from engine.config import EngineConfig
 from engine.errors import FolioError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = verbs.add_parser("budget", help="show or set the disk budget for caches (LRU eviction)")
     budget.add_argument("size", nargs="?", help="e.g. 50GiB or 500MB")
 
+    add_models_parser(commands)
     commands.add_parser("setup", help="fetch and convert the default model (once)")
     return parser
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return _setup()
         if args.command == "library":
             return library_command(args)
+        if args.command == "models":
+            return models_command(args)
         return ask_command(args)
     except FolioError as error:
         print(f"error: {error}", file=sys.stderr)

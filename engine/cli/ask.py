@@ -47,7 +47,7 @@ def ask_command(args: argparse.Namespace) -> int:
         document = read_document(args.document)  # fail on a bad file before loading any model
     ingest_s = time.perf_counter() - ingest_started
     load_started = time.perf_counter()
-    loaded = load_model(config.model, config.device, config.dtype, progress)
+    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
     load_s = time.perf_counter() - load_started
     session = DocumentSession(loaded, document, config, store if use_store else None)
     cancel = CancelToken()
@@ -65,7 +65,7 @@ def ask_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."), "attention": config.attention,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights, "attention": config.attention,
             "document": str(document.source), "pages": document.pages,
             "prompt_tokens": stats.prompt_tokens, "prefill_tokens": stats.prefill_tokens,
             "prefill_s": round(stats.prefill_s, 3), "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),

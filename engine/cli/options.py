@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from engine.config import ATTENTION_MODES, EngineConfig
+from engine.config import ATTENTION_MODES, WEIGHTS, EngineConfig
 
 
 def add_model_arguments(ask: argparse.ArgumentParser) -> None:
     """The model and attention options shared by `ask` and `library add`."""
     defaults = EngineConfig()
-    ask.add_argument("--model", default=defaults.model, help="'default', a model folder or a hub id")
+    ask.add_argument("--model", default=defaults.model,
+                     help="'default', a catalog id (python -m engine models list), a model folder or a hub id")
     ask.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     ask.add_argument("--dtype", default=defaults.dtype, help="auto, float32, bfloat16 or float16")
+    ask.add_argument("--weights", default=defaults.weights, choices=WEIGHTS,
+                     help="full, or the linear layers quantized to 8bit or 4bit at load (needs bitsandbytes)")
     ask.add_argument("--attention", default=defaults.attention, choices=ATTENTION_MODES,
                      help="retrieval (default), full, window-only, or retrieval with another key index")
     ask.add_argument("--top-k", type=int, default=defaults.top_k, help="keys retrieved per head and step")
@@ -23,7 +26,8 @@ def add_model_arguments(ask: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, attention=args.attention,
+    return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, weights=args.weights,
+                        attention=args.attention,
                         n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
                         search_effort=args.search_effort, max_new_tokens=args.max_new_tokens,
                         temperature=getattr(args, "temperature", EngineConfig.temperature),
