@@ -37,6 +37,7 @@ from engine import (
     ProgressMeter,
     SpanMap,
     StoreError,
+    check_text_length,
     default_model_gguf,
     estimate_fit,
     format_bytes,
@@ -257,6 +258,7 @@ class RealBackend:
             return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
                                   cached=doc_id in self.prepared)
         progress(Progress("tokenize", 0, 1, "document"))
+        check_text_length(document.text, loaded.tokenizer, loaded.max_positions, self.config.max_new_tokens)
         tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         used = self.store.used_bytes() if self.store is not None else 0
         fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)

@@ -70,6 +70,7 @@ _EXPORTS = {
     "ModelShape": "engine.sizing",
     "FitReport": "engine.sizing",
     "estimate_fit": "engine.sizing",
+    "check_text_length": "engine.sizing",
     "memory_in_use": "engine.memory",
     "GIB": "engine.units",
     "format_bytes": "engine.units",

@@ -46,6 +46,8 @@ def ask_command(args: argparse.Namespace) -> int:
     else:
         document = read_document(args.document)  # fail on a bad file before loading any model
     ingest_s = time.perf_counter() - ingest_started
+    for warning in document.warnings:  # e.g. a damaged PDF repaired with pages lost
+        print(f"warning: {warning}", file=sys.stderr)
     load_started = time.perf_counter()
     loaded = load_model(config.model, config.device, config.dtype, progress)
     load_s = time.perf_counter() - load_started
@@ -66,7 +68,7 @@ def ask_command(args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."), "attention": config.attention,
-            "document": str(document.source), "pages": document.pages,
+            "document": str(document.source), "pages": document.pages, "document_warnings": list(document.warnings),
             "prompt_tokens": stats.prompt_tokens, "prefill_tokens": stats.prefill_tokens,
             "prefill_s": round(stats.prefill_s, 3), "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),
             "ttft_s": round(stats.ttft_s, 3), "new_tokens": stats.new_tokens,
