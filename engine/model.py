@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -17,11 +16,11 @@ from engine.config import EngineConfig
 from engine.default_model import ensure_default_model
 from engine.errors import ModelError
 from engine.events import ProgressCallback, ProgressMeter
+from engine.fingerprint import model_fingerprint, tokenizer_fingerprint
 from engine.memory import device_free
 from engine.sizing import FitReport, ModelShape, estimate_fit
+from engine.weights import load_error
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-SAMPLE_BYTES = 1 << 20  # bytes hashed at the start, middle and end of each weight file
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -142,9 +141,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
             path, dtype=torch_dtype, trust_remote_code=False, attn_implementation=attn_implementation,
             **(config_overrides or {}),
         )
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"The model in {path} could not be loaded: {str(error).splitlines()[0]}",
-                         "Check that the folder holds a complete transformers causal LM.") from error
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        raise load_error(path, error) from error
     except torch.OutOfMemoryError as error:
         raise ModelError(f"The model in {path} does not fit in {torch_device} memory.",
                          "Choose a smaller model, a smaller dtype, or the CPU device.") from error
@@ -177,36 +175,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         elif value:
             ids.update(int(v) for v in value)
     return ids
-
-
-def model_fingerprint(path: Path) -> str:
-    """sha256 over the config and, per weight file, its name, size and sampled content.
-
-    Content is sampled (1 MiB at the start, middle and end of each file) so a 16 GB model is
-    fingerprinted in milliseconds; any re-download, fine-tune or re-quantisation changes it.
-    """
-    digest = hashlib.sha256()
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for weight in sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES):
-        size = weight.stat().st_size
-        digest.update(f"{weight.name}\0{size}\0".encode())
-        with open(weight, "rb") as handle:
-            for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
-                handle.seek(offset)
-                digest.update(handle.read(SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the vocabulary, special tokens and chat template: what turns text into prompt ids."""
-    digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # fast tokenizers: vocab, merges, normalizer
-    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    digest.update(vocab.encode())
-    digest.update(json.dumps(tokenizer.all_special_tokens).encode())
-    digest.update((tokenizer.chat_template or "").encode())
-    return digest.hexdigest()
 
 
 def set_threads(threads: int) -> None:

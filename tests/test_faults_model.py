@@ -125,7 +125,7 @@ def test_a_stale_cache_is_not_reused_after_the_weights_change(deep_model_dir, tm
     monkeypatch.setenv("FOLIO_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "model"
     shutil.copytree(deep_model_dir, model)
-    config = EngineConfig(attention="exact", n_sink=8, n_window=32, max_new_tokens=4)
+    config = EngineConfig(attention="window", n_sink=8, n_window=32, max_new_tokens=2)
     document = Document("The light was first lit in 1865 by Anders Brekke. " * 20, "light", None, "1" * 64)
 
     def ask() -> DocumentSession:
