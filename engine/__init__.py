@@ -61,6 +61,7 @@ _EXPORTS = {
     "ContextTooLongError": "engine.errors",
     "ModelError": "engine.errors",
     "StoreError": "engine.errors",
+    "LibraryDamagedError": "engine.errors",
     "CancelledError": "engine.errors",
     # citations
     "Passage": "engine.citations",

@@ -45,4 +45,15 @@ class CancelledError(FolioError):
 
 
 class StoreError(FolioError):
-    """The document library cannot be read or written (disk full, permissions, a database problem)."""
+    """The document library cannot be read or written (disk full, permissions, a database problem).
+    disk_full: the disk is full (the library can still be read)."""
+
+    disk_full = False
+
+
+class LibraryDamagedError(StoreError):
+    """The library's database is damaged. copy: where a copy of the damaged file is kept (None if none could be)."""
+
+    def __init__(self, problem: str, fix: str = "", copy=None) -> None:
+        super().__init__(problem, fix)
+        self.copy = copy

@@ -251,7 +251,11 @@ class DocumentSession:
             self.cache_notices += notices
             self.cache_bytes = self.store.cache_bytes(identity.cache_id)
         except StoreError as error:
-            self.cache_notices.append(f"cache not saved: {error}")
+            if self.store.document_exists(self._doc_id):
+                self.cache_notices.append(f"cache not saved: {error}")
+            else:
+                self.cache_notices.append("cache not saved: the document was removed from the library while it was "
+                                          "being read")
         self._saved = True
         self.cache_save_s = time.perf_counter() - started
 

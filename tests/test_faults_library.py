@@ -8,6 +8,7 @@ those tests skip and the fault-injected ones below cover the same code."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import sqlite3
 import textwrap
@@ -89,18 +90,19 @@ def test_removing_the_document_while_it_is_read_lets_the_answer_finish_and_says_
 
 
 # -- a full disk ---------------------------------------------------------------------------------------------------
-# Runs `ask` with the disk made full (the filler takes every free byte) just before the index is written: the index
-# write fails with ENOSPC, and SQLite then fails to record that (its WAL cannot grow either).
-FULL_BEFORE_INDEX = textwrap.dedent("""
+# Runs `ask` with the disk made full (the filler takes every free byte) as the first index file is written: the write
+# fails with ENOSPC, and SQLite then cannot record that either (its WAL cannot grow).
+FULL_AT_INDEX_WRITE = textwrap.dedent("""
     import sys
     from pathlib import Path
     import engine.persist as persist
     from tests.faults import fill_disk
-    real = persist.save_index
-    def save_index(store, cache_id, cache):
-        fill_disk(Path(sys.argv[1]), leave_free=0)
-        return real(store, cache_id, cache)
-    persist.save_index = save_index
+    real = persist.write_array
+    def write_array(folder, name, array):
+        if folder.parent.name == "index":
+            fill_disk(Path(sys.argv[1]), leave_free=0)
+        return real(folder, name, array)
+    persist.write_array = write_array
     from engine.cli import main
     sys.exit(main(sys.argv[2:]))
 """)
@@ -115,7 +117,7 @@ def test_disk_full_during_the_index_write_answers_cleans_up_and_the_library_stay
     doc.write_text(LIGHT_TEXT)
     with small_disk(tmp_path / "disk", "4m") as disk:
         monkeypatch.setenv("FOLIO_DATA_DIR", str(disk))
-        result = subprocess.run([sys.executable, "-c", FULL_BEFORE_INDEX, str(disk), "ask", str(doc), "When?",
+        result = subprocess.run([sys.executable, "-c", FULL_AT_INDEX_WRITE, str(disk), "ask", str(doc), "When?",
                                  "--model", str(tiny_model_dir), *ASK_OPTIONS, "--json"], cwd=ROOT,
                                 env=engine_env(disk), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
@@ -151,23 +153,32 @@ def test_a_disk_with_16_kib_free_from_the_start_answers_without_the_library_and_
         assert out["new_tokens"] > 0 and not out["cached"]
         assert "disk is full" in out["cache_notice"] and "I/O error" not in out["cache_notice"]
         assert "writable" not in out["cache_notice"]
+        (disk / "filler").unlink()  # with space, what the failed attempt left is a library that works
+        assert ask_cli(capsys, doc, tiny_model_dir)["cache_notice"] is None
+        assert ask_cli(capsys, doc, tiny_model_dir)["cached"]
 
 
-# Where a write fails on a full disk: each (owner, attribute) is wrapped to fill the disk just before it runs.
+def _index_file(folder, name, array) -> bool:
+    return folder.parent.name == "index"
+
+
+# Where a write fails on a full disk: (owner, attribute) is wrapped to fill the disk just before it runs (when `when`
+# says so for its arguments).
 WRITES = [
-    ("adding the document", Store, "add_document"),
-    ("saving the token spans", Store, "save_token_spans"),
-    ("writing the K/V files", persist, "write_array"),
-    ("committing the cache", Store, "commit_entry"),
-    ("writing the index", persist, "save_index"),
-    ("recording the last use", Store, "touch"),
+    ("adding the document", Store, "add_document", None),
+    ("saving the token spans", Store, "save_token_spans", None),
+    ("writing the K/V files", persist, "write_array", None),
+    ("committing the cache", Store, "commit_entry", None),
+    ("before the index", persist, "save_index", None),
+    ("writing the index files", persist, "write_array", _index_file),
+    ("recording the last use", Store, "touch", None),
 ]
 
 
-@pytest.mark.parametrize(("case", "owner", "attribute"), WRITES, ids=[row[0] for row in WRITES])
+@pytest.mark.parametrize(("case", "owner", "attribute", "when"), WRITES, ids=[row[0] for row in WRITES])
 def test_a_disk_that_fills_up_at_each_write_still_answers_and_leaves_nothing_partial(tiny_model_dir, tmp_path, capsys,
                                                                                      monkeypatch, case, owner,
-                                                                                     attribute):
+                                                                                     attribute, when):
     doc = tmp_path / "light.txt"
     doc.write_text(LIGHT_TEXT)
     real = getattr(owner, attribute)
@@ -177,7 +188,8 @@ def test_a_disk_that_fills_up_at_each_write_still_answers_and_leaves_nothing_par
             ask_cli(capsys, doc, tiny_model_dir)  # a saved document: the next ask records its use
 
         def full_first(*args, **kwargs):
-            fill_disk(disk, leave_free=0)
+            if when is None or when(*args, **kwargs):
+                fill_disk(disk, leave_free=0)
             return real(*args, **kwargs)
 
         with monkeypatch.context() as patch:
@@ -192,6 +204,13 @@ def test_a_disk_that_fills_up_at_each_write_still_answers_and_leaves_nothing_par
 
 
 # -- the same faults, injected (for machines that may not mount a file system) -------------------------------------
+def sqlite_full() -> sqlite3.OperationalError:
+    """The error SQLite raises when a write finds the disk full."""
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode, error.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"
+    return error
+
+
 def test_injected_enospc_in_the_index_write_and_sqlite_full_on_its_rollback(tiny_loaded, monkeypatch):
     """What a full disk does to the index write, without a real one: the index files fail with ENOSPC, and every
     SQLite commit fails with SQLITE_FULL until the index files are removed."""
@@ -208,7 +227,7 @@ def test_injected_enospc_in_the_index_write_and_sqlite_full_on_its_rollback(tiny
     def commit(self):
         if state["full"] and any(self.root.rglob("index/*/*")):
             self.db.conn.execute("ROLLBACK")
-            raise sqlite3.OperationalError("database or disk is full")
+            raise sqlite_full()
         return real_commit(self)
 
     monkeypatch.setattr(persist, "write_array", write_array)
@@ -232,7 +251,7 @@ def test_injected_sqlite_full_in_the_sweep_leaves_the_library_readable(tiny_load
 
     def full(self):
         self.db.conn.execute("ROLLBACK")
-        raise sqlite3.OperationalError("database or disk is full")
+        raise sqlite_full()
 
     monkeypatch.setattr(Store, "_commit", full)
     reopened = Store()
@@ -264,12 +283,14 @@ def test_a_damaged_library_still_answers_keeps_a_copy_and_offers_a_new_library(t
     doc = tmp_path / "light.txt"
     doc.write_text(LIGHT_TEXT)
     ask_cli(capsys, doc, tiny_model_dir)
-    for extra in ("light two", "light three"):  # a few documents, so the file has pages to damage
-        other = tmp_path / f"{extra}.txt"
-        other.write_text(LIGHT_TEXT + extra * 400)
-        Store().add_document(read_document(other))
-    root = Store().root
-    (root / "folio.db-wal").unlink(missing_ok=True)
+    with Store() as store:
+        for extra in ("light two", "light three"):  # a few documents, so the file has pages to damage
+            other = tmp_path / f"{extra}.txt"
+            other.write_text(LIGHT_TEXT + extra * 400)
+            store.add_document(read_document(other))
+        root = store.root
+    gc.collect()  # no connection of this process is open when the file is damaged (SQLite then checkpoints the WAL)
+    assert not (root / "folio.db-wal").exists()
     database = root / "folio.db"
     damage(database)
     damaged = database.read_bytes()

@@ -30,6 +30,7 @@ def peak_memory(device) -> dict[str, float]:
 
 
 def ask_command(args: argparse.Namespace) -> int:
+    from engine.errors import StoreError
     from engine.generate import Finished, TokenEvent
     from engine.ingest import read_document
     from engine.model import load_model
@@ -39,7 +40,14 @@ def ask_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = ProgressPrinter()
     use_store = not args.no_cache and config.attention != "full"  # full attention is never stored
-    store = Store() if use_store or args.document.startswith("@") else None
+    store, library_notice = None, None
+    if args.document.startswith("@"):
+        store = Store()  # the document is in the library: without it there is nothing to ask about
+    elif use_store:
+        try:
+            store = Store()
+        except StoreError as error:  # a full disk, a damaged library: answer without it, and say so
+            library_notice = f"library not used: {error}"
     ingest_started = time.perf_counter()
     if args.document.startswith("@") and args.document[1:].isdigit():
         document = store.load_document(int(args.document[1:]))
@@ -52,6 +60,8 @@ def ask_command(args: argparse.Namespace) -> int:
     loaded = load_model(config.model, config.device, config.dtype, progress)
     load_s = time.perf_counter() - load_started
     session = DocumentSession(loaded, document, config, store if use_store else None)
+    if library_notice:
+        session.cache_notices.append(library_notice)
     cancel = CancelToken()
     finished = None
     for event in session.ask(args.question, cancel):
