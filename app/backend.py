@@ -95,6 +95,7 @@ class OpenedDocument:
     source: str
     fit: FitReport
     cached: bool = False  # its cache is already built (reopening): ready at once
+    warnings: tuple[str, ...] = ()  # what reading the file could not do fully (a damaged PDF's lost pages)
 
 
 @dataclass(frozen=True)
@@ -256,21 +257,23 @@ class RealBackend:
             fit = loaded.fit(session.prefix_tokens, self.config, self.library.root, self.library.budget_bytes,
                              measure_free=False)
             return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
-                                  cached=doc_id in self.prepared)
+                                  cached=doc_id in self.prepared, warnings=document.warnings)
         progress(Progress("tokenize", 0, 1, "document"))
         check_text_length(document.text, loaded.tokenizer, loaded.max_positions, self.config.max_new_tokens)
         tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         used = self.store.used_bytes() if self.store is not None else 0
         fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)
         if not fit.fits:
-            return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit)
+            return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit,
+                                  warnings=document.warnings)
         from engine import DocumentSession
 
         session = DocumentSession(loaded, document, self.config, store=self.store)  # checks the context too
         progress(Progress("tokenize", 1, 1, "document"))
         self.sessions[doc_id] = session
         self.documents[doc_id] = document
-        return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit)
+        return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
+                              warnings=document.warnings)
 
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         """Prefill the document prefix (and build the indexes) now, so the first question is quick."""

@@ -85,7 +85,7 @@ class FakeBackend:
             self.documents[doc_id] = document
             self.spans[doc_id] = SpanMap(20, spans)
         return OpenedDocument(doc_id, document.title, document.pages, len(spans) + 40, str(path), fit,
-                              cached=doc_id in self.prepared)
+                              cached=doc_id in self.prepared, warnings=document.warnings)
 
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         started = time.perf_counter()

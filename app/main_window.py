@@ -434,6 +434,8 @@ class MainWindow(QMainWindow):
         self.library.put(entry)
         self.open_in_engine.add(opened.id)
         self.show_document(opened.id)
+        if opened.warnings:  # e.g. a damaged PDF that was repaired with pages lost: the user must know
+            self.error_banner.show_message(" ".join(opened.warnings))
 
     def _document_ready(self, prepared: PreparedDocument) -> None:
         entry = self.library.update(prepared.id, cached=True, cache_bytes=prepared.cache_bytes, last_used=time.time())

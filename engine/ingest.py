@@ -186,7 +186,9 @@ def _pdf_errors(pymupdf) -> tuple[type[BaseException], ...]:
 
 
 def _mupdf_reason(error: BaseException) -> str:
-    return re.sub(r"^code=\d+: ", "", str(error).strip()) or type(error).__name__
+    """MuPDF's own words for `error` (pymupdf wraps them as "Failed to open stream"), without its code."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    return re.sub(r"^code=\d+: ", "", str(cause).strip()) or type(cause).__name__
 
 
 def _open_pdf(pymupdf, data: bytes, name: str):
