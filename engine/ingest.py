@@ -106,8 +106,7 @@ def _read_regular_file(path: Path, limit: int) -> bytes:
 def _check_size(name: str, size: int, limit: int) -> None:
     if size > limit:
         raise DocumentError(f"{name} is too large: {format_bytes(size)}, more than Folio reads from one file "
-                            f"({format_bytes(limit)}), and far more text than a model's context holds.",
-                            "Split it into smaller documents and open the part you need.")
+                            f"({format_bytes(limit)}).", "Split it into smaller documents and open the part you need.")
 
 
 def _file_kind(mode: int) -> str:

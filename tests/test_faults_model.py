@@ -43,7 +43,7 @@ BROKEN_MODELS = [
     ("weights with a garbled header", lambda m: _garble_header(m / "model.safetensors"),
      r"model\.safetensors is damaged"),
     ("tokenizer missing", lambda m: (m / "tokenizer.json").unlink() or (m / "tokenizer_config.json").unlink(),
-     r"could not be loaded|tokenizer"),
+     r"has no tokenizer"),
 ]
 
 
