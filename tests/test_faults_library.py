@@ -108,6 +108,7 @@ FULL_AT_INDEX_WRITE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess and four asks; quick twins: the "writing the index files" case, the injected one
 def test_disk_full_during_the_index_write_answers_cleans_up_and_the_library_stays_usable(tiny_model_dir, tmp_path,
                                                                                          capsys, monkeypatch):
     import subprocess
@@ -276,7 +277,8 @@ def _garble_pages(path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_random_bytes, _cut_in_half, _garble_pages],
+@pytest.mark.parametrize("damage", [_random_bytes, pytest.param(_cut_in_half, marks=pytest.mark.slow),
+                                    pytest.param(_garble_pages, marks=pytest.mark.slow)],
                          ids=["random bytes", "cut in half", "pages garbled"])
 def test_a_damaged_library_still_answers_keeps_a_copy_and_offers_a_new_library(tiny_model_dir, tmp_path, capsys,
                                                                                 damage):

@@ -114,6 +114,7 @@ def test_editing_one_layers_k_proj_changes_the_model_identity(deep_model_dir, tm
     assert model_fingerprint(copy) != model_fingerprint(deep_model_dir)
 
 
+@pytest.mark.slow  # 24 layers through three asks; test_editing_one_layers_k_proj_changes_the_model_identity is quick
 def test_a_stale_cache_is_not_reused_after_the_weights_change(deep_model_dir, tmp_path, monkeypatch):
     """The issue's case: k/v projections of one layer edited; the old cache must be rebuilt, not reused."""
     from engine.config import EngineConfig

@@ -35,7 +35,7 @@ PAUSE_AT_STAGE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("stage", ["prefill", "index"])
+@pytest.mark.parametrize("stage", ["prefill", pytest.param("index", marks=pytest.mark.slow)])
 def test_kill_9_during_a_stage_leaves_a_library_that_opens_and_rebuilds(tiny_model_dir, tmp_path, capsys, stage):
     doc = tmp_path / "light.txt"
     doc.write_text(LIGHT_TEXT)
