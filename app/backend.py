@@ -29,6 +29,7 @@ from engine import (
     FitReport,
     FolioError,
     LibraryConfig,
+    LibraryDamagedError,
     ModelError,
     ModelShape,
     Passage,
@@ -43,6 +44,7 @@ from engine import (
     format_bytes,
     memory_in_use,
     read_document,
+    reset_damaged_library,
     supported_suffixes,
     top_passages,
     use_bundled_default_model,
@@ -82,6 +84,7 @@ class ModelInfo:
     dtype: str
     max_positions: int
     load_s: float = 0.0
+    library_damaged: str = ""  # the library's database is damaged: the message (the window offers a new library)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class EngineBackend(Protocol):
     def forget(self, doc_id: str) -> None:
         """Remove the document (and its stored caches) from the library."""
 
+    def reset_library(self) -> str:
+        """Start a new library in place of a damaged one (a copy of the damaged file is kept); says what was done."""
+
     def library_entries(self) -> list[LibraryEntry]:
         """The persistent library's documents ([] without one)."""
 
@@ -167,6 +173,7 @@ class RealBackend:
         self.library = LibraryConfig()
         self.store: Store | None = None  # opened on the worker thread
         self.store_notice = ""
+        self.library_damaged = ""  # the message when the library's database is damaged
         self.loaded: LoadedModel | None = None
         self.sessions: dict[str, DocumentSession] = {}
         self.documents: dict[str, Document] = {}  # kept across model reloads
@@ -184,7 +191,7 @@ class RealBackend:
         self._open_store(library)
         self.loaded = load_model(config.model, config.device, config.dtype, progress)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
-                         self.loaded.max_positions, time.perf_counter() - started)
+                         self.loaded.max_positions, time.perf_counter() - started, self.library_damaged)
 
     def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""
@@ -199,12 +206,24 @@ class RealBackend:
             self.store = None
             self.sessions.clear()
             self.prepared.clear()
+        self.library_damaged = ""
         try:
             self.store = Store(library.root)
             self.store.set_budget(library.budget_bytes)
             self.store_notice = "; ".join(self.store.notices)
         except StoreError as error:
             self.store, self.store_notice = None, f"Caches are kept in memory only: {error}"
+            if isinstance(error, LibraryDamagedError):
+                self.library_damaged = str(error)
+
+    def reset_library(self) -> str:
+        copy = reset_damaged_library(self.library.root)
+        self.store = None
+        self.sessions.clear()
+        self.prepared.clear()
+        self._open_store(self.library)
+        kept = f"; the damaged file is kept in {copy}" if copy else ""
+        return f"Started a new library in {self.library.root}{kept}."
 
     def library_entries(self) -> list[LibraryEntry]:
         if self.store is None:

@@ -40,8 +40,9 @@ class FakeBackend:
     """step_s: sleep per prefill chunk / answer token; answer: the text streamed for every question."""
 
     def __init__(self, step_s: float = 0.01, answer: str = DEFAULT_ANSWER, context: int = 8192,
-                 fail_load: str | None = None) -> None:
+                 fail_load: str | None = None, library_damaged: str = "") -> None:
         self.step_s, self.answer, self.context, self.fail_load = step_s, answer, context, fail_load
+        self.library_damaged, self.library_resets = library_damaged, 0
         self.config = EngineConfig()
         self.library = LibraryConfig()
         self.documents: dict[str, Document] = {}
@@ -61,7 +62,7 @@ class FakeBackend:
         if self.fail_load:
             raise ModelError(self.fail_load, "Choose another model in Settings (Ctrl+,).")
         self.loaded = True
-        return ModelInfo("FakeLM-1B", "cpu", "float32", self.context, 5 * self.step_s)
+        return ModelInfo("FakeLM-1B", "cpu", "float32", self.context, 5 * self.step_s, self.library_damaged)
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         self.config, self.library = config, library
@@ -139,6 +140,10 @@ class FakeBackend:
     def forget(self, doc_id: str) -> None:
         self.documents.pop(doc_id, None)
         self.prepared.discard(doc_id)
+
+    def reset_library(self) -> str:
+        self.library_damaged, self.library_resets = "", self.library_resets + 1
+        return f"Started a new library in {self.library.root}."
 
     def library_entries(self) -> list:
         return []

@@ -190,6 +190,7 @@ class MainWindow(QMainWindow):
         worker.cancelled.connect(self._cancelled)
         worker.memory.connect(self.memory_label.setText)
         worker.library_listed.connect(self._library_listed)
+        worker.library_reset.connect(self._library_reset)
         self.controller.busy_changed.connect(self._busy_changed)
         self.controller.job_started.connect(self._job_started)
         self.progress_panel.cancel_requested.connect(self.stop)
@@ -418,8 +419,14 @@ class MainWindow(QMainWindow):
         self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
+        if info.library_damaged:
+            self.error_banner.show_message(info.library_damaged, "Start a new library", self.controller.reset_library)
         if self.current_doc:
             self.show_document(self.current_doc)
+
+    def _library_reset(self, message: str) -> None:
+        self.error_banner.hide()
+        self.statusBar().showMessage(message, 8000)
 
     def _document_opened(self, opened: OpenedDocument) -> None:
         detail = opened.fit.summary()

@@ -46,6 +46,7 @@ _EXPORTS = {
     "DocumentInfo": "engine.store",
     "LibraryConfig": "engine.store",
     "data_dir": "engine.store",
+    "reset_damaged_library": "engine.store",
     # events
     "Progress": "engine.events",
     "ProgressCallback": "engine.events",
