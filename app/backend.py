@@ -30,6 +30,7 @@ from engine import (
     FitReport,
     FolioError,
     LibraryConfig,
+    LibraryDamagedError,
     Machine,
     ModelChoice,
     ModelError,
@@ -42,6 +43,7 @@ from engine import (
     SpanMap,
     StoreError,
     card,
+    check_text_length,
     default_model_gguf,
     estimate_fit,
     find_entry,
@@ -50,6 +52,7 @@ from engine import (
     memory_in_use,
     model_choices,
     read_document,
+    reset_damaged_library,
     supported_suffixes,
     top_passages,
     use_bundled_default_model,
@@ -92,6 +95,7 @@ class ModelInfo:
     max_positions: int
     load_s: float = 0.0
     weights: str = "full"  # EngineConfig.weights the model was loaded with
+    library_damaged: str = ""  # the library's database is damaged: the message (the window offers a new library)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class OpenedDocument:
     source: str
     fit: FitReport
     cached: bool = False  # its cache is already built (reopening): ready at once
+    warnings: tuple[str, ...] = ()  # what reading the file could not do fully (a damaged PDF's lost pages)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,9 @@ class EngineBackend(Protocol):
     def forget(self, doc_id: str) -> None:
         """Remove the document (and its stored caches) from the library."""
 
+    def reset_library(self) -> str:
+        """Start a new library in place of a damaged one (a copy of the damaged file is kept); says what was done."""
+
     def library_entries(self) -> list[LibraryEntry]:
         """The persistent library's documents ([] without one)."""
 
@@ -191,6 +199,7 @@ class RealBackend:
         self.library = LibraryConfig()
         self.store: Store | None = None  # opened on the worker thread
         self.store_notice = ""
+        self.library_damaged = ""  # the message when the library's database is damaged
         self.loaded: LoadedModel | None = None
         self.sessions: dict[str, DocumentSession] = {}
         self.documents: dict[str, Document] = {}  # kept across model reloads
@@ -208,7 +217,8 @@ class RealBackend:
         self._open_store(library)
         self.loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
-                         self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights)
+                         self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights,
+                         self.library_damaged)
 
     def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""
@@ -223,12 +233,24 @@ class RealBackend:
             self.store = None
             self.sessions.clear()
             self.prepared.clear()
+        self.library_damaged = ""
         try:
             self.store = Store(library.root)
             self.store.set_budget(library.budget_bytes)
             self.store_notice = "; ".join(self.store.notices)
         except StoreError as error:
             self.store, self.store_notice = None, f"Caches are kept in memory only: {error}"
+            if isinstance(error, LibraryDamagedError):
+                self.library_damaged = str(error)
+
+    def reset_library(self) -> str:
+        copy = reset_damaged_library(self.library.root)
+        self.store = None
+        self.sessions.clear()
+        self.prepared.clear()
+        self._open_store(self.library)
+        kept = f"; the damaged file is kept in {copy}" if copy else ""
+        return f"Started a new library in {self.library.root}{kept}."
 
     def library_entries(self) -> list[LibraryEntry]:
         if self.store is None:
@@ -281,20 +303,23 @@ class RealBackend:
             fit = loaded.fit(session.prefix_tokens, self.config, self.library.root, self.library.budget_bytes,
                              measure_free=False)
             return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
-                                  cached=doc_id in self.prepared)
+                                  cached=doc_id in self.prepared, warnings=document.warnings)
         progress(Progress("tokenize", 0, 1, "document"))
+        check_text_length(document.text, loaded.tokenizer, loaded.max_positions, self.config.max_new_tokens)
         tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
         used = self.store.used_bytes() if self.store is not None else 0
         fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)
         if not fit.fits:
-            return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit)
+            return OpenedDocument(doc_id, document.title, document.pages, tokens, str(path), fit,
+                                  warnings=document.warnings)
         from engine import DocumentSession
 
         session = DocumentSession(loaded, document, self.config, store=self.store)  # checks the context too
         progress(Progress("tokenize", 1, 1, "document"))
         self.sessions[doc_id] = session
         self.documents[doc_id] = document
-        return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit)
+        return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
+                              warnings=document.warnings)
 
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         """Prefill the document prefix (and build the indexes) now, so the first question is quick."""

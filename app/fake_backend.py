@@ -46,13 +46,14 @@ class FakeBackend:
     """step_s: sleep per prefill chunk / answer token; answer: the text streamed for every question."""
 
     def __init__(self, step_s: float = 0.01, answer: str = DEFAULT_ANSWER, context: int = 8192,
-                 fail_load: str | None = None, machine: Machine | None = None) -> None:
+                 fail_load: str | None = None, machine: Machine | None = None, library_damaged: str = "") -> None:
         """machine: what the model picker sees (a 12 GB card by default); models "download" in 20 steps."""
         self.step_s, self.answer, self.context, self.fail_load = step_s, answer, context, fail_load
         self.machine = machine or card(12, ram_bytes=32 * 2**30)
         self.installed = {"smollm2-135m-instruct"}
         self.hub_token = ""
         self.pulls: list[str] = []
+        self.library_damaged, self.library_resets = library_damaged, 0
         self.config = EngineConfig()
         self.library = LibraryConfig()
         self.documents: dict[str, Document] = {}
@@ -74,7 +75,7 @@ class FakeBackend:
         self.loaded = True
         entry = find_entry(config.model)
         name = "FakeLM-1B" if entry is None or entry.bundled else entry.name
-        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights)
+        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged)
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         self.config, self.library = config, library
@@ -98,7 +99,7 @@ class FakeBackend:
             self.documents[doc_id] = document
             self.spans[doc_id] = SpanMap(20, spans)
         return OpenedDocument(doc_id, document.title, document.pages, len(spans) + 40, str(path), fit,
-                              cached=doc_id in self.prepared)
+                              cached=doc_id in self.prepared, warnings=document.warnings)
 
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         started = time.perf_counter()
@@ -152,6 +153,10 @@ class FakeBackend:
     def forget(self, doc_id: str) -> None:
         self.documents.pop(doc_id, None)
         self.prepared.discard(doc_id)
+
+    def reset_library(self) -> str:
+        self.library_damaged, self.library_resets = "", self.library_resets + 1
+        return f"Started a new library in {self.library.root}."
 
     def library_entries(self) -> list:
         return []

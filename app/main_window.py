@@ -197,6 +197,7 @@ class MainWindow(QMainWindow):
         worker.cancelled.connect(self._cancelled)
         worker.memory.connect(self.memory_label.setText)
         worker.library_listed.connect(self._library_listed)
+        worker.library_reset.connect(self._library_reset)
         self.controller.busy_changed.connect(self._busy_changed)
         self.controller.job_started.connect(self._job_started)
         self.progress_panel.cancel_requested.connect(self.stop)
@@ -498,8 +499,14 @@ class MainWindow(QMainWindow):
         self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
+        if info.library_damaged:
+            self.error_banner.show_message(info.library_damaged, "Start a new library", self.controller.reset_library)
         if self.current_doc:
             self.show_document(self.current_doc)
+
+    def _library_reset(self, message: str) -> None:
+        self.error_banner.hide()
+        self.statusBar().showMessage(message, 8000)
 
     def _document_opened(self, opened: OpenedDocument) -> None:
         detail = opened.fit.summary()
@@ -514,6 +521,8 @@ class MainWindow(QMainWindow):
         self.library.put(entry)
         self.open_in_engine.add(opened.id)
         self.show_document(opened.id)
+        if opened.warnings:  # e.g. a damaged PDF that was repaired with pages lost: the user must know
+            self.error_banner.show_message(" ".join(opened.warnings))
 
     def _document_ready(self, prepared: PreparedDocument) -> None:
         entry = self.library.update(prepared.id, cached=True, cache_bytes=prepared.cache_bytes, last_used=time.time())

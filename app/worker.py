@@ -24,6 +24,7 @@ from engine import CancelledError, CancelToken, FolioError, Progress
 log = logging.getLogger("folio.app")
 
 LOAD, OPEN, REOPEN, ASK, SETTINGS = "load", "open", "reopen", "ask", "settings"
+RESET_LIBRARY = "reset_library"
 
 
 def user_message(error: BaseException) -> str:
@@ -51,6 +52,7 @@ class EngineWorker(QObject):
     cancelled = Signal(str)  # job
     memory = Signal(str)  # memory in use, e.g. "1.2 GB RAM"
     library_listed = Signal(list)  # [LibraryEntry] of the persistent library
+    library_reset = Signal(str)  # a new library replaced a damaged one: what was done
     idle = Signal(str)  # the job ended, however it ended
 
     def __init__(self, backend: EngineBackend) -> None:
@@ -141,6 +143,14 @@ class EngineWorker(QObject):
 
         self._run("forget", work)
 
+    @Slot(object)
+    def reset_library(self, _cancel: CancelToken) -> None:
+        def work() -> None:
+            self.library_reset.emit(self.backend.reset_library())
+            self._list_library()
+
+        self._run(RESET_LIBRARY, work)
+
 
 class FolioErrorFromFit(FolioError):
     """The fit check said no (context, RAM or device memory)."""
@@ -158,6 +168,7 @@ class EngineController(QObject):
     _ask = Signal(str, str, object)
     _new_chat = Signal(str)
     _forget = Signal(str)
+    _reset_library = Signal(object)
 
     def __init__(self, backend: EngineBackend, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -172,6 +183,7 @@ class EngineController(QObject):
         self._ask.connect(self.worker.ask)
         self._new_chat.connect(self.worker.new_chat)
         self._forget.connect(self.worker.forget)
+        self._reset_library.connect(self.worker.reset_library)
         self.worker.idle.connect(self._job_done)
         self._pending: deque[tuple[str, Signal, tuple]] = deque()
         self.current: str | None = None
@@ -202,6 +214,10 @@ class EngineController(QObject):
 
     def forget(self, doc_id: str) -> None:
         self._forget.emit(doc_id)
+
+    def reset_library(self) -> None:
+        """Start a new library in place of a damaged one (queued like any job)."""
+        self._submit(RESET_LIBRARY, self._reset_library)
 
     def pending_jobs(self) -> list[str]:
         return [job for job, _, _ in self._pending]

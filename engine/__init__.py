@@ -64,6 +64,7 @@ _EXPORTS = {
     "DocumentInfo": "engine.store",
     "LibraryConfig": "engine.store",
     "data_dir": "engine.store",
+    "reset_damaged_library": "engine.store",
     # events
     "Progress": "engine.events",
     "ProgressCallback": "engine.events",
@@ -79,6 +80,7 @@ _EXPORTS = {
     "ContextTooLongError": "engine.errors",
     "ModelError": "engine.errors",
     "StoreError": "engine.errors",
+    "LibraryDamagedError": "engine.errors",
     "CancelledError": "engine.errors",
     # citations
     "Passage": "engine.citations",
@@ -90,6 +92,7 @@ _EXPORTS = {
     "estimate_fit": "engine.sizing",
     "Machine": "engine.sizing",
     "ModelFit": "engine.sizing",
+    "check_text_length": "engine.sizing",
     "memory_in_use": "engine.memory",
     "GIB": "engine.units",
     "format_bytes": "engine.units",

@@ -17,15 +17,20 @@ class DocumentError(FolioError):
 
 
 class ContextTooLongError(FolioError):
-    """The prompt does not fit the model's context window."""
+    """The prompt does not fit the model's context window. characters: the count was judged from the text's length
+    before tokenizing it (`needed` is then a lower bound)."""
 
-    def __init__(self, needed: int, maximum: int, prompt_tokens: int, reserved: int) -> None:
+    def __init__(self, needed: int, maximum: int, prompt_tokens: int, reserved: int, characters: int = 0) -> None:
         self.needed, self.maximum = needed, maximum
-        super().__init__(
-            f"This document and question need {needed:,} tokens ({prompt_tokens:,} for the prompt + "
-            f"{reserved:,} reserved for the answer) but the model handles at most {maximum:,}.",
-            "Use a shorter document, lower the answer length, or choose a model with a longer context.",
-        )
+        if characters:
+            problem = (f"This document has {characters:,} characters: that is at least {prompt_tokens:,} tokens, so "
+                       f"with {reserved:,} reserved for the answer it needs at least {needed:,} tokens, but the model "
+                       f"handles at most {maximum:,}.")
+        else:
+            problem = (f"This document and question need {needed:,} tokens ({prompt_tokens:,} for the prompt + "
+                       f"{reserved:,} reserved for the answer) but the model handles at most {maximum:,}.")
+        super().__init__(problem, "Use a shorter document, lower the answer length, or choose a model with a longer "
+                                  "context.")
 
 
 class ModelError(FolioError):
@@ -40,4 +45,15 @@ class CancelledError(FolioError):
 
 
 class StoreError(FolioError):
-    """The document library cannot be read or written (disk full, permissions, a database problem)."""
+    """The document library cannot be read or written (disk full, permissions, a database problem).
+    disk_full: the disk is full (the library can still be read)."""
+
+    disk_full = False
+
+
+class LibraryDamagedError(StoreError):
+    """The library's database is damaged. copy: where a copy of the damaged file is kept (None if none could be)."""
+
+    def __init__(self, problem: str, fix: str = "", copy=None) -> None:
+        super().__init__(problem, fix)
+        self.copy = copy

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -19,12 +20,12 @@ from engine.config import EngineConfig
 from engine.default_model import ensure_default_model
 from engine.errors import ModelError
 from engine.events import CancelToken, ProgressCallback, ProgressMeter
+from engine.fingerprint import model_fingerprint, tokenizer_fingerprint
 from engine.memory import available_ram, device_free
 from engine.quantize import check_quantization, quantization_config
 from engine.sizing import FitReport, ModelShape, estimate_fit, weights_bytes
+from engine.weights import load_error
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-SAMPLE_BYTES = 1 << 20  # bytes hashed at the start, middle and end of each weight file
 HUB_ID = hub.HUB_ID
 LONG_DOCUMENT_TOKENS = 131072  # device room kept for a document this long when a model is split across devices
 
@@ -142,14 +143,13 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
             path, dtype=torch_dtype, trust_remote_code=False, attn_implementation=attn_implementation,
             quantization_config=quantization_config(weights, torch_dtype), **placement, **overrides,
         )
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
         if weights != "full" and "dispatched on the CPU or the disk" in str(error):
             check_quantization(weights, torch_device, offloads_to_disk=True)
         if "offload" in str(error) and max_memory is None:
             raise ModelError(f"The model in {path} does not fit in device memory and RAM together.",
                              "Choose a smaller model or 4-bit weights, or close other programs.") from error
-        raise ModelError(f"The model in {path} could not be loaded: {str(error).splitlines()[0]}",
-                         "Check that the folder holds a complete transformers causal LM.") from error
+        raise load_error(path, error) from error
     except torch.OutOfMemoryError as error:
         raise ModelError(f"The model in {path} does not fit in {torch_device} memory.",
                          "Choose a smaller model, 4-bit weights, a smaller dtype, or the CPU device.") from error
@@ -251,36 +251,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         elif value:
             ids.update(int(v) for v in value)
     return ids
-
-
-def model_fingerprint(path: Path) -> str:
-    """sha256 over the config and, per weight file, its name, size and sampled content.
-
-    Content is sampled (1 MiB at the start, middle and end of each file) so a 16 GB model is
-    fingerprinted in milliseconds; any re-download, fine-tune or re-quantisation changes it.
-    """
-    digest = hashlib.sha256()
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for weight in sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES):
-        size = weight.stat().st_size
-        digest.update(f"{weight.name}\0{size}\0".encode())
-        with open(weight, "rb") as handle:
-            for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
-                handle.seek(offset)
-                digest.update(handle.read(SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the vocabulary, special tokens and chat template: what turns text into prompt ids."""
-    digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # fast tokenizers: vocab, merges, normalizer
-    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    digest.update(vocab.encode())
-    digest.update(json.dumps(tokenizer.all_special_tokens).encode())
-    digest.update((tokenizer.chat_template or "").encode())
-    return digest.hexdigest()
 
 
 def set_threads(threads: int) -> None:

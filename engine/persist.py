@@ -266,7 +266,7 @@ def save_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, prefix_
         store.commit_entry("caches", cache_id, records)
     except BaseException as error:
         store.abort_entry("caches", cache_id, folder)
-        _raise_write_error(error, needed, "cache")
+        _raise_write_error(store, error, needed, "cache")
     try:
         save_index(store, cache_id, cache)
     except StoreError as error:
@@ -283,6 +283,7 @@ def save_index(store: Store, cache_id: str, cache: RetrievalCache) -> None:
     arrays = [layer.index.to_arrays() if layer.index is not None else {} for layer in cache.layers]
     needed = sum(npy_bytes(np.asarray(a)) for layer in arrays for a in layer.values())
     store.make_room(needed, keep=cache_id)
+    store.check_free_space(needed, "index")
     row = {"id": index_id, "cache_id": cache_id, "method": settings.method, "n_sink": settings.n_sink,
            "n_window": settings.n_window, "params": json.dumps(params, sort_keys=True)}
     if store.claim("indexes", row) != "claimed":
@@ -296,13 +297,13 @@ def save_index(store: Store, cache_id: str, cache: RetrievalCache) -> None:
         store.commit_entry("indexes", index_id, records)
     except BaseException as error:
         store.abort_entry("indexes", index_id, folder)
-        _raise_write_error(error, needed, "index")
+        _raise_write_error(store, error, needed, "index")
 
 
-def _raise_write_error(error: BaseException, needed: int, what: str) -> None:
+def _raise_write_error(store: Store, error: BaseException, needed: int, what: str) -> None:
     """Re-raise a failed write (after its files were removed) as a StoreError a user can act on."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        raise disk_full_error(needed) from error
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or getattr(error, "disk_full", False):
+        raise disk_full_error(needed, store.free_bytes(), f"saving this document's {what}") from error
     if isinstance(error, OSError):
         raise StoreError(f"The {what} could not be written ({error}); the library is unchanged.",
                          "Check that the data folder is writable.") from error

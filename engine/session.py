@@ -23,6 +23,7 @@ from engine.model import LoadedModel
 from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
 from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.sizing import check_text_length
 from engine.store import Store
 
 FULL_ATTENTION = "sdpa"
@@ -52,6 +53,7 @@ class DocumentSession:
     def __init__(self, loaded: LoadedModel, document: Document, config: EngineConfig,
                  store: Store | None = None) -> None:
         self.loaded, self.document, self.config, self.store = loaded, document, config, store
+        check_text_length(document.text, loaded.tokenizer, loaded.max_positions, config.max_new_tokens)
         self.prompt: DocumentPrompt = build_document_prompt(loaded.tokenizer, document.text)
         self._cache: Cache | None = None
         self.check_fits(len(self.prompt.prefix_ids))
@@ -249,7 +251,11 @@ class DocumentSession:
             self.cache_notices += notices
             self.cache_bytes = self.store.cache_bytes(identity.cache_id)
         except StoreError as error:
-            self.cache_notices.append(f"cache not saved: {error}")
+            if self.store.document_exists(self._doc_id):
+                self.cache_notices.append(f"cache not saved: {error}")
+            else:
+                self.cache_notices.append("cache not saved: the document was removed from the library while it was "
+                                          "being read")
         self._saved = True
         self.cache_save_s = time.perf_counter() - started
 

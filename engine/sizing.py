@@ -7,11 +7,13 @@ The graph index's shape constants live here because its memory is counted here: 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import memory
+from engine.errors import ContextTooLongError
 from engine.units import format_bytes
 
 MIN_TRAIN_STRIDE, MAX_TRAIN_STRIDE = 8, 16
@@ -25,6 +27,26 @@ NEIGHBOUR_ID_BYTES = 4  # neighbour ids are int32
 NF4_BLOCK, NF4_BLOCKS_PER_SCALE = 64, 256
 NF4_TABLE_BYTES = 4 * (16 + 256 + 1)
 CUDA_CONTEXT_BYTES = 512 * 2**20  # what a card holds for the CUDA context besides torch's allocations (card tables)
+# No token covers more characters of a text than the longest vocabulary entry, within this factor (normalizers such
+# as NFKC or accent stripping can shorten a text before it is split): what bounds a text's tokens from below.
+NORMALIZER_MARGIN = 4
+
+
+@functools.lru_cache(maxsize=8)
+def longest_token_chars(tokenizer) -> int:
+    """The characters of the tokenizer's longest vocabulary entry (byte-level and byte-fallback entries are at least
+    as long as the text they stand for)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
+def check_text_length(text: str, tokenizer, max_positions: int, reserved: int) -> None:
+    """Raise ContextTooLongError when `text` cannot fit a context of `max_positions` (with `reserved` answer tokens)
+    from its length alone: at least len(text) / (NORMALIZER_MARGIN x longest token) tokens. Done before tokenizing, so
+    a text far too long (megabytes against a few thousand tokens) is refused at once instead of after seconds of
+    tokenizing and gigabytes of memory. Never refuses a text that fits."""
+    fewest = len(text) // (NORMALIZER_MARGIN * max(longest_token_chars(tokenizer), 1))
+    if max_positions and fewest + reserved > max_positions:
+        raise ContextTooLongError(fewest + reserved, max_positions, fewest, reserved, characters=len(text))
 
 
 def graph_bytes_per_key(degree: int = GRAPH_DEGREE) -> int:

@@ -17,6 +17,9 @@ Document text and per-token source spans are small and live in SQLite itself.
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +36,7 @@ import platformdirs
 import sqlite_utils
 
 from engine.arrays import FileRecord
-from engine.errors import StoreError
+from engine.errors import LibraryDamagedError, StoreError
 from engine.ingest import Document
 from engine.units import format_bytes
 
@@ -41,6 +44,9 @@ DATA_ENV = "FOLIO_DATA_DIR"
 DEFAULT_BUDGET_BYTES = 50 * 2**30
 STALE_WRITER_S = 24 * 3600  # a 'writing' row this old is debris even if its pid was reused
 BUSY_TIMEOUT_S = 30.0
+LOW_SPACE_BYTES = 2**20  # with less free, an I/O error opening or writing the library is the disk being full
+DAMAGED_FOLDER = "damaged"  # copies of damaged library files (folio-<time>-<sha256 prefix>.db)
+_WRITING: set[str] = set()  # ids of the entries this process is writing now (its other 'writing' rows are debris)
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "documents, caches, indexes, files, spans, settings", """
@@ -193,7 +199,8 @@ class Store:
 
     def __init__(self, root: Path | str | None = None, sweep: bool = True) -> None:
         self.root = Path(root) if root is not None else data_dir()
-        self.notices: list[str] = []  # what sweep() cleaned up, for the user
+        self.notices: list[str] = []  # what sweep() cleaned up, what could not be written, for the user
+        self.read_only_reason = ""  # set when a bookkeeping write failed because the disk is full
         try:
             (self.root / "caches").mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.root / "folio.db", timeout=BUSY_TIMEOUT_S, check_same_thread=False)
@@ -203,13 +210,29 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("PRAGMA foreign_keys = ON")
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:  # a plain DatabaseError: what _damaged() recognises besides SQLite's codes
+                raise sqlite3.DatabaseError("; ".join(problems))
             self._migrate()
-        except (OSError, sqlite3.DatabaseError) as error:
-            raise StoreError(f"The document library in {self.root} cannot be opened ({error}).",
-                             f"Check that the folder is writable, or set {DATA_ENV} to another folder.") from error
+        except (OSError, sqlite3.Error) as error:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
+            raise self._open_error(error) from error
         self.host = socket.gethostname()
         if sweep:
             self.sweep()
+
+    def _open_error(self, error: OSError | sqlite3.Error) -> StoreError:
+        """Why the library cannot be opened, for people: a full disk, a damaged file (copied aside), or else."""
+        if _disk_full(error, self.root):
+            free = _free_bytes(self.root)
+            return StoreError(f"The disk is full ({format_bytes(free or 0)} free in {self.root}), so the document "
+                              "library cannot be opened: answers work, but nothing is cached.",
+                              f"Free some disk space, or set {DATA_ENV} to a folder on another disk.")
+        if _damaged(error):
+            return library_damaged_error(self.root, str(error))
+        return StoreError(f"The document library in {self.root} cannot be opened ({error}).",
+                          f"Check that the folder is writable, or set {DATA_ENV} to another folder.")
 
     def close(self) -> None:
         self.db.close()
@@ -224,31 +247,68 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """One write transaction (BEGIN IMMEDIATE: waits for other writers instead of failing later).
-        Nested calls join the outer transaction."""
+        Nested calls join the outer transaction. A failure of SQLite's (a full disk, a damaged file) is rolled back
+        and raised as a StoreError that says so."""
         conn = self.db.conn
         if conn.in_transaction:
             yield self.db
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self._commit()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise self._write_error(error) from error
+
+    def _commit(self) -> None:
+        self.db.conn.execute("COMMIT")
+
+    def _write_error(self, error: sqlite3.Error) -> StoreError:
+        if _disk_full(error, self.root):
+            return disk_full_error(None, _free_bytes(self.root), "recording it in the library")
+        if _damaged(error):
+            return library_damaged_error(self.root, str(error))
+        if isinstance(error, sqlite3.IntegrityError) and "FOREIGN KEY" in str(error):
+            return StoreError("What this belongs to was removed from the library meanwhile (by another Folio "
+                              "window or command), so it was not saved.", "Open the document again to add it back.")
+        return StoreError(f"The document library in {self.root} could not be written ({error}).",
+                          "Check that the data folder is writable.")
+
+    def _bookkeeping(self, write) -> None:
+        """Run a write the library can do without (last-use times, debris removal): on a full disk it is skipped
+        with a notice, so the library keeps working read-only."""
+        try:
+            write()
+        except StoreError as error:
+            if not error.disk_full:
+                raise
+            if not self.read_only_reason:
+                self.read_only_reason = error.problem
+                self.notices.append(f"library is read-only until there is space: {error.problem}")
 
     def _migrate(self) -> None:
+        """Apply the migrations the library lacks. Checked with a read first, so an up-to-date library opens without
+        writing (as it must on a full disk)."""
+        if not self._missing_migrations():
+            return
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS migrations "
                        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-            done = {row[0] for row in db.execute("SELECT version FROM migrations").fetchall()}
-            for version, name, script in MIGRATIONS:
-                if version in done:
-                    continue
+            for version, name, script in self._missing_migrations():
                 for statement in filter(str.strip, _strip_comments(script).split(";")):
                     db.execute(statement)
                 db["migrations"].insert({"version": version, "name": name, "applied_at": time.time()})
+
+    def _missing_migrations(self) -> list[tuple[int, str, str]]:
+        if not self.db["migrations"].exists():
+            return list(MIGRATIONS)
+        done = {row[0] for row in self.db.execute("SELECT version FROM migrations").fetchall()}
+        return [migration for migration in MIGRATIONS if migration[0] not in done]
 
     def schema_version(self) -> int:
         return self.db.execute("SELECT max(version) FROM migrations").fetchone()[0] or 0
@@ -265,7 +325,17 @@ class Store:
 
     # -- documents --------------------------------------------------------------------------------------
     def add_document(self, document: Document, tokens: int | None = None) -> int:
-        """Insert (or refresh) `document`, keyed by the sha256 of its file; returns its id."""
+        """Insert (or refresh) `document`, keyed by the sha256 of its file; returns its id. Refreshing a document the
+        library has is bookkeeping: on a full disk the library keeps the old row."""
+        existing = self.find_document(document.sha256)
+        if existing is not None and not self.read_only_reason:
+            self._bookkeeping(lambda: self._add_document(document, tokens))
+            return existing
+        if existing is not None:
+            return existing
+        return self._add_document(document, tokens)
+
+    def _add_document(self, document: Document, tokens: int | None) -> int:
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT id FROM documents WHERE sha256 = ?", [document.sha256]).fetchone()
@@ -312,8 +382,11 @@ class Store:
         return [DocumentInfo(*row) for row in rows]
 
     def touch_document(self, doc_id: int) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE documents SET last_used_at = ? WHERE id = ?", [time.time(), doc_id])
+        def write() -> None:
+            with self.transaction() as db:
+                db.execute("UPDATE documents SET last_used_at = ? WHERE id = ?", [time.time(), doc_id])
+
+        self._bookkeeping(write)
 
     def delete_document(self, doc_id: int) -> bool:
         """Remove a document, its text, spans, caches, indexes and their files. False if it did not exist."""
@@ -327,6 +400,9 @@ class Store:
         for cache_id in caches:
             self._remove_folder(self.cache_dir(cache_id))
         return bool(gone)
+
+    def document_exists(self, doc_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM documents WHERE id = ?", [doc_id]).fetchone() is not None
 
     def save_token_spans(self, doc_id: int, tokenizer_fingerprint: str, spans: np.ndarray) -> None:
         """spans [N, 3] int32 (page, char_start, char_end) of the document's tokens for one tokenizer."""
@@ -378,24 +454,40 @@ class Store:
             now = time.time()
             db[table].insert({**row, "status": "writing", "writer_pid": os.getpid(), "writer_host": self.host,
                               "created_at": now, "last_used_at": now, "bytes": 0})
+        _WRITING.add(row["id"])
         return "claimed"
 
     def commit_entry(self, table: str, entry_id: str, records: list[FileRecord]) -> None:
-        """The last step of a write: file records in, row 'ready' (the cache becomes visible)."""
+        """The last step of a write: file records in, row 'ready' (the cache becomes visible). Raises StoreError
+        when the row is gone (its document was removed meanwhile)."""
+        _WRITING.discard(entry_id)
         with self.transaction() as db:
+            updated = db.execute(f"UPDATE {table} SET status = 'ready', bytes = ?, last_used_at = ? WHERE id = ?",
+                                 [sum(r.bytes for r in records), time.time(), entry_id]).rowcount
+            if not updated:
+                raise StoreError("What was being saved was removed from the library meanwhile (by another Folio "
+                                 "window or command), so it was not saved.", "Open the document again to add it back.")
             db["files"].insert_all([r.to_row(entry_id) for r in records], replace=True)
-            db.execute(f"UPDATE {table} SET status = 'ready', bytes = ?, last_used_at = ? WHERE id = ?",
-                       [sum(r.bytes for r in records), time.time(), entry_id])
 
-    def abort_entry(self, table: str, entry_id: str, folder: Path) -> None:
-        """Forget an entry whose write failed: row first, then its files."""
-        with self.transaction():
-            self._delete_entry_rows(table, entry_id)
+    def abort_entry(self, table: str, entry_id: str, folder: Path) -> bool:
+        """Forget an entry whose write failed or whose writer died: its files first (a 'writing' row is never read,
+        and on a full disk removing them makes room for SQLite), then its rows. Never raises: a row that cannot be
+        deleted now (the disk is still full) stays 'writing' for a later sweep. Returns whether the rows went."""
+        _WRITING.discard(entry_id)
         self._remove_folder(folder)
+        try:
+            with self.transaction():
+                self._delete_entry_rows(table, entry_id)
+        except StoreError:
+            return False
+        return True
 
     def touch(self, table: str, entry_id: str) -> None:
-        with self.transaction() as db:
-            db.execute(f"UPDATE {table} SET last_used_at = ? WHERE id = ?", [time.time(), entry_id])
+        def write() -> None:
+            with self.transaction() as db:
+                db.execute(f"UPDATE {table} SET last_used_at = ? WHERE id = ?", [time.time(), entry_id])
+
+        self._bookkeeping(write)
 
     def delete_cache(self, cache_id: str) -> None:
         """Remove a cache, its indexes and their files (the document stays, "not cached")."""
@@ -404,7 +496,10 @@ class Store:
         self._remove_folder(self.cache_dir(cache_id))
 
     def delete_index(self, cache_id: str, index_id: str) -> None:
-        self.abort_entry("indexes", index_id, self.index_dir(cache_id, index_id))
+        """Remove a ready index (row first, then files)."""
+        with self.transaction():
+            self._delete_entry_rows("indexes", index_id)
+        self._remove_folder(self.index_dir(cache_id, index_id))
 
     def _delete_cache_rows(self, cache_id: str) -> None:
         for (index_id,) in self.db.execute("SELECT id FROM indexes WHERE cache_id = ?", [cache_id]).fetchall():
@@ -420,6 +515,8 @@ class Store:
             return False
         if time.time() - row["created_at"] > STALE_WRITER_S:
             return True
+        if row["writer_host"] == self.host and row["writer_pid"] == os.getpid():
+            return row["id"] not in _WRITING
         return row["writer_host"] == self.host and not pid_alive(int(row["writer_pid"] or 0))
 
     @staticmethod
@@ -461,11 +558,15 @@ class Store:
             evicted.append(cache_id)
         return evicted
 
-    def check_free_space(self, needed: int) -> None:
+    def free_bytes(self) -> int | None:
+        """Free bytes on the library's disk (None when it cannot be measured)."""
+        return _free_bytes(self.root)
+
+    def check_free_space(self, needed: int, what: str = "cache") -> None:
         """Raise StoreError (nothing written) when the disk has less than `needed` bytes free."""
         free = shutil.disk_usage(self.root).free
         if free < needed:
-            raise disk_full_error(needed, free)
+            raise disk_full_error(needed, free, f"saving this document's {what}")
 
     # -- crash debris -----------------------------------------------------------------------------------
     def sweep(self) -> list[str]:
@@ -478,8 +579,13 @@ class Store:
                 if self._writer_dead(row):
                     folder = (self.index_dir(row["cache_id"], row["id"]) if table == "indexes"
                               else self.cache_dir(row["id"]))
-                    self.abort_entry(table, row["id"], folder)
-                    removed.append(f"an unfinished {'cache' if table == 'caches' else 'index'} write")
+                    what = "cache" if table == "caches" else "index"
+                    if self.abort_entry(table, row["id"], folder):
+                        removed.append(f"an unfinished {what} write")
+                    elif not self.read_only_reason:  # its files are gone; the row goes when there is space
+                        self.read_only_reason = f"The disk is full ({format_bytes(_free_bytes(self.root) or 0)} free)."
+                        self.notices.append("library is read-only until there is space: the disk is full, so an "
+                                            f"unfinished {what} write could not be cleared")
         caches = {row[0] for row in self.db.execute("SELECT id FROM caches").fetchall()}
         indexes = {row[0] for row in self.db.execute("SELECT id FROM indexes").fetchall()}
         for name, folder in folders.items():
@@ -498,12 +604,94 @@ class Store:
         return removed
 
 
-def disk_full_error(needed: int, free: int | None = None) -> StoreError:
+def disk_full_error(needed: int | None, free: int | None = None,
+                    doing: str = "saving this document's cache") -> StoreError:
+    """The StoreError for a full disk while `doing` (what was tried, e.g. "saving this document's index")."""
     free_text = f"; {format_bytes(free)} are free" if free is not None else ""
-    return StoreError(f"The disk is full: saving this document's cache needs {format_bytes(needed)}{free_text}. "
-                      "Nothing was saved and the library is unchanged.",
-                      "Free some disk space, remove documents (`python -m engine library remove ID`) or "
-                      "lower the disk budget.")
+    need_text = f" needs {format_bytes(needed)}" if needed is not None else " needs more space"
+    error = StoreError(f"The disk is full: {doing}{need_text}{free_text}, so it was not saved and the library is "
+                       "unchanged.",
+                       "Free some disk space, remove documents (`python -m engine library remove ID`) or lower the "
+                       "disk budget.")
+    error.disk_full = True
+    return error
+
+
+def library_damaged_error(root: Path, reason: str) -> LibraryDamagedError:
+    """The error for a damaged folio.db; keeps a copy of the damaged file (once per distinct damage)."""
+    try:
+        copy, copy_note = keep_damaged_copy(root), ""
+    except OSError as error:
+        copy, copy_note = None, f" No copy of it could be kept ({error.strerror or error})."
+    kept = f" A copy of the damaged file is kept in {copy}." if copy else copy_note
+    return LibraryDamagedError(
+        f"The document library is damaged ({root / 'folio.db'}: {reason}), so Folio answers without it and caches "
+        f"nothing.{kept}",
+        "Start a new library with `python -m engine library reset` (your documents are not touched; open them "
+        "again to add them).", copy)
+
+
+def keep_damaged_copy(root: Path) -> Path:
+    """Copy folio.db (and its -wal) into root/damaged/, once per distinct content; returns the copy's path."""
+    source = root / "folio.db"
+    with open(source, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:12]
+    folder = root / DAMAGED_FOLDER
+    existing = sorted(folder.glob(f"folio-*-{digest}.db"))
+    if existing:
+        return existing[0]
+    folder.mkdir(exist_ok=True)
+    copy = folder / f"folio-{dt.datetime.now():%Y%m%d-%H%M%S}-{digest}.db"
+    shutil.copyfile(source, copy)
+    if (root / "folio.db-wal").exists():
+        shutil.copyfile(root / "folio.db-wal", copy.with_name(copy.name + "-wal"))
+    return copy
+
+
+def reset_damaged_library(root: Path) -> Path | None:
+    """Start a new, empty library in `root` when its folio.db is damaged: the damaged file is copied aside first
+    (root/damaged/), then folio.db and its cache files are removed. Returns the copy; raises StoreError when the
+    library is not damaged (nothing is touched then)."""
+    try:
+        Store(root, sweep=False).close()
+    except LibraryDamagedError as error:
+        copy = error.copy or keep_damaged_copy(root)
+    else:
+        raise StoreError(f"The document library in {root} is not damaged, so it was not reset.",
+                         "Remove documents one by one with `python -m engine library remove ID`.")
+    for name in ("folio.db", "folio.db-wal", "folio.db-shm"):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / "caches", ignore_errors=True)
+    Store(root).close()
+    return copy
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _sqlite_code(error: BaseException) -> int:
+    """SQLite's primary result code of an sqlite3 error (0 for other errors)."""
+    return (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+
+
+def _damaged(error: BaseException) -> bool:
+    """Whether `error` means the database file is damaged (not a database, malformed, or its quick check failed)."""
+    damaged_codes = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return _sqlite_code(error) in damaged_codes or type(error) is sqlite3.DatabaseError
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error` means the disk is full: SQLITE_FULL or ENOSPC, or an I/O error while almost no space is
+    left (SQLite reports a shared-memory file it cannot extend as an I/O error)."""
+    if _sqlite_code(error) == sqlite3.SQLITE_FULL or getattr(error, "errno", None) == errno.ENOSPC:
+        return True
+    io_error = _sqlite_code(error) in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) or isinstance(error, OSError)
+    free = _free_bytes(folder)
+    return bool(io_error and free is not None and free < LOW_SPACE_BYTES)
 
 
 def _one(db: sqlite_utils.Database, sql: str, params: list) -> dict | None:

@@ -45,7 +45,7 @@ def test_too_long_document_is_refused_with_counts_and_no_traceback(tiny_model_di
 
 def test_bad_document_fails_before_loading_a_model(tmp_path):
     doc = tmp_path / "doc.txt"
-    doc.write_bytes(b"\xff\xfe broken")
+    doc.write_bytes(b"\xe9t\xe9 broken")  # Latin-1 (a file starting with FF FE is UTF-16)
     result = engine("ask", str(doc), "Why?", "--model", str(tmp_path / "missing-model"))
     assert result.returncode == 2
     assert "not valid UTF-8" in result.stderr and "Traceback" not in result.stderr

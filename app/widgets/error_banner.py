@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
@@ -15,17 +17,31 @@ class ErrorBanner(QFrame):
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.action_button = QPushButton()  # what the message offers to do, when it offers something
+        self.action_button.clicked.connect(self._act)
+        self._action: Callable[[], None] | None = None
         dismiss = QPushButton("Dismiss")
         dismiss.clicked.connect(self.hide)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
         layout.addWidget(self.label, 1)
+        layout.addWidget(self.action_button, 0, Qt.AlignmentFlag.AlignTop)
         layout.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
         self.hide()
 
-    def show_message(self, message: str) -> None:
+    def show_message(self, message: str, action: str = "", on_action: Callable[[], None] | None = None) -> None:
+        """Show `message`; with `action`, also a button of that name that hides the banner and calls `on_action`."""
         self.label.setText(message)
+        self._action = on_action if action else None
+        self.action_button.setText(action)
+        self.action_button.setVisible(bool(action))
         self.show()
+
+    def _act(self) -> None:
+        action = self._action
+        self.hide()
+        if action is not None:
+            action()
 
     @property
     def message(self) -> str:

@@ -20,6 +20,8 @@ SUITES: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "fidelity": ("engine.bench.fidelity_suite", "teacher-forced top-1 agreement and KL vs full attention"),
     "memory": ("engine.bench.gpu_suite", "peak device memory and time per token at long context (GPU check)"),
     "cards": ("engine.bench.cards_suite", "which catalog model fits which GPU, computed by the fit check"),
+    "fingerprint": ("engine.bench.fingerprint_suite", "the model identity's cost at open: first open, later opens"),
+    "fuzz": ("engine.bench.fuzz_suite", "mutated PDFs and texts through read_document: only the project's own errors"),
 }
 
 

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = verbs.add_parser("remove", help="delete a document and its cache files")
     remove.add_argument("id", type=int)
     verbs.add_parser("path", help="print the folder where the library lives")
+    verbs.add_parser("reset", help="start a new library when folio.db is damaged (a copy of it is kept)")
     budget = verbs.add_parser("budget", help="show or set the disk budget for caches (LRU eviction)")
     budget.add_argument("size", nargs="?", help="e.g. 50GiB or 500MB")
 

@@ -30,6 +30,7 @@ def peak_memory(device) -> dict[str, float]:
 
 
 def ask_command(args: argparse.Namespace) -> int:
+    from engine.errors import StoreError
     from engine.generate import Finished, TokenEvent
     from engine.ingest import read_document
     from engine.model import load_model
@@ -39,17 +40,28 @@ def ask_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = ProgressPrinter()
     use_store = not args.no_cache and config.attention != "full"  # full attention is never stored
-    store = Store() if use_store or args.document.startswith("@") else None
+    store, library_notice = None, None
+    if args.document.startswith("@"):
+        store = Store()  # the document is in the library: without it there is nothing to ask about
+    elif use_store:
+        try:
+            store = Store()
+        except StoreError as error:  # a full disk, a damaged library: answer without it, and say so
+            library_notice = f"library not used: {error}"
     ingest_started = time.perf_counter()
     if args.document.startswith("@") and args.document[1:].isdigit():
         document = store.load_document(int(args.document[1:]))
     else:
         document = read_document(args.document)  # fail on a bad file before loading any model
     ingest_s = time.perf_counter() - ingest_started
+    for warning in document.warnings:  # e.g. a damaged PDF repaired with pages lost
+        print(f"warning: {warning}", file=sys.stderr)
     load_started = time.perf_counter()
     loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
     load_s = time.perf_counter() - load_started
     session = DocumentSession(loaded, document, config, store if use_store else None)
+    if library_notice:
+        session.cache_notices.append(library_notice)
     cancel = CancelToken()
     finished = None
     for event in session.ask(args.question, cancel):
@@ -66,7 +78,7 @@ def ask_command(args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights, "attention": config.attention,
-            "document": str(document.source), "pages": document.pages,
+            "document": str(document.source), "pages": document.pages, "document_warnings": list(document.warnings),
             "prompt_tokens": stats.prompt_tokens, "prefill_tokens": stats.prefill_tokens,
             "prefill_s": round(stats.prefill_s, 3), "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),
             "ttft_s": round(stats.ttft_s, 3), "new_tokens": stats.new_tokens,

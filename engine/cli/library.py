@@ -1,4 +1,4 @@
-"""`python -m engine library list|add FILE|remove ID|path|budget [SIZE]`: the document library from a shell."""
+"""`python -m engine library list|add FILE|remove ID|path|budget [SIZE]|reset`: the document library from a shell."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ def library_command(args: argparse.Namespace) -> int:
         from engine.store import data_dir
 
         print(data_dir())
+        return 0
+    if args.verb == "reset":
+        from engine.store import data_dir, reset_damaged_library
+
+        copy = reset_damaged_library(data_dir())
+        kept = f"; the damaged file is kept in {copy}" if copy else ""
+        print(f"started a new library in {data_dir()}{kept}")
         return 0
     with Store() as store:
         for notice in store.notices:
