@@ -137,7 +137,7 @@ def select_version(store: Store, chat_id: int, position: int, version: int) -> N
 
 def rename(store: Store, chat_id: int, title: str) -> None:
     with store.transaction() as db:
-        db.execute("UPDATE chats SET title = ?, updated_at = ? WHERE id = ?", [title, time.time(), chat_id])
+        db.execute("UPDATE chats SET title = ? WHERE id = ?", [title, chat_id])  # the order stays by last answer
 
 
 def delete(store: Store, chat_id: int) -> bool:

@@ -100,8 +100,8 @@ def build_document_prompt(tokenizer: PreTrainedTokenizerBase, document_text: str
     prefix_ids = before + document + after
     to_question_text, problem = _turn_boundary(tokenizer, merged, to_answer_text)
     to_question = _template_ids(tokenizer, to_question_text) if to_question_text is not None else None
-    return DocumentPrompt(prefix_ids, len(before), len(before) + len(document), _template_ids(tokenizer, to_answer_text),
-                          to_question, problem)
+    to_answer = _template_ids(tokenizer, to_answer_text)
+    return DocumentPrompt(prefix_ids, len(before), len(before) + len(document), to_answer, to_question, problem)
 
 
 def _template_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -129,7 +129,7 @@ def _split_at_markers(tokenizer: PreTrainedTokenizerBase, n_turns: int, merged: 
             return None
         pieces.append(text[start:cut])
         start = cut + len(marker)
-    return pieces + [text[start:]]
+    return [*pieces, text[start:]]
 
 
 def _turn_boundary(tokenizer: PreTrainedTokenizerBase, merged: bool, to_answer: str) -> tuple[str | None, str | None]:

@@ -11,12 +11,12 @@ from transformers import Cache, DynamicCache
 
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
+from engine.chat import Chat
+from engine.chat_store import ChatSummary
 from engine.citations import Passage, SpanMap, document_span_map, top_passages
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ChatError, ContextTooLongError, StoreError
 from engine.events import CancelToken
-from engine.chat import Chat
-from engine.chat_store import ChatSummary
 from engine.generate import Event, Finished, SamplingOptions, TokenEvent, generate, prefill_steps
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
@@ -142,7 +142,7 @@ class DocumentSession:
         stored = self.store.load_document(record.document_id)
         if stored.sha256 != self.document.sha256:
             raise ChatError(f"Chat {chat_id} is about another document ({stored.title}).",
-                            f"Open that document to continue it, e.g. `ask @{record.document_id} ... --chat {chat_id}`.")
+                            f"Open that document to continue it: `ask @{record.document_id} ... --chat {chat_id}`.")
         return Chat(self, record)
 
     def chats(self) -> list[ChatSummary]:
@@ -250,8 +250,8 @@ class DocumentSession:
         attention weights (which reuses the cached prompt)."""
         steps = finished.attention_steps
         if steps is None and not self.uses_retrieval and finished.token_ids:
-            steps = full_attention_steps(self.loaded.model, self._cache, finished.stats.prompt_tokens, finished.token_ids,
-                                         self.prompt.doc_token_start, self.prompt.doc_token_end)
+            steps = full_attention_steps(self.loaded.model, self._cache, finished.stats.prompt_tokens,
+                                         finished.token_ids, self.prompt.doc_token_start, self.prompt.doc_token_end)
         if not steps:
             return []
         if self._span_map is None:
