@@ -41,6 +41,12 @@ _EXPORTS = {
     "read_document": "engine.ingest",
     "supported_suffixes": "engine.ingest",
     "DocumentSession": "engine.session",
+    # chats
+    "Chat": "engine.chat",
+    "chat_markdown": "engine.chat",
+    "ChatSummary": "engine.chat_store",
+    "ChatTurn": "engine.chat_store",
+    "AnswerVersion": "engine.chat_store",
     # the library
     "Store": "engine.store",
     "DocumentInfo": "engine.store",
@@ -59,6 +65,10 @@ _EXPORTS = {
     "FolioError": "engine.errors",
     "DocumentError": "engine.errors",
     "ContextTooLongError": "engine.errors",
+    "ChatFullError": "engine.errors",
+    "QuestionTooLongError": "engine.errors",
+    "EmptyQuestionError": "engine.errors",
+    "ChatError": "engine.errors",
     "ModelError": "engine.errors",
     "StoreError": "engine.errors",
     "CancelledError": "engine.errors",

@@ -13,20 +13,43 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import engine.chat_store as chat_store
 from engine.chat_store import AnswerVersion, ChatRecord, ChatTurn, new_key
+from engine.citations import Passage
+from engine.config import EngineConfig
 from engine.errors import CancelledError, ChatError, ChatFullError, EmptyQuestionError, FolioError, QuestionTooLongError
 from engine.events import CancelToken
 from engine.generate import Event, Finished, TokenEvent
-from engine.prompt import Turn
-
-if TYPE_CHECKING:
-    from engine.session import DocumentSession
+from engine.ingest import Document
+from engine.model import LoadedModel
+from engine.prompt import DocumentPrompt, Turn
+from engine.store import Store
 
 DEFAULT_TITLE = "New chat"
 TITLE_CHARS = 60
+
+
+class DocumentSession(Protocol):
+    """What a chat needs of its document's session (engine.session.DocumentSession)."""
+
+    loaded: LoadedModel
+    document: Document
+    config: EngineConfig
+    store: Store | None
+    prompt: DocumentPrompt
+    cache_notices: list[str]
+
+    @property
+    def prefix_tokens(self) -> int: ...
+
+    @property
+    def document_tokens(self) -> int: ...
+
+    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None) -> Iterator[Event]: ...
+
+    def sources(self, finished: Finished) -> list[Passage]: ...
 
 
 class Chat:
@@ -127,27 +150,8 @@ class Chat:
         self.record.id = None
 
     def to_markdown(self) -> str:
-        """The chat as Markdown: every turn's question, the answer it continues from, and its sources with pages."""
-        document = self.session.document
-        made = dt.datetime.fromtimestamp(self.record.created_at).strftime("%Y-%m-%d %H:%M")
-        lines = [f"# {self.title}", "",
-                 f"Document: {document.title} ({document.pages} page{'s' if document.pages != 1 else ''}) · "
-                 f"model: {self.record.model_name} · started {made}", ""]
-        for number, turn in enumerate(self.turns, start=1):
-            answer = turn.answer
-            version = f" (version {turn.selected + 1} of {len(turn.versions)})" if len(turn.versions) > 1 else ""
-            lines += [f"## Question {number}", "", _quote(turn.question), "", f"### Answer{version}", "",
-                      answer.text.strip() or "(no answer)", ""]
-            if answer.stop_reason == "cancelled":
-                lines += ["*(stopped)*", ""]
-            if answer.sources:
-                lines += ["Sources:", ""]
-                for passage in answer.sources:
-                    preview = " ".join(passage.text.split())
-                    preview = preview if len(preview) <= 200 else preview[:197].rstrip() + "…"
-                    lines.append(f"- page {passage.page} ({passage.score:.0%}): “{preview}”")
-                lines.append("")
-        return "\n".join(lines).rstrip() + "\n"
+        """The chat as Markdown (chat_markdown)."""
+        return chat_markdown(self.record, self.session.document)
 
     # -- internals ----------------------------------------------------------------------------------------
     def _stored(self) -> bool:
@@ -233,6 +237,29 @@ class Chat:
         if prefix + question_tokens + reserved > maximum:
             raise QuestionTooLongError(prefix + question_tokens + reserved, maximum, prefix, question_tokens, reserved)
         raise ChatFullError(needed, maximum, prefix, history_tokens, question_tokens, reserved)
+
+
+def chat_markdown(record: ChatRecord, document: Document) -> str:
+    """A chat as Markdown: every turn's question, the answer version it continues from, and its sources with pages."""
+    made = dt.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
+    lines = [f"# {record.title}", "",
+             f"Document: {document.title} ({document.pages} page{'s' if document.pages != 1 else ''}) · "
+             f"model: {record.model_name} · started {made}", ""]
+    for number, turn in enumerate(record.turns, start=1):
+        answer = turn.answer
+        version = f" (version {turn.selected + 1} of {len(turn.versions)})" if len(turn.versions) > 1 else ""
+        lines += [f"## Question {number}", "", _quote(turn.question), "", f"### Answer{version}", "",
+                  answer.text.strip() or "(no answer)", ""]
+        if answer.stop_reason == "cancelled":
+            lines += ["*(stopped)*", ""]
+        if answer.sources:
+            lines += ["Sources:", ""]
+            for passage in answer.sources:
+                preview = " ".join(passage.text.split())
+                preview = preview if len(preview) <= 200 else preview[:197].rstrip() + "…"
+                lines.append(f"- page {passage.page} ({passage.score:.0%}): “{preview}”")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _settings(session: DocumentSession) -> dict:
