@@ -9,6 +9,7 @@ once `cancel` is set (CancelledError).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from engine import (
     MAX_ANSWER_TOKENS,
     CancelledError,
     CancelToken,
+    ChatError,
     ConfigChange,
     Document,
     DocumentError,
@@ -48,10 +50,10 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import DocumentSession, LoadedModel, Store
+    from engine import AnswerVersion, Chat, DocumentSession, LoadedModel, Store
 
 __all__ = [  # the engine names the app may use, besides this module's own
-    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "CancelToken", "CancelledError", "ConfigChange", "Document",
+    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "CancelToken", "CancelledError", "ChatError", "ConfigChange", "Document",
     "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "ModelError", "ModelShape", "Passage", "Progress",
     "ProgressCallback", "ProgressMeter", "SpanMap", "default_model_gguf", "estimate_fit", "format_bytes",
     "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
@@ -117,10 +119,50 @@ class Answer:
     decode_tokens_per_s: float
     stop_reason: str
     citations: tuple[Passage, ...] = field(default_factory=tuple)
+    notice: str = ""  # e.g. "chat not saved: ..."
 
     @property
     def context_used(self) -> int:
         return self.prompt_tokens + self.new_tokens
+
+
+@dataclass(frozen=True)
+class TurnState:
+    """One question of a chat and its answer versions; `selected` is the one the chat continues from."""
+
+    question: str
+    answers: tuple[Answer, ...]
+    selected: int = 0
+
+    @property
+    def answer(self) -> Answer:
+        return self.answers[self.selected]
+
+
+@dataclass(frozen=True)
+class ChatState:
+    """A chat as the window shows it. key: its stable id; tokens_used of context_max: the status bar's "N of M";
+    problem: why it cannot be continued (another model made it), with the offer of a new chat; "" when it can."""
+
+    key: str
+    doc_id: str
+    title: str
+    turns: tuple[TurnState, ...] = ()
+    tokens_used: int = 0
+    context_max: int = 0
+    problem: str = ""
+    stored: bool = False
+
+
+@dataclass(frozen=True)
+class ChatListing:
+    """A chat in the chat list of a document."""
+
+    key: str
+    title: str
+    turns: int
+    updated_at: float
+    stored: bool = True
 
 
 class EngineBackend(Protocol):
@@ -137,10 +179,33 @@ class EngineBackend(Protocol):
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         """Build the document's cache (stages "prefill", "index", "saving")."""
 
-    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
-            cancel: CancelToken) -> Answer: ...
+    def chats(self, doc_id: str) -> list[ChatListing]:
+        """The document's chats, most recent first: those in the library and the new ones not stored yet."""
 
-    def new_chat(self, doc_id: str) -> None: ...
+    def open_chat(self, doc_id: str, key: str | None) -> ChatState:
+        """The chat `key`, or a new (empty) chat when key is None."""
+
+    def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+            cancel: CancelToken) -> Answer:
+        """A new turn at the end of chat `key` (a stopped answer is kept: CancelledError)."""
+
+    def regenerate(self, doc_id: str, key: str, on_token: TokenCallback, progress: ProgressCallback,
+                   cancel: CancelToken) -> Answer:
+        """Answer the chat's last question again, keeping the earlier answers as versions."""
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str, on_token: TokenCallback,
+             progress: ProgressCallback, cancel: CancelToken) -> Answer:
+        """Replace question `turn` (0-based) and answer it; the turns after it are dropped."""
+
+    def select_version(self, doc_id: str, key: str, version: int) -> ChatState:
+        """Continue the chat from another version of its last answer."""
+
+    def rename_chat(self, doc_id: str, key: str, title: str) -> None: ...
+
+    def delete_chat(self, doc_id: str, key: str) -> None: ...
+
+    def export_chat(self, doc_id: str, key: str, path: str) -> str:
+        """Write the chat as Markdown to `path`; returns the path."""
 
     def forget(self, doc_id: str) -> None:
         """Remove the document (and its stored caches) from the library."""
@@ -169,6 +234,7 @@ class RealBackend:
         self.sessions: dict[str, DocumentSession] = {}
         self.documents: dict[str, Document] = {}  # kept across model reloads
         self.prepared: set[str] = set()
+        self.live_chats: dict[str, Chat] = {}  # chat key -> the chat open in this run (stored or not yet)
 
     # -- model ---------------------------------------------------------------------------------------
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
@@ -290,20 +356,89 @@ class RealBackend:
         if self.store is not None and (store_id := self.store.find_document(doc_id)) is not None:
             self.store.delete_document(store_id)
         self.prepared.discard(doc_id)
+        for key in [k for k, chat in self.live_chats.items() if chat.session.document.sha256 == doc_id]:
+            del self.live_chats[key]
 
-    def new_chat(self, doc_id: str) -> None:
-        session = self.sessions.get(doc_id)
-        if session is not None:
-            session.new_chat()
+    # -- chats ---------------------------------------------------------------------------------------
+    def chats(self, doc_id: str) -> list[ChatListing]:
+        session = self._session(doc_id)
+        listed = [ChatListing(c.key, c.title, c.turns, c.updated_at) for c in session.chats()]
+        stored = {c.key for c in listed}
+        unsaved = [ChatListing(key, chat.title, len(chat.turns), chat.record.updated_at, stored=False)
+                   for key, chat in self.live_chats.items()
+                   if key not in stored and chat.session.document.sha256 == doc_id]
+        return sorted(unsaved + listed, key=lambda c: c.updated_at, reverse=True)
 
-    # -- questions -----------------------------------------------------------------------------------
-    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+    def open_chat(self, doc_id: str, key: str | None) -> ChatState:
+        if key is None:
+            session = self._session(doc_id)
+            for old_key, chat in list(self.live_chats.items()):  # at most one empty new chat per document
+                if chat.session.document.sha256 == doc_id and chat.id is None and not chat.turns:
+                    del self.live_chats[old_key]
+            chat = session.chat()
+            self.live_chats[chat.key] = chat
+            return self._state(doc_id, chat)
+        return self._state(doc_id, self._chat(doc_id, key))
+
+    def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
             cancel: CancelToken) -> Answer:
-        from engine import Finished, TokenEvent
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.ask(question, cancel), on_token, progress)
+
+    def regenerate(self, doc_id: str, key: str, on_token: TokenCallback, progress: ProgressCallback,
+                   cancel: CancelToken) -> Answer:
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.regenerate(cancel), on_token, progress)
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str, on_token: TokenCallback,
+             progress: ProgressCallback, cancel: CancelToken) -> Answer:
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.edit(turn, question, cancel), on_token, progress)
+
+    def select_version(self, doc_id: str, key: str, version: int) -> ChatState:
+        chat = self._chat(doc_id, key)
+        chat.select_version(version)
+        return self._state(doc_id, chat)
+
+    def rename_chat(self, doc_id: str, key: str, title: str) -> None:
+        self._chat(doc_id, key).rename(title)
+
+    def delete_chat(self, doc_id: str, key: str) -> None:
+        self._chat(doc_id, key).delete()
+        self.live_chats.pop(key, None)
+
+    def export_chat(self, doc_id: str, key: str, path: str) -> str:
+        from pathlib import Path
+
+        target = Path(path).expanduser()
+        try:
+            target.write_text(self._chat(doc_id, key).to_markdown(), encoding="utf-8")
+        except OSError as error:
+            raise ChatError(f"The chat could not be written to {target} ({error.strerror or error}).",
+                            "Choose another folder or file name.") from error
+        return str(target)
+
+    def chat_state(self, doc_id: str, key: str) -> ChatState:
+        return self._state(doc_id, self._chat(doc_id, key))
+
+    def _chat(self, doc_id: str, key: str) -> Chat:
+        """The live chat `key` on the document's current session: a session made again (model or settings changed)
+        takes over the chat's turns; a chat of an earlier run comes from the library."""
+        from engine import Chat
 
         session = self._session(doc_id)
+        chat = self.live_chats.get(key)
+        if chat is not None and chat.session is session:
+            return chat
+        chat = Chat(session, chat.record) if chat is not None and chat.id is None else session.chat(key)
+        self.live_chats[key] = chat
+        return chat
+
+    def _stream(self, doc_id: str, chat: Chat, events, on_token: TokenCallback, progress: ProgressCallback) -> Answer:
+        from engine import Finished, TokenEvent
+
         finished = None
-        for event in session.ask(question, cancel):
+        for event in events:
             if isinstance(event, TokenEvent):
                 on_token(event.text)
             elif isinstance(event, Progress):
@@ -312,10 +447,19 @@ class RealBackend:
                 finished = event
         self.prepared.add(doc_id)
         assert finished is not None
-        stats = finished.stats
-        return Answer(finished.text, stats.prompt_tokens, stats.new_tokens, self._require_model().max_positions,
-                      stats.ttft_s, stats.decode_tokens_per_s, stats.stop_reason,
-                      tuple(session.sources(finished, question)))
+        notice = "; ".join(chat.notices)
+        chat.notices.clear()
+        return dataclasses.replace(self._answer(chat.turns[-1].answer), notice=notice)
+
+    def _answer(self, version: AnswerVersion) -> Answer:
+        return Answer(version.text, version.prompt_tokens, version.new_tokens, self._require_model().max_positions,
+                      version.ttft_s, version.decode_tokens_per_s, version.stop_reason, tuple(version.sources))
+
+    def _state(self, doc_id: str, chat: Chat) -> ChatState:
+        turns = tuple(TurnState(t.question, tuple(self._answer(v) for v in t.versions), t.selected)
+                      for t in chat.turns)
+        return ChatState(chat.key, doc_id, chat.title, turns, chat.tokens_used, chat.context_max,
+                         chat.problem or "", chat.id is not None)
 
     def memory_in_use(self) -> str:
         count, kind = memory_in_use(self.loaded.device if self.loaded is not None else None)

@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             print(result.error, file=sys.stderr)
             app.exit(1)
             return
-        items = window.chats[window.current_doc].last_card.findChildren(CitationItem)
+        items = window.chat_view.last_card.findChildren(CitationItem)
         if items:
             items[0].button.setChecked(True)
         QTimer.singleShot(800, shoot)
 
     def shoot() -> None:
-        chat = window.chats[window.current_doc]
+        chat = window.chat_view
         chat.verticalScrollBar().setValue(chat.verticalScrollBar().maximum())
         app.processEvents()
         ok = window.grab().save(args.output)
