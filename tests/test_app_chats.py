@@ -18,7 +18,10 @@ from PySide6.QtCore import Qt
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
 from app.settings import AppSettings
-from tests.test_app_gui import DOCUMENT, ask, config_dir, document, make_window, open_and_wait  # noqa: F401
+from tests import test_app_gui as gui
+
+config_dir, make_window, document = gui.config_dir, gui.make_window, gui.document  # the window's fixtures
+ask, open_and_wait = gui.ask, gui.open_and_wait
 
 
 def idle(qtbot, window: MainWindow) -> None:
@@ -160,8 +163,8 @@ def test_the_chat_stays_usable_at_960_px(qtbot, make_window, document):
 
 
 @pytest.mark.slow
-def test_a_chat_survives_closing_the_window_with_the_real_engine(qtbot, tmp_path, config_dir, tiny_model_dir,  # noqa: F811
-                                                                  document):  # noqa: F811
+def test_a_chat_survives_closing_the_window_with_the_real_engine(qtbot, tmp_path, config_dir, tiny_model_dir,
+                                                                  document):
     from app.backend import RealBackend
 
     settings = AppSettings().with_changes(model=str(tiny_model_dir), attention="exact", n_sink=4, n_window=16,
