@@ -219,7 +219,7 @@ class MainWindow(QMainWindow):
         worker.library_listed.connect(self._library_listed)
         worker.chats_listed.connect(self._chats_listed)
         worker.chat_opened.connect(self._chat_opened)
-        worker.chat_exported.connect(lambda path: self.statusBar().showMessage(f"Chat exported to {path}", 8000))
+        worker.chat_exported.connect(self._chat_exported)  # bound methods run on the GUI thread; lambdas would not
         self.controller.busy_changed.connect(self._busy_changed)
         self.controller.job_started.connect(self._job_started)
         self.progress_panel.cancel_requested.connect(self.stop)
@@ -621,6 +621,9 @@ class MainWindow(QMainWindow):
         self.chats.clear()
         self.current_chat = self.chats_of = None
         self.chat_list.set_chats([], None)
+
+    def _chat_exported(self, path: str) -> None:
+        self.statusBar().showMessage(f"Chat exported to {path}", 8000)
 
     def _show_context(self, state: ChatState) -> None:
         """The chat's own context in the status bar: the document and its turns, of the model's positions."""

@@ -40,6 +40,8 @@ class ChatListPanel(QWidget):
         self.list.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
                                   | QAbstractItemView.EditTrigger.EditKeyPressed)
         self.list.setAcceptDrops(False)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)  # long titles end in "…"; the tooltip has them
         self.list.itemSelectionChanged.connect(self._selection_changed)
         self.list.itemChanged.connect(self._item_changed)
         self.new_button = QPushButton("New")
