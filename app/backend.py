@@ -50,7 +50,7 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import AnswerVersion, Chat, DocumentSession, LoadedModel, Store
+    from engine import AnswerVersion, Chat, ChatRecord, DocumentSession, LoadedModel, Store
 
 __all__ = [  # the engine names the app may use, besides this module's own
     "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "CancelToken", "CancelledError", "ChatError", "ConfigChange", "Document",
@@ -235,14 +235,15 @@ class RealBackend:
         self.documents: dict[str, Document] = {}  # kept across model reloads
         self.prepared: set[str] = set()
         self.live_chats: dict[str, Chat] = {}  # chat key -> the chat open in this run (stored or not yet)
+        # chats not in the library whose session was let go: key -> (document id, the chat's record)
+        self.unsaved: dict[str, tuple[str, ChatRecord]] = {}
 
     # -- model ---------------------------------------------------------------------------------------
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
         from engine import load_model
 
         self.config = config
-        self.sessions.clear()
-        self.prepared.clear()
+        self._drop_sessions()
         self.loaded = None
         started = time.perf_counter()
         self._open_store(library)
@@ -261,8 +262,7 @@ class RealBackend:
         if self.store is not None:
             self.store.close()
             self.store = None
-            self.sessions.clear()
-            self.prepared.clear()
+            self._drop_sessions()
         try:
             self.store = Store(library.root)
             self.store.set_budget(library.budget_bytes)
@@ -282,8 +282,7 @@ class RealBackend:
         self._open_store(library)
         for doc_id, session in list(self.sessions.items()):
             if change.reopen_documents:  # a new session: its K/V come from the library where it holds them
-                del self.sessions[doc_id]
-                self.prepared.discard(doc_id)
+                self._drop_sessions(doc_id)
                 self._session(doc_id)
             else:
                 session.config = config
@@ -302,6 +301,18 @@ class RealBackend:
             self.sessions[doc_id] = DocumentSession(self._require_model(), self.documents[doc_id], self.config,
                                                     store=self.store)
         return self.sessions[doc_id]
+
+    def _drop_sessions(self, doc_id: str | None = None) -> None:
+        """Let go of the document's session (every one when None) and its cache. Its chats follow the next session:
+        stored ones come back from the library, the others keep their turns here."""
+        for key, chat in list(self.live_chats.items()):
+            if doc_id is None or chat.session.document.sha256 == doc_id:
+                if chat.id is None:
+                    self.unsaved[key] = (chat.session.document.sha256, chat.record)
+                del self.live_chats[key]
+        for dropped in list(self.sessions) if doc_id is None else [doc_id]:
+            self.sessions.pop(dropped, None)
+            self.prepared.discard(dropped)
 
     def _require_model(self) -> LoadedModel:
         if self.loaded is None:
@@ -356,17 +367,18 @@ class RealBackend:
         if self.store is not None and (store_id := self.store.find_document(doc_id)) is not None:
             self.store.delete_document(store_id)
         self.prepared.discard(doc_id)
-        for key in [k for k, chat in self.live_chats.items() if chat.session.document.sha256 == doc_id]:
-            del self.live_chats[key]
+        self._drop_sessions(doc_id)
+        self.unsaved = {key: kept for key, kept in self.unsaved.items() if kept[0] != doc_id}
 
     # -- chats ---------------------------------------------------------------------------------------
     def chats(self, doc_id: str) -> list[ChatListing]:
         session = self._session(doc_id)
         listed = [ChatListing(c.key, c.title, c.turns, c.updated_at) for c in session.chats()]
         stored = {c.key for c in listed}
-        unsaved = [ChatListing(key, chat.title, len(chat.turns), chat.record.updated_at, stored=False)
-                   for key, chat in self.live_chats.items()
-                   if key not in stored and chat.session.document.sha256 == doc_id]
+        live = [(key, chat.record) for key, chat in self.live_chats.items() if chat.session.document.sha256 == doc_id]
+        live += [(key, record) for key, (doc, record) in self.unsaved.items() if doc == doc_id]
+        unsaved = [ChatListing(key, record.title, len(record.turns), record.updated_at, stored=False)
+                   for key, record in live if key not in stored]
         return sorted(unsaved + listed, key=lambda c: c.updated_at, reverse=True)
 
     def open_chat(self, doc_id: str, key: str | None) -> ChatState:
@@ -422,15 +434,14 @@ class RealBackend:
         return self._state(doc_id, self._chat(doc_id, key))
 
     def _chat(self, doc_id: str, key: str) -> Chat:
-        """The live chat `key` on the document's current session: a session made again (model or settings changed)
-        takes over the chat's turns; a chat of an earlier run comes from the library."""
+        """The live chat `key` on the document's session: after the session was made again (model or settings
+        changed) a chat not in the library keeps its turns, and a stored chat comes back from the library."""
         from engine import Chat
 
         session = self._session(doc_id)
-        chat = self.live_chats.get(key)
-        if chat is not None and chat.session is session:
+        if (chat := self.live_chats.get(key)) is not None:
             return chat
-        chat = Chat(session, chat.record) if chat is not None and chat.id is None else session.chat(key)
+        chat = Chat(session, self.unsaved.pop(key)[1]) if key in self.unsaved else session.chat(key)
         self.live_chats[key] = chat
         return chat
 

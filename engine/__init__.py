@@ -46,6 +46,7 @@ _EXPORTS = {
     "chat_markdown": "engine.chat",
     "ChatSummary": "engine.chat_store",
     "ChatTurn": "engine.chat_store",
+    "ChatRecord": "engine.chat_store",
     "AnswerVersion": "engine.chat_store",
     # the library
     "Store": "engine.store",

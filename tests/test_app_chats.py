@@ -200,3 +200,33 @@ def test_a_chat_survives_closing_the_window_with_the_real_engine(qtbot, tmp_path
         assert not again.error_banner.isVisible(), again.error_banner.message
     finally:
         again.controller.shutdown()
+
+
+def test_the_real_backend_keeps_chats_across_settings_changes_and_model_reloads(tiny_model_dir, document, tmp_path):
+    from dataclasses import replace
+
+    from app.backend import CancelToken, EngineConfig, LibraryConfig, RealBackend
+
+    backend = RealBackend()
+    config = EngineConfig(model=str(tiny_model_dir), attention="exact", n_sink=4, n_window=16, max_new_tokens=4)
+    library = LibraryConfig(folder=str(tmp_path / "data"))
+    backend.load_model(config, library, lambda _: None)
+    doc_id = backend.open_document(str(document), lambda _: None, CancelToken()).id
+
+    def ask_in(key: str, question: str) -> None:
+        backend.ask(doc_id, key, question, lambda _: None, lambda _: None, CancelToken())
+
+    stored = backend.open_chat(doc_id, None).key
+    ask_in(stored, "Who designed it?")
+    backend.store = backend.sessions[doc_id].store = None  # as if the library had failed: a chat in memory only
+    memory_only = backend.open_chat(doc_id, None).key
+    ask_in(memory_only, "When?")
+    backend.apply_settings(replace(config, top_k=8), library)  # the library is back; sessions are made again
+    assert not backend.live_chats  # no chat holds on to the old session (and its cache)
+    assert [t.question for t in backend.open_chat(doc_id, memory_only).turns] == ["When?"]
+    ask_in(stored, "And then?")
+    backend.load_model(replace(config, dtype="float32"), library, lambda _: None)  # the model is loaded again
+    assert [t.question for t in backend.open_chat(doc_id, stored).turns] == ["Who designed it?", "And then?"]
+    assert {c.key for c in backend.chats(doc_id)} == {stored, memory_only}
+    backend.forget(doc_id)
+    assert not backend.live_chats and not backend.unsaved

@@ -1,6 +1,6 @@
 """Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]...` opens the sample
 document in the real window, asks the sample question (then each follow-up in the same chat), waits for the answers
-and their citations, expands the last answer's first citation, and saves a PNG."""
+and their citations, expands the last answer's first citation (unless --collapsed), and saves a PNG."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--follow-up", action="append", default=[], help="a follow-up question (repeatable)")
     parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--collapsed", action="store_true", help="leave the citations folded")
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QTimer
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             QTimer.singleShot(500, ask_next)
             return
         items = window.chat_view.last_card.findChildren(CitationItem)
-        if items:
+        if items and not args.collapsed:
             items[0].button.setChecked(True)
         QTimer.singleShot(800, shoot)
 

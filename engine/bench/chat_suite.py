@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--turns", type=int, default=3, help="questions in the live chat (2..5)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace, report: Report) -> None:
     from engine.session import DocumentSession
     from engine.store import Store
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     loaded = load_model(args.model, args.device)
     config = EngineConfig(attention=args.attention, max_new_tokens=args.max_new_tokens, device=args.device)
     text = needle_document(loaded.tokenizer, args.tokens, depth=0.5)
