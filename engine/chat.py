@@ -57,7 +57,8 @@ class Chat:
     DocumentSession.ask (Progress..., TokenEvent..., Finished); the turn is in `turns` (and in the library, when the
     chat is kept there) once Finished is yielded. A stopped answer (CancelledError) is kept as far as it got.
 
-    persist: save the chat in the session's library (when it has one).
+    persist: keep the chat: its answers' sources are found, and it is saved in the session's library (when it has
+        one).
     """
 
     def __init__(self, session: DocumentSession, record: ChatRecord | None = None, persist: bool = True) -> None:
@@ -178,7 +179,9 @@ class Chat:
         try:
             for event in session.answer(prompt_ids, cancel):
                 if isinstance(event, Finished):
-                    self._keep(position, question, new_version, self._version(event, session.sources(event)))
+                    # a one-off question (persist=False, DocumentSession.ask) leaves the sources to its caller
+                    sources = session.sources(event) if self.persist else []
+                    self._keep(position, question, new_version, self._version(event, sources))
                 elif isinstance(event, TokenEvent):
                     streamed.append(event.token_id)
                 yield event
