@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache, DynamicCache
 
+import engine.chat_store as chat_store
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.chat import Chat
@@ -130,8 +131,6 @@ class DocumentSession:
     def chat(self, chat: int | str | None = None) -> Chat:
         """A new chat about the document (None), or the library's chat with that id or key (ChatError if it has
         none). A new chat is stored with its first answer, when the session has a library."""
-        from engine import chat_store
-
         if chat is None:
             return Chat(self)
         chat_id = chat_store.find_chat(self.store, chat) if self.store is not None else None
@@ -147,8 +146,6 @@ class DocumentSession:
 
     def chats(self) -> list[ChatSummary]:
         """The library's chats about this document, most recently updated first ([] without a library)."""
-        from engine import chat_store
-
         if self.store is None or (doc_id := self.store.find_document(self.document.sha256)) is None:
             return []
         return chat_store.list_chats(self.store, doc_id)
