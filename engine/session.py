@@ -121,13 +121,6 @@ class DocumentSession:
         if maximum and prompt_tokens + reserved > maximum:
             raise ContextTooLongError(prompt_tokens + reserved, maximum, prompt_tokens, reserved)
 
-    def new_chat(self) -> None:
-        """Forget the questions and answers in the cache; keep the document's prefilled prefix."""
-        if self._cache is not None:
-            extra = self._cache.get_seq_length() - self.prefix_tokens
-            if extra > 0:
-                self._cache.crop(-extra)  # transformers' crop takes minus the number of tokens to drop
-
     def chat(self, chat: int | str | None = None) -> Chat:
         """A new chat about the document (None), or the library's chat with that id or key (ChatError if it has
         none). A new chat is stored with its first answer, when the session has a library."""
