@@ -9,6 +9,7 @@ once `cancel` is set (CancelledError).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from engine import (
     WEIGHTS,
     CancelledError,
     CancelToken,
+    ChatError,
     ConfigChange,
     Document,
     DocumentError,
@@ -59,15 +61,14 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import DocumentSession, LoadedModel, Store
+    from engine import AnswerVersion, Chat, ChatRecord, DocumentSession, LoadedModel, Store
 
 __all__ = [  # the engine names the app may use, besides this module's own
-    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ConfigChange", "Document",
-    "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError", "ModelFit",
-    "ModelShape", "Passage", "Progress",
-    "ProgressCallback", "ProgressMeter", "SpanMap", "card", "default_model_gguf", "estimate_fit", "find_entry",
-    "format_bytes", "gated_error", "model_choices", "read_document", "supported_suffixes", "top_passages",
-    "use_bundled_default_model",
+    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError", "ConfigChange",
+    "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError",
+    "ModelFit", "ModelShape", "Passage", "Progress", "ProgressCallback", "ProgressMeter", "SpanMap", "card",
+    "default_model_gguf", "estimate_fit", "find_entry", "format_bytes", "gated_error", "model_choices",
+    "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
 ]
 
 TokenCallback = Callable[[str], None]
@@ -133,10 +134,50 @@ class Answer:
     decode_tokens_per_s: float
     stop_reason: str
     citations: tuple[Passage, ...] = field(default_factory=tuple)
+    notice: str = ""  # e.g. "chat not saved: ..."
 
     @property
     def context_used(self) -> int:
         return self.prompt_tokens + self.new_tokens
+
+
+@dataclass(frozen=True)
+class TurnState:
+    """One question of a chat and its answer versions; `selected` is the one the chat continues from."""
+
+    question: str
+    answers: tuple[Answer, ...]
+    selected: int = 0
+
+    @property
+    def answer(self) -> Answer:
+        return self.answers[self.selected]
+
+
+@dataclass(frozen=True)
+class ChatState:
+    """A chat as the window shows it. key: its stable id; tokens_used of context_max: the status bar's "N of M";
+    problem: why it cannot be continued (another model made it), with the offer of a new chat; "" when it can."""
+
+    key: str
+    doc_id: str
+    title: str
+    turns: tuple[TurnState, ...] = ()
+    tokens_used: int = 0
+    context_max: int = 0
+    problem: str = ""
+    stored: bool = False
+
+
+@dataclass(frozen=True)
+class ChatListing:
+    """A chat in the chat list of a document."""
+
+    key: str
+    title: str
+    turns: int
+    updated_at: float
+    stored: bool = True
 
 
 class EngineBackend(Protocol):
@@ -153,10 +194,33 @@ class EngineBackend(Protocol):
     def prepare(self, doc_id: str, progress: ProgressCallback, cancel: CancelToken) -> PreparedDocument:
         """Build the document's cache (stages "prefill", "index", "saving")."""
 
-    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
-            cancel: CancelToken) -> Answer: ...
+    def chats(self, doc_id: str) -> list[ChatListing]:
+        """The document's chats, most recent first: those in the library and the new ones not stored yet."""
 
-    def new_chat(self, doc_id: str) -> None: ...
+    def open_chat(self, doc_id: str, key: str | None) -> ChatState:
+        """The chat `key`, or a new (empty) chat when key is None."""
+
+    def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+            cancel: CancelToken) -> Answer:
+        """A new turn at the end of chat `key` (a stopped answer is kept: CancelledError)."""
+
+    def regenerate(self, doc_id: str, key: str, on_token: TokenCallback, progress: ProgressCallback,
+                   cancel: CancelToken) -> Answer:
+        """Answer the chat's last question again, keeping the earlier answers as versions."""
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str, on_token: TokenCallback,
+             progress: ProgressCallback, cancel: CancelToken) -> Answer:
+        """Replace question `turn` (0-based) and answer it; the turns after it are dropped."""
+
+    def select_version(self, doc_id: str, key: str, version: int) -> ChatState:
+        """Continue the chat from another version of its last answer."""
+
+    def rename_chat(self, doc_id: str, key: str, title: str) -> None: ...
+
+    def delete_chat(self, doc_id: str, key: str) -> None: ...
+
+    def export_chat(self, doc_id: str, key: str, path: str) -> str:
+        """Write the chat as Markdown to `path`; returns the path."""
 
     def forget(self, doc_id: str) -> None:
         """Remove the document (and its stored caches) from the library."""
@@ -204,14 +268,16 @@ class RealBackend:
         self.sessions: dict[str, DocumentSession] = {}
         self.documents: dict[str, Document] = {}  # kept across model reloads
         self.prepared: set[str] = set()
+        self.live_chats: dict[str, Chat] = {}  # chat key -> the chat open in this run (stored or not yet)
+        # chats not in the library whose session was let go: key -> (document id, the chat's record)
+        self.unsaved: dict[str, tuple[str, ChatRecord]] = {}
 
     # -- model ---------------------------------------------------------------------------------------
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
         from engine import load_model
 
         self.config = config
-        self.sessions.clear()
-        self.prepared.clear()
+        self._drop_sessions()
         self.loaded = None
         started = time.perf_counter()
         self._open_store(library)
@@ -231,8 +297,7 @@ class RealBackend:
         if self.store is not None:
             self.store.close()
             self.store = None
-            self.sessions.clear()
-            self.prepared.clear()
+            self._drop_sessions()
         self.library_damaged = ""
         try:
             self.store = Store(library.root)
@@ -246,8 +311,7 @@ class RealBackend:
     def reset_library(self) -> str:
         copy = reset_damaged_library(self.library.root)
         self.store = None
-        self.sessions.clear()
-        self.prepared.clear()
+        self._drop_sessions()
         self._open_store(self.library)
         kept = f"; the damaged file is kept in {copy}" if copy else ""
         return f"Started a new library in {self.library.root}{kept}."
@@ -264,8 +328,7 @@ class RealBackend:
         self._open_store(library)
         for doc_id, session in list(self.sessions.items()):
             if change.reopen_documents:  # a new session: its K/V come from the library where it holds them
-                del self.sessions[doc_id]
-                self.prepared.discard(doc_id)
+                self._drop_sessions(doc_id)
                 self._session(doc_id)
             else:
                 session.config = config
@@ -284,6 +347,18 @@ class RealBackend:
             self.sessions[doc_id] = DocumentSession(self._require_model(), self.documents[doc_id], self.config,
                                                     store=self.store)
         return self.sessions[doc_id]
+
+    def _drop_sessions(self, doc_id: str | None = None) -> None:
+        """Let go of the document's session (every one when None) and its cache. Its chats follow the next session:
+        stored ones come back from the library, the others keep their turns here."""
+        for key, chat in list(self.live_chats.items()):
+            if doc_id is None or chat.session.document.sha256 == doc_id:
+                if chat.id is None:
+                    self.unsaved[key] = (chat.session.document.sha256, chat.record)
+                del self.live_chats[key]
+        for dropped in list(self.sessions) if doc_id is None else [doc_id]:
+            self.sessions.pop(dropped, None)
+            self.prepared.discard(dropped)
 
     def _require_model(self) -> LoadedModel:
         if self.loaded is None:
@@ -341,20 +416,89 @@ class RealBackend:
         if self.store is not None and (store_id := self.store.find_document(doc_id)) is not None:
             self.store.delete_document(store_id)
         self.prepared.discard(doc_id)
+        self._drop_sessions(doc_id)
+        self.unsaved = {key: kept for key, kept in self.unsaved.items() if kept[0] != doc_id}
 
-    def new_chat(self, doc_id: str) -> None:
-        session = self.sessions.get(doc_id)
-        if session is not None:
-            session.new_chat()
+    # -- chats ---------------------------------------------------------------------------------------
+    def chats(self, doc_id: str) -> list[ChatListing]:
+        session = self._session(doc_id)
+        listed = [ChatListing(c.key, c.title, c.turns, c.updated_at) for c in session.chats()]
+        stored = {c.key for c in listed}
+        live = [(key, chat.record) for key, chat in self.live_chats.items() if chat.session.document.sha256 == doc_id]
+        live += [(key, record) for key, (doc, record) in self.unsaved.items() if doc == doc_id]
+        unsaved = [ChatListing(key, record.title, len(record.turns), record.updated_at, stored=False)
+                   for key, record in live if key not in stored]
+        return sorted(unsaved + listed, key=lambda c: c.updated_at, reverse=True)
 
-    # -- questions -----------------------------------------------------------------------------------
-    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+    def open_chat(self, doc_id: str, key: str | None) -> ChatState:
+        if key is None:
+            session = self._session(doc_id)
+            for old_key, chat in list(self.live_chats.items()):  # at most one empty new chat per document
+                if chat.session.document.sha256 == doc_id and chat.id is None and not chat.turns:
+                    del self.live_chats[old_key]
+            chat = session.chat()
+            self.live_chats[chat.key] = chat
+            return self._state(doc_id, chat)
+        return self._state(doc_id, self._chat(doc_id, key))
+
+    def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
             cancel: CancelToken) -> Answer:
-        from engine import Finished, TokenEvent
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.ask(question, cancel), on_token, progress)
+
+    def regenerate(self, doc_id: str, key: str, on_token: TokenCallback, progress: ProgressCallback,
+                   cancel: CancelToken) -> Answer:
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.regenerate(cancel), on_token, progress)
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str, on_token: TokenCallback,
+             progress: ProgressCallback, cancel: CancelToken) -> Answer:
+        chat = self._chat(doc_id, key)
+        return self._stream(doc_id, chat, chat.edit(turn, question, cancel), on_token, progress)
+
+    def select_version(self, doc_id: str, key: str, version: int) -> ChatState:
+        chat = self._chat(doc_id, key)
+        chat.select_version(version)
+        return self._state(doc_id, chat)
+
+    def rename_chat(self, doc_id: str, key: str, title: str) -> None:
+        self._chat(doc_id, key).rename(title)
+
+    def delete_chat(self, doc_id: str, key: str) -> None:
+        self._chat(doc_id, key).delete()
+        self.live_chats.pop(key, None)
+
+    def export_chat(self, doc_id: str, key: str, path: str) -> str:
+        from pathlib import Path
+
+        target = Path(path).expanduser()
+        try:
+            target.write_text(self._chat(doc_id, key).to_markdown(), encoding="utf-8")
+        except OSError as error:
+            raise ChatError(f"The chat could not be written to {target} ({error.strerror or error}).",
+                            "Choose another folder or file name.") from error
+        return str(target)
+
+    def chat_state(self, doc_id: str, key: str) -> ChatState:
+        return self._state(doc_id, self._chat(doc_id, key))
+
+    def _chat(self, doc_id: str, key: str) -> Chat:
+        """The live chat `key` on the document's session: after the session was made again (model or settings
+        changed) a chat not in the library keeps its turns, and a stored chat comes back from the library."""
+        from engine import Chat
 
         session = self._session(doc_id)
+        if (chat := self.live_chats.get(key)) is not None:
+            return chat
+        chat = Chat(session, self.unsaved.pop(key)[1]) if key in self.unsaved else session.chat(key)
+        self.live_chats[key] = chat
+        return chat
+
+    def _stream(self, doc_id: str, chat: Chat, events, on_token: TokenCallback, progress: ProgressCallback) -> Answer:
+        from engine import Finished, TokenEvent
+
         finished = None
-        for event in session.ask(question, cancel):
+        for event in events:
             if isinstance(event, TokenEvent):
                 on_token(event.text)
             elif isinstance(event, Progress):
@@ -363,10 +507,19 @@ class RealBackend:
                 finished = event
         self.prepared.add(doc_id)
         assert finished is not None
-        stats = finished.stats
-        return Answer(finished.text, stats.prompt_tokens, stats.new_tokens, self._require_model().max_positions,
-                      stats.ttft_s, stats.decode_tokens_per_s, stats.stop_reason,
-                      tuple(session.sources(finished, question)))
+        notice = "; ".join(chat.notices)
+        chat.notices.clear()
+        return dataclasses.replace(self._answer(chat.turns[-1].answer), notice=notice)
+
+    def _answer(self, version: AnswerVersion) -> Answer:
+        return Answer(version.text, version.prompt_tokens, version.new_tokens, self._require_model().max_positions,
+                      version.ttft_s, version.decode_tokens_per_s, version.stop_reason, tuple(version.sources))
+
+    def _state(self, doc_id: str, chat: Chat) -> ChatState:
+        turns = tuple(TurnState(t.question, tuple(self._answer(v) for v in t.versions), t.selected)
+                      for t in chat.turns)
+        return ChatState(chat.key, doc_id, chat.title, turns, chat.tokens_used, chat.context_max,
+                         chat.problem or "", chat.id is not None)
 
     def memory_in_use(self) -> str:
         count, kind = memory_in_use(self.loaded.device if self.loaded is not None else None)

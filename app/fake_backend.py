@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from dataclasses import dataclass, field, replace
 
 from app.backend import (
     Answer,
+    CancelledError,
     CancelToken,
+    ChatError,
+    ChatListing,
+    ChatState,
     Document,
     EngineConfig,
     LibraryConfig,
@@ -28,6 +34,7 @@ from app.backend import (
     ProgressMeter,
     SpanMap,
     TokenCallback,
+    TurnState,
     card,
     estimate_fit,
     find_entry,
@@ -40,6 +47,16 @@ from app.backend import (
 WORD = re.compile(r"\S+")
 DEFAULT_ANSWER = ("According to the document, **the answer** is on the cited page. "
                   "It explains the point in detail:\n\n- first, the main fact;\n- second, its context.")
+
+
+@dataclass
+class FakeChat:
+    key: str
+    doc_id: str
+    title: str = "New chat"
+    turns: list[TurnState] = field(default_factory=list)
+    updated_at: float = field(default_factory=time.time)
+    model: str = "FakeLM-1B"
 
 
 class FakeBackend:
@@ -59,7 +76,7 @@ class FakeBackend:
         self.documents: dict[str, Document] = {}
         self.spans: dict[str, SpanMap] = {}
         self.prepared: set[str] = set()
-        self.turns: dict[str, int] = {}
+        self.chat_store: dict[str, FakeChat] = {}  # every chat, as a library would keep them
         self.loaded = False
 
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
@@ -117,26 +134,121 @@ class FakeBackend:
         self.prepared.add(doc_id)
         return PreparedDocument(doc_id, tokens * 4096, time.perf_counter() - started, False)
 
-    def ask(self, doc_id: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
+    def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
             cancel: CancelToken) -> Answer:
+        chat = self._chat(key)
+        return self._answer(chat, len(chat.turns), question, on_token, progress, cancel, new_version=False)
+
+    def regenerate(self, doc_id: str, key: str, on_token: TokenCallback, progress: ProgressCallback,
+                   cancel: CancelToken) -> Answer:
+        chat = self._chat(key)
+        if not chat.turns:
+            raise ChatError("This chat has no answer to regenerate yet.", "Ask a question first.")
+        return self._answer(chat, len(chat.turns) - 1, chat.turns[-1].question, on_token, progress, cancel,
+                            new_version=True)
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str, on_token: TokenCallback,
+             progress: ProgressCallback, cancel: CancelToken) -> Answer:
+        return self._answer(self._chat(key), turn, question, on_token, progress, cancel, new_version=False)
+
+    def _answer(self, chat: FakeChat, position: int, question: str, on_token: TokenCallback,
+                progress: ProgressCallback, cancel: CancelToken, new_version: bool) -> Answer:
+        doc_id = chat.doc_id
+        if chat.model != "FakeLM-1B":
+            raise ChatError(self._problem(chat), "Start a new chat on this document.")
         if doc_id not in self.prepared:
             self.prepare(doc_id, progress, cancel)
         started = time.perf_counter()
         pieces = re.findall(r"\S+\s*", self.answer)
         first = None
-        for piece in pieces:
-            cancel.raise_if_cancelled()
-            time.sleep(self.step_s)
-            first = first or time.perf_counter()
-            on_token(piece)
+        said = ""
+        history = self._tokens(chat, position)
+        try:
+            for piece in pieces:
+                cancel.raise_if_cancelled()
+                time.sleep(self.step_s)
+                first = first or time.perf_counter()
+                on_token(piece)
+                said += piece
+        except CancelledError:
+            if said:
+                self._keep(chat, position, question, new_version, Answer(
+                    said, history + len(question.split()), len(said.split()), self.context, 0.0, 0.0, "cancelled"))
+            raise
         decode_s = max(time.perf_counter() - (first or started), 1e-6)
         document, spans = self.documents[doc_id], self.spans[doc_id]
-        prompt_tokens = len(spans) + 40 + self.turns.get(doc_id, 0) + len(question.split())
-        self.turns[doc_id] = self.turns.get(doc_id, 0) + len(question.split()) + len(pieces)
         steps = self._attention_steps(document.text, spans, question, len(pieces))
         citations = top_passages(steps, spans, document.text, document.page_of, top_n=3)
-        return Answer(self.answer, prompt_tokens, len(pieces), self.context, (first or started) - started,
-                      len(pieces) / decode_s, "stop_token", tuple(citations))
+        answer = Answer(self.answer, history + len(question.split()), len(pieces), self.context,
+                        (first or started) - started, len(pieces) / decode_s, "stop_token", tuple(citations))
+        self._keep(chat, position, question, new_version, answer)
+        return answer
+
+    def _keep(self, chat: FakeChat, position: int, question: str, new_version: bool, answer: Answer) -> None:
+        if new_version:
+            turn = chat.turns[position]
+            turn = TurnState(turn.question, (*turn.answers, answer), len(turn.answers))
+        else:
+            turn = TurnState(question, (answer,), 0)
+        del chat.turns[position:]
+        chat.turns.append(turn)
+        if chat.title == "New chat":
+            chat.title = " ".join(question.split())[:60]
+        chat.updated_at = time.time()
+
+    def _tokens(self, chat: FakeChat, turns: int) -> int:
+        """One token per word: the document, then each turn's question and answer."""
+        return len(self.spans.get(chat.doc_id, ())) + 40 + sum(
+            len(t.question.split()) + t.answer.new_tokens for t in chat.turns[:turns])
+
+    def _chat(self, key: str) -> FakeChat:
+        if key not in self.chat_store:
+            raise ChatError("This chat is no longer in the library.", "Start a new chat on this document.")
+        return self.chat_store[key]
+
+    @staticmethod
+    def _problem(chat: FakeChat) -> str:
+        if chat.model == "FakeLM-1B":
+            return ""
+        return (f"This chat was made with the model {chat.model}, and the current model is FakeLM-1B. Its answers "
+                "stay readable, but it cannot be continued on another model.")
+
+    def chats(self, doc_id: str) -> list[ChatListing]:
+        chats = [c for c in self.chat_store.values() if c.doc_id == doc_id]
+        return [ChatListing(c.key, c.title, len(c.turns), c.updated_at, stored=bool(c.turns))
+                for c in sorted(chats, key=lambda c: c.updated_at, reverse=True)]
+
+    def open_chat(self, doc_id: str, key: str | None) -> ChatState:
+        if key is None:
+            for old in [c.key for c in self.chat_store.values() if c.doc_id == doc_id and not c.turns]:
+                del self.chat_store[old]
+            chat = FakeChat(uuid.uuid4().hex, doc_id)
+            self.chat_store[chat.key] = chat
+        else:
+            chat = self._chat(key)
+        return ChatState(chat.key, doc_id, chat.title, tuple(chat.turns), self._tokens(chat, len(chat.turns)),
+                         self.context, self._problem(chat), bool(chat.turns))
+
+    def select_version(self, doc_id: str, key: str, version: int) -> ChatState:
+        chat = self._chat(key)
+        chat.turns[-1] = replace(chat.turns[-1], selected=version)
+        return self.open_chat(doc_id, key)
+
+    def rename_chat(self, doc_id: str, key: str, title: str) -> None:
+        self._chat(key).title = " ".join(title.split()) or self._chat(key).title
+
+    def delete_chat(self, doc_id: str, key: str) -> None:
+        self.chat_store.pop(key, None)
+
+    def export_chat(self, doc_id: str, key: str, path: str) -> str:
+        chat = self._chat(key)
+        lines = [f"# {chat.title}", ""]
+        for number, turn in enumerate(chat.turns, start=1):
+            lines += [f"## Question {number}", "", f"> {turn.question}", "", turn.answer.text, ""]
+            lines += [f"- page {p.page}: {p.text[:60]}" for p in turn.answer.citations]
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return path
 
     @staticmethod
     def _attention_steps(text: str, spans: SpanMap, question: str, n_steps: int) -> list[list[tuple[int, float]]]:
@@ -147,12 +259,11 @@ class FakeBackend:
         hits = hits or [spans.first_position]
         return [[(p, 1.0) for p in hits] for _ in range(max(1, n_steps))]
 
-    def new_chat(self, doc_id: str) -> None:
-        self.turns.pop(doc_id, None)
-
     def forget(self, doc_id: str) -> None:
         self.documents.pop(doc_id, None)
         self.prepared.discard(doc_id)
+        for key in [c.key for c in self.chat_store.values() if c.doc_id == doc_id]:
+            del self.chat_store[key]
 
     def reset_library(self) -> str:
         self.library_damaged, self.library_resets = "", self.library_resets + 1

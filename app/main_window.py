@@ -1,4 +1,4 @@
-"""The main window: library, per-document chats, input, progress, status bar; drives the EngineController."""
+"""The main window: library, the open document's chats, input, progress, status bar; drives the EngineController."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
 
 from app.backend import (
     Answer,
+    ChatListing,
+    ChatState,
     EngineBackend,
     LibraryEntry,
     ModelInfo,
@@ -36,6 +38,7 @@ from app.resources import APP_NAME, resource_path
 from app.runtime.banner import DOWNLOADING, FAILED, INFO, OFFER, PAUSED, READY, RuntimeBanner
 from app.runtime.worker import ACTIVE, RuntimeController, RuntimeOptions
 from app.settings import AppSettings, change_impact, save_settings
+from app.widgets.chat_list import ChatListPanel
 from app.widgets.chat_view import AnswerCard, ChatView
 from app.widgets.error_banner import ErrorBanner
 from app.widgets.library_panel import LibraryPanel
@@ -45,7 +48,19 @@ from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
-from app.worker import ASK, LOAD, OPEN, PULL, REMOVE, REOPEN, SETTINGS, TOKEN, EngineController, ModelController
+from app.worker import (
+    ANSWER_JOBS,
+    CHAT,
+    LOAD,
+    OPEN,
+    PULL,
+    REMOVE,
+    REOPEN,
+    SETTINGS,
+    TOKEN,
+    EngineController,
+    ModelController,
+)
 
 
 class MainWindow(QMainWindow):
@@ -66,8 +81,11 @@ class MainWindow(QMainWindow):
             gpu_runtime = RuntimeOptions()
         self.runtime = RuntimeController(gpu_runtime, self) if gpu_runtime is not None else None
         self.model_info: ModelInfo | None = None
-        self.chats: dict[str, ChatView] = {}
+        self.chats: dict[str, ChatView] = {}  # chat key -> its view (of the open document's chats)
         self.current_doc: str | None = None
+        self.current_chat: str | None = None  # the key of the chat shown
+        self.chats_of: str | None = None  # the document whose chats the chat list shows
+        self.editing: int | None = None  # the turn being edited (edit and resend), None when asking anew
         self.active_card: AnswerCard | None = None
         self.last_answer: Answer | None = None
         self.opening: dict[str, float] = {}  # path -> when its open job started
@@ -76,7 +94,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.resize(1280, 820)
-        self.setMinimumSize(QSize(820, 520))
+        self.setMinimumSize(QSize(800, 520))
         self._build()
         self._connect()
         self.welcome.show_model_offer(first_run)
@@ -90,6 +108,7 @@ class MainWindow(QMainWindow):
     # -- building ------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.library_panel = LibraryPanel(self.library)
+        self.chat_list = ChatListPanel()
         self.runtime_banner = RuntimeBanner()
         self.progress_panel = ProgressPanel()
         self.error_banner = ErrorBanner()
@@ -105,8 +124,20 @@ class MainWindow(QMainWindow):
         self.stop_button.setToolTip("Stop the answer or the job that is running (Esc)")
         self.stop_button.clicked.connect(self.stop)
         self.new_chat_button = QPushButton("New chat")
-        self.new_chat_button.setToolTip("Clear this document's questions and answers (Ctrl+N)")
+        self.new_chat_button.setToolTip("A new chat on this document; the earlier chats stay in the list (Ctrl+N)")
         self.new_chat_button.clicked.connect(self.new_chat)
+        self.edit_note = QLabel()
+        self.edit_note.setObjectName("editNote")
+        self.edit_note.setWordWrap(True)
+        self.cancel_edit_button = QPushButton("Cancel edit")
+        self.cancel_edit_button.clicked.connect(self.cancel_edit)
+        edit_row = QHBoxLayout()
+        edit_row.setContentsMargins(8, 0, 0, 0)
+        edit_row.addWidget(self.edit_note, 1)
+        edit_row.addWidget(self.cancel_edit_button)
+        self.edit_bar = QWidget()
+        self.edit_bar.setLayout(edit_row)
+        self.edit_bar.hide()
         buttons = QVBoxLayout()
         buttons.addWidget(self.send_button)
         buttons.addWidget(self.stop_button)
@@ -128,13 +159,20 @@ class MainWindow(QMainWindow):
         right_layout.addWidget(self.progress_panel)
         right_layout.addWidget(self.error_banner)
         right_layout.addWidget(self.stack, 1)
+        right_layout.addWidget(self.edit_bar)
         right_layout.addLayout(input_row)
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(self.library_panel)
+        left.addWidget(self.chat_list)
+        left.setChildrenCollapsible(False)
+        left.setSizes([480, 320])
         splitter = QSplitter()
-        splitter.addWidget(self.library_panel)
+        splitter.addWidget(left)
         splitter.addWidget(right)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([420, 860])
+        splitter.setSizes([380, 900])
         splitter.setChildrenCollapsible(False)
+        self.splitter = splitter
         central = QWidget()
         central_layout = QVBoxLayout(central)
         central_layout.setContentsMargins(0, 0, 0, 0)
@@ -170,6 +208,7 @@ class MainWindow(QMainWindow):
         chat_menu = self.menuBar().addMenu("&Chat")
         self._action(chat_menu, "&New chat", QKeySequence("Ctrl+N"), self.new_chat)
         self._action(chat_menu, "&Regenerate last answer", QKeySequence("Ctrl+R"), self.regenerate)
+        self._action(chat_menu, "&Export chat…", QKeySequence("Ctrl+E"), self.export_chat)
         self._action(chat_menu, "&Copy last answer", QKeySequence("Ctrl+Shift+C"), self.copy_last)
         self._action(chat_menu, "&Stop", QKeySequence(Qt.Key.Key_Escape), self.stop)
         help_menu = self.menuBar().addMenu("&Help")
@@ -198,11 +237,19 @@ class MainWindow(QMainWindow):
         worker.memory.connect(self.memory_label.setText)
         worker.library_listed.connect(self._library_listed)
         worker.library_reset.connect(self._library_reset)
+        worker.chats_listed.connect(self._chats_listed)
+        worker.chat_opened.connect(self._chat_opened)
+        worker.chat_exported.connect(self._chat_exported)  # bound methods run on the GUI thread; lambdas would not
         self.controller.busy_changed.connect(self._busy_changed)
         self.controller.job_started.connect(self._job_started)
         self.progress_panel.cancel_requested.connect(self.stop)
         self.library_panel.selected.connect(self.show_document)
         self.library_panel.delete_requested.connect(self.delete_document)
+        self.chat_list.selected.connect(self.open_chat)
+        self.chat_list.new_requested.connect(self.new_chat)
+        self.chat_list.rename_requested.connect(self.rename_chat)
+        self.chat_list.delete_requested.connect(self.delete_chat)
+        self.chat_list.export_requested.connect(self.export_chat)
 
     def _connect_runtime(self, runtime: RuntimeController) -> None:
         worker = runtime.worker
@@ -244,50 +291,118 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.open_files(paths)
 
+    @property
+    def chat_view(self) -> ChatView | None:
+        """The view of the chat shown (None before a document's chat is open)."""
+        return self.chats.get(self.current_chat or "")
+
     def send(self) -> None:
         question = self.prompt.toPlainText().strip()
         if not question:
+            self.statusBar().showMessage("Type a question first.", 3000)
             return
         if self.current_doc is None:
             self.error_banner.show_message("Open a document first: drop a file on the window or press Ctrl+O.")
             return
-        if self.controller.busy:
+        if self.controller.busy or self.chat_view is None:
             self.statusBar().showMessage("Folio is busy: wait for the current job or press Esc to stop it.", 4000)
             return
         self.prompt.clear()
-        self._ask(question)
-
-    def _ask(self, question: str) -> None:
-        chat = self.chats[self.current_doc]
-        self.active_card = chat.add_question(question)
         self.error_banner.hide()
-        self.controller.ask(self.current_doc, question)
+        view = self.chat_view
+        if self.editing is not None:
+            turn, self.editing = self.editing, None
+            self.edit_bar.hide()
+            view.truncate(turn)
+            self.active_card = view.add_question(question)
+            self.controller.edit(self.current_doc, view.key, turn, question)
+        else:
+            self.active_card = view.add_question(question)
+            self.controller.ask(self.current_doc, view.key, question)
+
+    def begin_edit(self, turn: int) -> None:
+        """Put question `turn` into the question box; sending it drops that turn and the ones after it."""
+        view = self.chat_view
+        if view is None or self.controller.busy or not 0 <= turn < len(view.questions):
+            return
+        self.editing = turn
+        self.prompt.setPlainText(view.questions[turn].question)
+        later = len(view.questions) - turn - 1
+        self.edit_note.setText(f"Editing question {turn + 1}: Enter sends it again"
+                               + (f" and drops the {later} answer{'s' if later != 1 else ''} after it" if later else "")
+                               + ".")
+        self.edit_bar.show()
+        self.prompt.setFocus()
+
+    def cancel_edit(self) -> None:
+        self.editing = None
+        self.edit_bar.hide()
+        self.prompt.clear()
 
     def stop(self) -> None:
         if self.controller.busy:
             self.controller.cancel()
             self.progress_panel.cancel_button.setEnabled(False)
             self.statusBar().showMessage("Stopping…", 2000)
+        elif self.editing is not None:
+            self.cancel_edit()
 
     def regenerate(self) -> None:
-        chat = self.chats.get(self.current_doc or "")
-        if chat is None or self.controller.busy or not chat.cards:
+        view = self.chat_view
+        if view is None or self.controller.busy or not view.cards or not view.last_card.done:
             return
-        question = chat.remove_last()
-        if question:
-            self._ask(question)
+        self.error_banner.hide()
+        self.active_card = view.restart_last()
+        self.controller.regenerate(self.current_doc, view.key)
+
+    def select_version(self, version: int) -> None:
+        if self.chat_view is not None and not self.controller.busy:
+            self.controller.chat(self.current_doc, "select", self.chat_view.key, version)
 
     def copy_last(self) -> None:
-        chat = self.chats.get(self.current_doc or "")
-        if chat and chat.last_card:
-            chat.last_card.copy()
+        if self.chat_view and self.chat_view.last_card:
+            self.chat_view.last_card.copy()
 
     def new_chat(self) -> None:
+        """A new chat on the document: the chats so far stay in the list; the document stays cached."""
         if self.current_doc is None or self.controller.busy:
             return
-        self.chats[self.current_doc].clear_chat()
-        self.controller.new_chat(self.current_doc)
-        self.statusBar().showMessage("New chat: earlier questions are cleared.", 3000)
+        self.cancel_edit()
+        self.controller.chat(self.current_doc, "open", None)
+
+    def open_chat(self, key: str) -> None:
+        if self.current_doc is not None and key != self.current_chat:
+            self.cancel_edit()
+            self.controller.chat(self.current_doc, "open", key)
+
+    def rename_chat(self, key: str, title: str) -> None:
+        if self.current_doc is not None:
+            self.controller.chat(self.current_doc, "rename", key, title)
+
+    def delete_chat(self, key: str) -> None:
+        if self.current_doc is None or self.controller.busy:
+            return
+        view = self.chats.pop(key, None)
+        if view is not None:
+            self.stack.removeWidget(view)
+            view.deleteLater()
+        if key == self.current_chat:
+            self.current_chat = None  # the list that comes back opens the next chat
+        self.controller.chat(self.current_doc, "delete", key)
+
+    def export_chat(self, key: str | None = None, path: str | None = None) -> None:
+        """Save chat `key` (the one shown by default) as Markdown; asks where unless `path` is given."""
+        key = key or self.current_chat
+        if self.current_doc is None or key is None:
+            return
+        if path is None:
+            view = self.chats.get(key)
+            name = "".join(c if c.isalnum() or c in " -_" else "_" for c in (view.state.title if view and view.state
+                                                                               else "chat")).strip() or "chat"
+            path, _ = QFileDialog.getSaveFileName(self, "Export the chat", f"{name}.md", "Markdown (*.md)")
+            if not path:
+                return
+        self.controller.chat(self.current_doc, "export", key, path)
 
     def open_settings(self) -> None:
         dialog = SettingsDialog(self.settings, self, choose_model=self.open_model_picker)
@@ -389,20 +504,22 @@ class MainWindow(QMainWindow):
         entry = self.library.get(doc_id)
         if entry is None:
             return
-        if doc_id not in self.chats:
-            chat = ChatView(doc_id, entry.title)
-            chat.regenerate_requested.connect(self.regenerate)
-            chat.passage_clicked.connect(self._passage_clicked)
-            self.chats[doc_id] = chat
-            self.stack.addWidget(chat)
+        if doc_id != self.current_doc:  # another document: its own chats replace these
+            self.cancel_edit()
+            self._drop_chat_views()
         self.current_doc = doc_id
-        self.stack.setCurrentWidget(self.chats[doc_id])
         if doc_id not in self.open_in_engine and self.model_info is not None:
             self.open_in_engine.add(doc_id)
             self.controller.reopen(doc_id)  # a library document from an earlier run: load its cache
+        if self.chats_of != doc_id and self.model_info is not None:
+            self.chats_of = doc_id
+            self.chat_list.set_chats([], None)
+            self.controller.chat(doc_id, "list")  # then the most recent chat opens (_chats_listed)
         self.doc_title.setText(f"<b>{entry.title}</b> — {entry.pages:,} page{'s' if entry.pages != 1 else ''}, "
                                f"{entry.tokens:,} tokens" + (" · cached" if entry.cached else ""))
-        if self.model_info and self.model_info.max_positions:
+        if self.chat_view is not None and self.chat_view.state is not None:
+            self._show_context(self.chat_view.state)
+        elif self.model_info and self.model_info.max_positions:
             self.context_label.setText(f"{entry.tokens:,} of {self.model_info.max_positions:,} tokens")
         self.library_panel.refresh(select=doc_id)
         self._update_controls()
@@ -414,11 +531,8 @@ class MainWindow(QMainWindow):
             return
         self.library.delete(doc_id)
         self.controller.forget(doc_id)
-        chat = self.chats.pop(doc_id, None)
-        if chat is not None:
-            self.stack.removeWidget(chat)
-            chat.deleteLater()
         if self.current_doc == doc_id:
+            self._drop_chat_views()
             self.current_doc = None
             remaining = self.library.entries()
             if remaining:
@@ -478,16 +592,17 @@ class MainWindow(QMainWindow):
             entry = self.library.get(args[0])
             self.progress_panel.start(f"Opening {entry.title if entry else 'the document'}",
                                       "From the library: loading its saved cache…")
-        elif job == ASK:
+        elif job in ANSWER_JOBS:
             self.progress_panel.hide()
         elif job == SETTINGS:
             self.statusBar().showMessage("Applying the new settings…", 2000)
 
     def _progress(self, stage: str, done: int, total: int, unit: str, eta_s: float) -> None:
-        if self.controller.current == ASK and self.active_card is not None and self.active_card.text:
+        answering = self.controller.current in ANSWER_JOBS
+        if answering and self.active_card is not None and self.active_card.text:
             return  # decoding has started: the streaming answer is the progress
         self.progress_panel.update_progress(stage, done, total, unit, eta_s)
-        if self.controller.current == ASK:
+        if answering:
             self.progress_panel.title.setText("<b>Preparing the answer</b>")
             self.progress_panel.set_detail(STAGE_NAMES.get(stage, stage))
 
@@ -499,6 +614,7 @@ class MainWindow(QMainWindow):
         self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
+        self.chats_of = None  # list the chats again: a chat of another model says so
         if info.library_damaged:
             self.error_banner.show_message(info.library_damaged, "Start a new library", self.controller.reset_library)
         if self.current_doc:
@@ -545,25 +661,79 @@ class MainWindow(QMainWindow):
             self.library.put(entry)
         self.library_panel.refresh()
 
-    def _token(self, doc_id: str, text: str) -> None:
+    def _token(self, _key: str, text: str) -> None:
         if self.active_card is not None:
             if not self.active_card.text:
                 self.progress_panel.finish()
             self.active_card.append(text)
 
-    def _finished(self, doc_id: str, answer: Answer) -> None:
+    def _finished(self, _key: str, answer: Answer) -> None:
         self.last_answer = answer
         if self.active_card is not None:
             self.active_card.finish(answer)
             self.active_card = None
-        self.context_label.setText(f"{answer.context_used:,} of {answer.context_max:,} tokens")
         self.speed_label.setText(f"first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
-        if self.library.update(doc_id, cached=True, last_used=time.time()):
+        if answer.notice:
+            self.error_banner.show_message(answer.notice)
+        if self.current_doc and self.library.update(self.current_doc, cached=True, last_used=time.time()):
             self.library_panel.refresh()
+
+    def _chats_listed(self, doc_id: str, chats: list[ChatListing]) -> None:
+        if doc_id != self.current_doc:
+            return
+        keys = {chat.key for chat in chats}
+        for key in [k for k in self.chats if k not in keys and k != self.current_chat]:  # deleted chats
+            view = self.chats.pop(key)
+            self.stack.removeWidget(view)
+            view.deleteLater()
+        self.chat_list.set_chats(chats, self.current_chat)
+        if self.current_chat is None or self.current_chat not in keys:  # nothing open yet, or it was deleted
+            self.current_chat = None
+            self.controller.chat(doc_id, "open", chats[0].key if chats else None)
+        self._update_controls()
+
+    def _chat_opened(self, state: ChatState) -> None:
+        if state.doc_id != self.current_doc:
+            return
+        view = self.chats.get(state.key)
+        if view is None:
+            entry = self.library.get(state.doc_id)
+            view = ChatView(state.key, entry.title if entry else state.title)
+            view.regenerate_requested.connect(self.regenerate)
+            view.passage_clicked.connect(self._passage_clicked)
+            view.edit_requested.connect(self.begin_edit)
+            view.version_requested.connect(self.select_version)
+            view.new_chat_requested.connect(self.new_chat)
+            self.chats[state.key] = view
+            self.stack.addWidget(view)
+        self.active_card = None  # the chat's state supersedes what was streamed (a stopped answer is in it)
+        view.load(state, idle=not self.controller.busy or self.controller.current == CHAT)
+        if self.current_chat != state.key:
+            self.current_chat = state.key
+            self.chat_list.set_chats(self.chat_list.chats, state.key)
+        self.stack.setCurrentWidget(view)
+        self._show_context(state)
+        self._update_controls()
+
+    def _drop_chat_views(self) -> None:
+        for view in self.chats.values():
+            self.stack.removeWidget(view)
+            view.deleteLater()
+        self.chats.clear()
+        self.current_chat = self.chats_of = None
+        self.chat_list.set_chats([], None)
+
+    def _chat_exported(self, path: str) -> None:
+        self.statusBar().showMessage(f"Chat exported to {path}", 8000)
+
+    def _show_context(self, state: ChatState) -> None:
+        """The chat's own context in the status bar: the document and its turns, of the model's positions."""
+        if state.context_max:
+            self.context_label.setText(f"{state.tokens_used:,} of {state.context_max:,} tokens")
 
     def _failed(self, job: str, message: str) -> None:
         self.error_banner.show_message(message)
-        if job == ASK and self.active_card is not None:
+        if job in ANSWER_JOBS and self.active_card is not None:
             self.active_card.finish(note="No answer: see the message above.")
             self.active_card = None
         if job == LOAD:
@@ -573,11 +743,11 @@ class MainWindow(QMainWindow):
         self.progress_panel.finish()
 
     def _cancelled(self, job: str) -> None:
-        if job == ASK and self.active_card is not None:
+        if job in ANSWER_JOBS and self.active_card is not None:
             self.active_card.finish(note="Stopped.")
             self.active_card = None
         self.progress_panel.finish()
-        self.statusBar().showMessage("Stopped." if job == ASK else "Cancelled.", 4000)
+        self.statusBar().showMessage("Stopped." if job in ANSWER_JOBS else "Cancelled.", 4000)
         self.library_panel.refresh()
 
     def _busy_changed(self, busy: bool) -> None:
@@ -592,9 +762,10 @@ class MainWindow(QMainWindow):
         self.stop_button.setEnabled(busy)
         self.new_chat_button.setEnabled(has_doc and not busy)
         self.title_row.setVisible(has_doc)
-        chat = self.chats.get(self.current_doc or "")
-        if chat and chat.last_card:
-            chat.last_card.regenerate_button.setEnabled(not busy and chat.last_card.done)
+        self.chat_list.setVisible(has_doc)
+        self.chat_list.set_enabled(not busy)
+        if self.chat_view is not None:
+            self.chat_view.set_idle(not busy)
 
     def _passage_clicked(self, passage: Passage) -> None:
         self.statusBar().showMessage(f"Passage on page {passage.page} ({passage.score:.0%} of the answer's "

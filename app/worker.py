@@ -25,6 +25,8 @@ log = logging.getLogger("folio.app")
 
 LOAD, OPEN, REOPEN, ASK, SETTINGS = "load", "open", "reopen", "ask", "settings"
 RESET_LIBRARY = "reset_library"
+REGENERATE, EDIT, CHAT = "regenerate", "edit", "chat"  # CHAT: list, open, rename, delete, select, export
+ANSWER_JOBS = (ASK, REGENERATE, EDIT)  # jobs that stream an answer into a chat
 
 
 def user_message(error: BaseException) -> str:
@@ -46,8 +48,11 @@ class EngineWorker(QObject):
     progress = Signal(str, int, int, str, float)  # stage, done, total, unit, eta_s (-1: unknown)
     document_opened = Signal(object)  # OpenedDocument: its fit check passed, heavy work follows
     document_ready = Signal(object)  # PreparedDocument
-    token = Signal(str, str)  # document id, text
-    finished = Signal(str, object)  # document id, Answer
+    token = Signal(str, str)  # chat key, text
+    finished = Signal(str, object)  # chat key, Answer
+    chats_listed = Signal(str, list)  # document id, [ChatListing]
+    chat_opened = Signal(object)  # ChatState: after opening, answering (however it ended), or a version change
+    chat_exported = Signal(str)  # the Markdown file written
     failed = Signal(str, str)  # job, message
     cancelled = Signal(str)  # job
     memory = Signal(str)  # memory in use, e.g. "1.2 GB RAM"
@@ -122,18 +127,55 @@ class EngineWorker(QObject):
 
         self._run(REOPEN, work)
 
+    @Slot(str, str, str, object)
+    def ask(self, doc_id: str, key: str, question: str, cancel: CancelToken) -> None:
+        self._answer(ASK, doc_id, key, lambda on_token: self.backend.ask(doc_id, key, question, on_token,
+                                                                         self._progress, cancel))
+
     @Slot(str, str, object)
-    def ask(self, doc_id: str, question: str, cancel: CancelToken) -> None:
+    def regenerate(self, doc_id: str, key: str, cancel: CancelToken) -> None:
+        self._answer(REGENERATE, doc_id, key, lambda on_token: self.backend.regenerate(doc_id, key, on_token,
+                                                                                       self._progress, cancel))
+
+    @Slot(str, str, int, str, object)
+    def edit(self, doc_id: str, key: str, turn: int, question: str, cancel: CancelToken) -> None:
+        self._answer(EDIT, doc_id, key, lambda on_token: self.backend.edit(doc_id, key, turn, question, on_token,
+                                                                           self._progress, cancel))
+
+    def _answer(self, job: str, doc_id: str, key: str, run: Callable) -> None:
+        """Stream an answer into chat `key`; afterwards, however it ended, the chat's state (a stopped answer is
+        kept) and the library (cache state, last use)."""
         def work() -> None:
-            answer = self.backend.ask(doc_id, question, lambda text: self.token.emit(doc_id, text), self._progress,
-                                      cancel)
-            self.finished.emit(doc_id, answer)
+            try:
+                self.finished.emit(key, run(lambda text: self.token.emit(key, text)))
+            finally:
+                try:
+                    self.chat_opened.emit(self.backend.open_chat(doc_id, key))
+                    self.chats_listed.emit(doc_id, self.backend.chats(doc_id))
+                except Exception:
+                    log.exception("reading the chat after an answer failed")
 
-        self._run(ASK, work)
+        self._run(job, work)
 
-    @Slot(str)
-    def new_chat(self, doc_id: str) -> None:
-        self._run("new_chat", lambda: self.backend.new_chat(doc_id))
+    @Slot(str, object, object)
+    def chat(self, doc_id: str, action: tuple, _cancel: CancelToken) -> None:
+        """A quick chat job: ("list",), ("open", key or None), ("rename", key, title), ("delete", key),
+        ("select", key, version) or ("export", key, path). Lists the document's chats afterwards."""
+        def work() -> None:
+            verb, *rest = action
+            if verb == "open":
+                self.chat_opened.emit(self.backend.open_chat(doc_id, rest[0]))
+            elif verb == "rename":
+                self.backend.rename_chat(doc_id, rest[0], rest[1])
+            elif verb == "delete":
+                self.backend.delete_chat(doc_id, rest[0])
+            elif verb == "select":
+                self.chat_opened.emit(self.backend.select_version(doc_id, rest[0], rest[1]))
+            elif verb == "export":
+                self.chat_exported.emit(self.backend.export_chat(doc_id, rest[0], rest[1]))
+            self.chats_listed.emit(doc_id, self.backend.chats(doc_id))
+
+        self._run(CHAT, work)
 
     @Slot(str)
     def forget(self, doc_id: str) -> None:
@@ -165,8 +207,10 @@ class EngineController(QObject):
     _apply = Signal(object, object)
     _open = Signal(str, object)
     _reopen = Signal(str, object)
-    _ask = Signal(str, str, object)
-    _new_chat = Signal(str)
+    _ask = Signal(str, str, str, object)
+    _regenerate = Signal(str, str, object)
+    _edit = Signal(str, str, int, str, object)
+    _chat = Signal(str, object, object)
     _forget = Signal(str)
     _reset_library = Signal(object)
 
@@ -181,7 +225,9 @@ class EngineController(QObject):
         self._open.connect(self.worker.open_document)
         self._reopen.connect(self.worker.reopen)
         self._ask.connect(self.worker.ask)
-        self._new_chat.connect(self.worker.new_chat)
+        self._regenerate.connect(self.worker.regenerate)
+        self._edit.connect(self.worker.edit)
+        self._chat.connect(self.worker.chat)
         self._forget.connect(self.worker.forget)
         self._reset_library.connect(self.worker.reset_library)
         self.worker.idle.connect(self._job_done)
@@ -206,11 +252,18 @@ class EngineController(QObject):
     def reopen(self, doc_id: str) -> None:
         self._submit(REOPEN, self._reopen, doc_id)
 
-    def ask(self, doc_id: str, question: str) -> None:
-        self._submit(ASK, self._ask, doc_id, question)
+    def ask(self, doc_id: str, key: str, question: str) -> None:
+        self._submit(ASK, self._ask, doc_id, key, question)
 
-    def new_chat(self, doc_id: str) -> None:
-        self._new_chat.emit(doc_id)  # quick, and must not wait behind a queued job's cancel token
+    def regenerate(self, doc_id: str, key: str) -> None:
+        self._submit(REGENERATE, self._regenerate, doc_id, key)
+
+    def edit(self, doc_id: str, key: str, turn: int, question: str) -> None:
+        self._submit(EDIT, self._edit, doc_id, key, turn, question)
+
+    def chat(self, doc_id: str, *action) -> None:
+        """A quick chat job (EngineWorker.chat), queued like the others so it never runs beside an answer."""
+        self._submit(CHAT, self._chat, doc_id, tuple(action))
 
     def forget(self, doc_id: str) -> None:
         self._forget.emit(doc_id)

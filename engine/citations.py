@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from engine.untrusted_text import encode_plain_with_offsets
+
 Step = Iterable[tuple[int, float]]  # (document token position in the prompt, attention weight)
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -51,14 +53,13 @@ class Passage:
 
 
 def document_span_map(tokenizer, document_text: str, first_position: int) -> SpanMap:
-    """The SpanMap of a document tokenised the way engine.prompt does it (stripped, no special tokens).
+    """The SpanMap of a document tokenised the way engine.prompt does it (stripped, as plain text).
 
     `tokenizer` is a transformers fast tokenizer (anything returning offset_mapping).
     """
     body = document_text.strip()
     lead = len(document_text) - len(document_text.lstrip())
-    encoded = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
-    spans = [(lead + start, lead + end) for start, end in encoded["offset_mapping"]]
+    spans = [(lead + start, lead + end) for start, end in encode_plain_with_offsets(tokenizer, body)[1]]
     return SpanMap(first_position, spans)
 
 

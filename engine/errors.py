@@ -33,6 +33,49 @@ class ContextTooLongError(FolioError):
                                   "context.")
 
 
+class ChatFullError(ContextTooLongError):
+    """A chat's next turn does not fit the model's context: the earlier turns take too much of it."""
+
+    def __init__(self, needed: int, maximum: int, prefix_tokens: int, history_tokens: int, question_tokens: int,
+                 reserved: int) -> None:
+        FolioError.__init__(
+            self,
+            f"This chat is full: the next answer needs {needed:,} tokens ({prefix_tokens:,} for the document, "
+            f"{history_tokens:,} for the earlier turns, {question_tokens:,} for this question and {reserved:,} "
+            f"reserved for the answer) but the model handles at most {maximum:,}.",
+            "Start a new chat (the document stays cached)"
+            + (f", or lower the answer length to at most {reserved - (needed - maximum):,} tokens."
+               if needed - maximum < reserved else "."),
+        )
+        self.needed, self.maximum = needed, maximum
+
+
+class QuestionTooLongError(ContextTooLongError):
+    """A question that does not fit the model's context even in a new chat."""
+
+    def __init__(self, needed: int, maximum: int, prefix_tokens: int, question_tokens: int, reserved: int) -> None:
+        FolioError.__init__(
+            self,
+            f"This question is too long: with the document ({prefix_tokens:,} tokens) it needs {needed:,} tokens "
+            f"({question_tokens:,} for the question and {reserved:,} reserved for the answer) but the model handles "
+            f"at most {maximum:,}.",
+            f"Ask a shorter question (at most {question_tokens - (needed - maximum):,} tokens)"
+            + (" or lower the answer length." if reserved > 1 else "."),
+        )
+        self.needed, self.maximum = needed, maximum
+
+
+class EmptyQuestionError(FolioError):
+    """An empty or whitespace-only question."""
+
+    def __init__(self) -> None:
+        super().__init__("The question is empty.", "Type a question about the document.")
+
+
+class ChatError(FolioError):
+    """A chat cannot be found or continued (its document was removed, or it was made with another model)."""
+
+
 class ModelError(FolioError):
     """The model cannot be found, downloaded, converted or loaded."""
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.errors import DocumentError
 from engine.units import format_bytes
+from engine.untrusted_text import encode_plain, encode_plain_with_offsets
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 PDF_SUFFIXES = (".pdf",)
@@ -263,17 +264,16 @@ def _pages(numbers: list[int]) -> str:
 
 def token_spans(document: Document, tokenizer) -> np.ndarray:
     """[N, 3] int32 rows (page, char_start, char_end) for the N tokens of the document's text as the
-    prompt holds them (engine.prompt tokenises ``text.strip()`` on its own); character offsets index
+    prompt holds them (engine.prompt tokenises ``text.strip()`` on its own, as plain text); character offsets index
     `document.text`, pages are 1-based. Needs a fast tokenizer (offset mapping); otherwise the spans
     are approximated from the decoded length of each token.
     """
     body = document.text.strip()
     shift = len(document.text) - len(document.text.lstrip())
     try:
-        encoded = tokenizer(body, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        offsets = np.asarray(encode_plain_with_offsets(tokenizer, body)[1], dtype=np.int64).reshape(-1, 2)
     except (NotImplementedError, ValueError, KeyError):
-        ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+        ids = encode_plain(tokenizer, body)
         ends = np.cumsum([len(tokenizer.decode([i])) for i in ids]).clip(max=len(body))
         offsets = np.stack([np.concatenate([[0], ends[:-1]]), ends], axis=1) if len(ids) else np.zeros((0, 2))
     starts = offsets[:, 0] + shift

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache, DynamicCache
 
+import engine.chat_store as chat_store
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
+from engine.chat import Chat
+from engine.chat_store import ChatSummary
 from engine.citations import Passage, SpanMap, document_span_map, top_passages
 from engine.config import EngineConfig
-from engine.errors import CancelledError, ContextTooLongError, StoreError
+from engine.errors import CancelledError, ChatError, ContextTooLongError, StoreError
 from engine.events import CancelToken
-from engine.generate import Event, Finished, SamplingOptions, generate, prefill_steps
+from engine.generate import Event, Finished, SamplingOptions, TokenEvent, generate, prefill_steps
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
 from engine.layer_prefill import document_prefill_steps
@@ -64,6 +67,7 @@ class DocumentSession:
         self._saved = False
         self._doc_id: int | None = None
         self._span_map: SpanMap | None = None
+        self._known_ids: list[int] = list(self.prompt.prefix_ids)  # the cache holds _known_ids[:its length]
 
     @property
     def cache_notice(self) -> str | None:
@@ -119,19 +123,39 @@ class DocumentSession:
         if maximum and prompt_tokens + reserved > maximum:
             raise ContextTooLongError(prompt_tokens + reserved, maximum, prompt_tokens, reserved)
 
-    def new_chat(self) -> None:
-        """Forget the questions and answers; keep the document's prefilled prefix."""
-        if self._cache is not None:
-            extra = self._cache.get_seq_length() - self.prefix_tokens
-            if extra > 0:
-                self._cache.crop(-extra)  # transformers' crop takes minus the number of tokens to drop
+    def chat(self, chat: int | str | None = None) -> Chat:
+        """A new chat about the document (None), or the library's chat with that id or key (ChatError if it has
+        none). A new chat is stored with its first answer, when the session has a library."""
+        if chat is None:
+            return Chat(self)
+        chat_id = chat_store.find_chat(self.store, chat) if self.store is not None else None
+        if chat_id is None:
+            raise ChatError(f"The library has no chat {chat}: it was deleted, or its document was removed.",
+                            "Start a new chat on this document.")
+        record = chat_store.load_chat(self.store, chat_id)
+        stored = self.store.load_document(record.document_id)
+        if stored.sha256 != self.document.sha256:
+            raise ChatError(f"Chat {chat_id} is about another document ({stored.title}).",
+                            f"Open that document to continue it: `ask @{record.document_id} ... --chat {chat_id}`.")
+        return Chat(self, record)
+
+    def chats(self) -> list[ChatSummary]:
+        """The library's chats about this document, most recently updated first ([] without a library)."""
+        if self.store is None or (doc_id := self.store.find_document(self.document.sha256)) is None:
+            return []
+        return chat_store.list_chats(self.store, doc_id)
 
     def ask(self, question: str, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Stream the answer to `question` (Progress..., TokenEvent..., Finished)."""
+        """Stream the answer to `question` on its own (Progress..., TokenEvent..., Finished): a one-off chat that is
+        not stored."""
+        yield from Chat(self, persist=False).ask(question, cancel)
+
+    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Stream the answer to a whole prompt (Progress..., TokenEvent..., Finished) that starts with the document
+        prefix (engine.prompt builds it). Opens the document's stored cache or prefills the document first. Only
+        what the cache does not hold of prompt_ids is prefilled: the cache is cropped back to the longest prefix it
+        shares with prompt_ids (never into the document prefix), less one token so that there is one to prefill."""
         tokenizer = self.loaded.tokenizer
-        prompt_ids = self.prompt.prompt_ids(tokenizer, question)
-        self.check_fits(len(prompt_ids))
-        self.new_chat()
         model = self.loaded.model
         model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
         options = SamplingOptions(self.config.max_new_tokens, self.config.temperature, self.config.top_p)
@@ -140,6 +164,7 @@ class DocumentSession:
             load_s = 0.0
             if self._cache is None:
                 self._cache = yield from self._open_cache()
+                self._known_ids = list(self.prompt.prefix_ids)
                 load_s = time.perf_counter() - started if self.cached else 0.0
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
             if self.uses_retrieval:
@@ -151,6 +176,8 @@ class DocumentSession:
                 yield from self._save_to_store(cancel)
             elif load_s:
                 prepare_s = load_s
+            self._crop_to_shared(prompt_ids)
+            self._known_ids = list(prompt_ids)
             for event in generate(
                 model, prompt_ids, self._cache,
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -158,6 +185,10 @@ class DocumentSession:
                 options=options, cancel=cancel, prefill_chunk=self.prefill_chunk,
                 forward_kwargs=forward_kwargs,
             ):
+                if isinstance(event, TokenEvent):  # a stopped answer: the cache holds a prefix of these
+                    self._known_ids.append(event.token_id)
+                elif isinstance(event, Finished):
+                    self._known_ids = list(prompt_ids) + list(event.token_ids)
                 if isinstance(event, Finished) and prepare_s:
                     event = _with_document_prefill(event, prepare_s, self._cache, self.cache_save_s,
                                                    reused=bool(load_s))
@@ -165,10 +196,22 @@ class DocumentSession:
                     event = dataclasses.replace(event, attention_steps=self._cache.trace.take())
                 yield event
         except CancelledError:
-            raise  # cancelling happens between chunks/tokens/layers: the cache stays consistent
+            raise  # cancelling happens between chunks/tokens/layers: the cache holds a prefix of _known_ids
         except BaseException:
             self._cache = None  # a failure mid-forward may leave layers out of step: start over
             raise
+
+    def _crop_to_shared(self, prompt_ids: list[int]) -> None:
+        """Crop the cache to the longest prefix its tokens share with prompt_ids, leaving at least one to prefill."""
+        held = self._cache.get_seq_length()
+        shared = 0
+        for known, wanted in zip(self._known_ids[:held], prompt_ids, strict=False):
+            if known != wanted:
+                break
+            shared += 1
+        keep = min(shared, len(prompt_ids) - 1)
+        if keep < held:
+            self._cache.crop(keep - held)
 
     def prepare(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Make the document ready for questions without asking one (Progress events): open its stored cache, or
@@ -193,15 +236,14 @@ class DocumentSession:
             self._cache = None
             raise
 
-    def sources(self, finished: Finished, question: str) -> list[Passage]:
+    def sources(self, finished: Finished) -> list[Passage]:
         """The document passages an answer drew on, best first: from the keys retrieval attention retrieved for each
         answer token (weighted by their attention), or under full attention from one extra pass over the answer with
         attention weights (which reuses the cached prompt)."""
         steps = finished.attention_steps
         if steps is None and not self.uses_retrieval and finished.token_ids:
-            prompt_len = len(self.prompt.prompt_ids(self.loaded.tokenizer, question))
-            steps = full_attention_steps(self.loaded.model, self._cache, prompt_len, finished.token_ids,
-                                         self.prompt.doc_token_start, self.prompt.doc_token_end)
+            steps = full_attention_steps(self.loaded.model, self._cache, finished.stats.prompt_tokens,
+                                         finished.token_ids, self.prompt.doc_token_start, self.prompt.doc_token_end)
         if not steps:
             return []
         if self._span_map is None:

@@ -121,6 +121,59 @@ CREATE TABLE files (
 );
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """),
+    # Chats (engine/chat_store.py): a turn's rows are written in one transaction after its answer, so a process
+    # killed mid-answer leaves the chat as it was before that turn. Deleting a document deletes its chats.
+    (2, "chats, turns, answer versions, sources", """
+CREATE TABLE chats (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,             -- stable id given before the chat is first stored
+    document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    title TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    tokenizer_fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX chats_document ON chats(document_id);
+CREATE TABLE chat_turns (
+    chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,            -- 0, 1, ... in the chat
+    question TEXT NOT NULL,
+    selected_version INTEGER NOT NULL,    -- the answer version the chat continues from
+    PRIMARY KEY (chat_id, position)
+);
+CREATE TABLE chat_answers (
+    chat_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    version INTEGER NOT NULL,             -- 0, 1, ...: regenerated answers keep the earlier ones
+    text TEXT NOT NULL,
+    token_ids BLOB NOT NULL,              -- int32 [n]: the answer as the model made it
+    stop_reason TEXT NOT NULL,            -- stop_token, max_new_tokens, context_full or cancelled
+    prompt_tokens INTEGER NOT NULL,
+    reused_tokens INTEGER NOT NULL,
+    new_tokens INTEGER NOT NULL,
+    prefill_s REAL NOT NULL,
+    ttft_s REAL NOT NULL,
+    decode_s REAL NOT NULL,
+    settings TEXT NOT NULL,               -- JSON: the EngineConfig it was made with
+    created_at REAL NOT NULL,
+    PRIMARY KEY (chat_id, position, version),
+    FOREIGN KEY (chat_id, position) REFERENCES chat_turns(chat_id, position) ON DELETE CASCADE
+);
+CREATE TABLE chat_sources (
+    chat_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    page INTEGER NOT NULL,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    share REAL NOT NULL,
+    PRIMARY KEY (chat_id, position, version, rank),
+    FOREIGN KEY (chat_id, position, version) REFERENCES chat_answers(chat_id, position, version) ON DELETE CASCADE
+);
+"""),
 ]
 
 

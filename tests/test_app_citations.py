@@ -61,7 +61,9 @@ def test_top_passages_empty_and_outside_document():
 
 def test_document_span_map_matches_prompt_tokenisation():
     class Tokenizer:  # offsets like a fast tokenizer over the stripped body
-        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        chat_template, added_tokens_decoder = None, {}
+
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False, split_special_tokens=False):
             matches = list(re.finditer(r"\S+", text))
             return {"input_ids": list(range(len(matches))),
                     "offset_mapping": [(m.start(), m.end()) for m in matches]}

@@ -270,7 +270,7 @@ def test_unreachable_source_names_the_problem_and_the_app_keeps_working(qtbot, m
     qtbot.waitUntil(lambda: window.current_doc is not None and not window.controller.busy, timeout=5000)
     window.prompt.setPlainText("Who was the keeper?")
     window.send()
-    card = window.chats[window.current_doc].last_card
+    card = window.chat_view.last_card
     qtbot.waitUntil(lambda: card.done, timeout=5000)
     assert card.text and not window.error_banner.isVisible()
 

@@ -100,7 +100,7 @@ def test_first_run_screen_then_drop_reaches_100_percent(qtbot, make_window, docu
     assert entry.tokens > 20 and entry.cache_bytes > 0
     assert window.library_panel.tree.topLevelItemCount() == 1
     assert window.library_panel.tree.topLevelItem(0).text(3) == "cached"
-    assert window.stack.currentWidget() is window.chats[entry.id]
+    assert window.stack.currentWidget() is window.chat_view and window.chat_view.state.doc_id == entry.id
     assert "ready" in window.statusBar().currentMessage()
 
 
@@ -111,7 +111,7 @@ def test_ask_streams_a_markdown_answer_with_citations_and_stats(qtbot, make_wind
     window.controller.worker.token.connect(lambda _doc, text: tokens.append(text))
     ask(qtbot, window, "Who was the first head keeper?")
     assert window.prompt.toPlainText() == ""  # Enter sent it
-    card = window.chats[window.current_doc].last_card
+    card = window.chat_view.last_card
     qtbot.waitUntil(lambda: card.done and not window.controller.busy, timeout=5000)  # buttons are checked idle
     assert len(tokens) > 5  # streamed token by token
     assert card.text == FakeBackend().answer
@@ -135,27 +135,29 @@ def test_shift_enter_is_a_new_line(qtbot, make_window, document):
     qtbot.keyClick(window.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
     qtbot.keyClicks(window.prompt, "line two")
     assert window.prompt.toPlainText() == "line one\nline two"
-    assert not window.chats[window.current_doc].cards
+    assert not window.chat_view.cards
 
 
 def test_escape_stops_a_long_answer_and_buttons_return_to_idle(qtbot, make_window, document):
     window = make_window(FakeBackend(step_s=0.01, answer=LONG_ANSWER))
     open_and_wait(qtbot, window, document)
     ask(qtbot, window, "Tell me everything")
-    card = window.chats[window.current_doc].last_card
+    card = window.chat_view.last_card
     qtbot.waitUntil(lambda: len(card.text) > 20, timeout=5000)
     assert window.stop_button.isEnabled() and not window.send_button.isEnabled()
     qtbot.keyClick(window.prompt, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: not window.controller.busy, timeout=3000)
+    card = window.chat_view.last_card  # the chat as kept: the stopped answer is its last turn
     assert card.done and card.info.text() == "Stopped."
     assert 0 < len(card.text) < len(LONG_ANSWER)
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
     assert not window.progress_panel.isVisible()
-    card.regenerate_button.click()  # the app keeps working after a cancel
     window.controller.worker.backend.step_s = 0.0005
-    qtbot.waitUntil(lambda: not window.controller.busy, timeout=5000)
-    chat = window.chats[window.current_doc]
+    card.regenerate_button.click()  # the app keeps working after a cancel
+    qtbot.waitUntil(lambda: not window.controller.busy and window.chat_view.last_card.done, timeout=5000)
+    chat = window.chat_view
     assert len(chat.cards) == 1 and chat.last_card.text == LONG_ANSWER
+    assert chat.last_card.versions == 2  # the stopped answer stays as the first version
 
 
 def test_cancel_during_ingest_keeps_the_document_uncached(qtbot, make_window, document):
@@ -204,7 +206,7 @@ def test_bad_file_shows_its_message_and_leaves_the_library_unchanged(qtbot, make
     qtbot.waitUntil(lambda: not window.controller.busy, timeout=3000)
     assert window.library.entries() == before
     ask(qtbot, window, "Still working?")  # the app keeps working
-    qtbot.waitUntil(lambda: window.chats[window.current_doc].last_card.done, timeout=5000)
+    qtbot.waitUntil(lambda: window.chat_view.last_card.done, timeout=5000)
 
 
 def test_document_too_long_for_the_context_is_refused_before_heavy_work(qtbot, make_window, tmp_path):
@@ -278,7 +280,7 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
     window = make_window()
     open_and_wait(qtbot, window, pdf_path)
     ask(qtbot, window, "Which keeper is named?")
-    chat = window.chats[window.current_doc]
+    chat = window.chat_view
     qtbot.waitUntil(lambda: chat.last_card.done and not window.controller.busy, timeout=5000)  # new chat waits
     passage = chat.last_card.citations[0]
     assert passage.page == 2 and "keeper" in passage.text
@@ -289,7 +291,8 @@ def test_new_chat_delete_and_citation_click(qtbot, make_window, document, tmp_pa
     assert item.text.isVisible() and "Anders Holm" in item.text.text()
     assert "page 2" in window.statusBar().currentMessage()
     window.new_chat()
-    assert not chat.cards
+    qtbot.waitUntil(lambda: window.chat_view is not chat and not window.controller.busy, timeout=5000)
+    assert not window.chat_view.cards and window.chat_list.list.count() == 2
     doc_id = window.current_doc
     window.delete_document(doc_id)
     assert len(window.library) == 0 and window.stack.currentWidget() is window.welcome

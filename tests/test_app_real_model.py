@@ -46,7 +46,7 @@ def test_real_model_answers_the_sample_question_in_the_window(qtbot, tmp_path, m
             assert ("saving", percents[-1][2], percents[-1][2]) == percents[-1]  # stored in engine.store
         window.prompt.setPlainText(QUESTION)
         window.send()
-        card = window.chats[window.current_doc].last_card
+        card = window.chat_view.last_card
         qtbot.waitUntil(lambda: card.done, timeout=600_000)
         assert not window.error_banner.isVisible(), window.error_banner.message
         assert "Brekke" in card.text

@@ -1,4 +1,5 @@
-"""Smoke tests of the decode, needle and fidelity benchmark suites (tiny sizes; the real model only in slow)."""
+"""Smoke tests of the decode, index, needle, fidelity and chat benchmark suites (tiny sizes; the real model only in
+slow)."""
 
 from __future__ import annotations
 
@@ -148,6 +149,25 @@ def test_fidelity_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
 
 
 # ----------------------------------------------------------------------------- needle
+
+
+def test_chat_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "chat", "--model", str(tiny_model_dir), "--tokens", "300", "--runs", "1",
+                     "--max-new-tokens", "3", "--threads", "1")
+    rows = {row["step"]: row for row in data["rows"]}
+    assert list(rows) == ["first_open", "follow_up_2", "follow_up_3", "stored_first", "reopened_follow_up",
+                          "scratch_history"]
+    document = rows["first_open"]["tokens"]
+    assert rows["first_open"]["prefill_tokens"] == rows["first_open"]["prompt_tokens"] > document
+    stored = rows["stored_first"]
+    assert stored["prefill_tokens"] == stored["prompt_tokens"] - document  # the question alone
+    for step in ("follow_up_2", "follow_up_3"):  # the new question alone, not the earlier turns
+        assert rows[step]["prefill_tokens"] < rows[step]["prompt_tokens"] - document - stored["prefill_tokens"]
+    last = rows["reopened_follow_up"]
+    assert last["prefill_tokens"] == last["prompt_tokens"] - document  # its turns again, never the document
+    assert rows["scratch_history"]["prompt_tokens"] == last["prompt_tokens"] == rows["scratch_history"][
+        "prefill_tokens"]
+    assert rows["follow_up_3"]["static_tokens"] > rows["follow_up_2"]["static_tokens"]  # turns stay in the static set
 
 
 def test_needle_suite_on_the_tiny_model(tmp_path, tiny_model_dir):

@@ -42,3 +42,27 @@ def test_needle_at_half_depth_survives_retrieval_attention(real_model):
     finished = [e for e in session.ask(DEFAULT_NEEDLE.question) if isinstance(e, Finished)][-1]
     assert DEFAULT_NEEDLE.answer in finished.text
     assert 0 < session.cache.stats.scanned_fraction < 0.5
+
+
+def test_three_turn_chat_on_the_sample_answers_in_retrieval_mode_as_full_attention_does(real_model):
+    """The third question points at the second answer; retrieval attention (the paper's defaults) gives the same
+    tokens as full attention at every turn, and each follow-up prefills only its own tokens."""
+    from pathlib import Path
+
+    from engine.ingest import read_document
+
+    questions = ["Who was the first head keeper of the lighthouse?", "In which year was the light first lit?",
+                 "How many years after the year in your previous answer did that keeper stop serving?"]
+    document = read_document(Path(__file__).resolve().parents[1] / "resources" / "sample.md")
+    answers = {}
+    for attention in ("retrieval", "full"):
+        chat = DocumentSession(real_model, document, EngineConfig(attention=attention, max_new_tokens=48)).chat()
+        answers[attention] = []
+        for question in questions:
+            finished = [e for e in chat.ask(question) if isinstance(e, Finished)][-1]
+            answers[attention].append(finished)
+            if len(answers[attention]) > 1:
+                assert finished.stats.prefill_tokens < 40  # the follow-up's own tokens, not the history
+    assert [f.token_ids for f in answers["retrieval"]] == [f.token_ids for f in answers["full"]]
+    assert "Brekke" in answers["retrieval"][0].text and "1865" in answers["retrieval"][1].text
+    assert "1865" in answers["retrieval"][2].text  # the previous answer's year, taken from the chat

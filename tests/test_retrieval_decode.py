@@ -84,9 +84,11 @@ def test_session_with_covering_top_k_answers_like_full_attention(tiny_loaded):
     first = ask(session, "why?")
     assert first.token_ids == full.token_ids
     assert first.stats.reused_tokens == 0 and first.stats.index_build_s > 0
-    again = ask(session, "why?")  # new chat: back to the indexed prefix, question prefilled only
+    again = ask(session, "why?")  # the same prompt again: all but its last token are still in the cache
     assert again.token_ids == full.token_ids
-    assert again.stats.reused_tokens == session.prefix_tokens
+    assert again.stats.reused_tokens == again.stats.prompt_tokens - 1
+    other = ask(session, "How?")  # another question: back to the indexed prefix, this question prefilled only
+    assert other.stats.reused_tokens == session.prefix_tokens
 
 
 def test_cancel_during_index_build_then_ask_again(tiny_loaded):

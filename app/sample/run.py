@@ -70,7 +70,7 @@ class SampleRun:
             window.prompt.setPlainText(SAMPLE_QUESTION)
             window.send()
         elif self.step == "ask" and not busy and window.current_doc:
-            card = window.chats[window.current_doc].last_card
+            card = window.chat_view.last_card
             if card is not None and card.done:
                 self._advance("done")
                 self.result.answer = card.text

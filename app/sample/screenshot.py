@@ -1,5 +1,6 @@
-"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine]` opens the sample document in the real window,
-asks the sample question, waits for the answer and its citations, expands the first one, and saves a PNG."""
+"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]...` opens the sample
+document in the real window, asks the sample question (then each follow-up in the same chat), waits for the answers
+and their citations, expands the last answer's first citation (unless --collapsed), and saves a PNG."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fake-engine", action="store_true")
     parser.add_argument("--attention", default="retrieval", help="attention mode (both give citations)")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--follow-up", action="append", default=[], help="a follow-up question (repeatable)")
+    parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--collapsed", action="store_true", help="leave the citations folded")
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QTimer
@@ -41,21 +45,38 @@ def main(argv: list[str] | None = None) -> int:
                                           folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
                                           gpu_runtime_auto_download=False)
     window = MainWindow(backend, settings, settings_path=None)
-    window.resize(1360, 860)
+    window.resize(*(int(n) for n in args.size.split("x")))
     window.show()
+
+    follow_ups = list(args.follow_up)
 
     def answered(result: SampleRunResult) -> None:
         if result.error:
             print(result.error, file=sys.stderr)
             app.exit(1)
             return
-        items = window.chats[window.current_doc].last_card.findChildren(CitationItem)
-        if items:
+        ask_next()
+
+    def ask_next() -> None:
+        if window.error_banner.message:
+            print(window.error_banner.message, file=sys.stderr)
+            app.exit(1)
+            return
+        if window.controller.busy or not window.chat_view.last_card.done:
+            QTimer.singleShot(200, ask_next)
+            return
+        if follow_ups:
+            window.prompt.setPlainText(follow_ups.pop(0))
+            window.send()
+            QTimer.singleShot(500, ask_next)
+            return
+        items = window.chat_view.last_card.findChildren(CitationItem)
+        if items and not args.collapsed:
             items[0].button.setChecked(True)
         QTimer.singleShot(800, shoot)
 
     def shoot() -> None:
-        chat = window.chats[window.current_doc]
+        chat = window.chat_view
         chat.verticalScrollBar().setValue(chat.verticalScrollBar().maximum())
         app.processEvents()
         ok = window.grab().save(args.output)

@@ -15,6 +15,7 @@ from engine.bench.report import Report
 SUITES: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "index": ("engine.bench.index_suite", "recall@100 vs keys scanned per index, and build vs prefill time"),
     "reopen": ("engine.bench.reopen_suite", "reopening a saved document vs prefilling it again"),
+    "chat": ("engine.bench.chat_suite", "follow-up questions on a cached document vs the first question and resending"),
     "decode": ("engine.bench.decode_suite", "one decode step's attention per method at equal recall"),
     "needle": ("engine.bench.needle_suite", "needle-in-a-haystack passes per attention mode"),
     "fidelity": ("engine.bench.fidelity_suite", "teacher-forced top-1 agreement and KL vs full attention"),

@@ -1,5 +1,6 @@
-"""Command line: `python -m engine ask DOCUMENT "QUESTION"`, `python -m engine library ...`,
-`python -m engine models ...` and `python -m engine setup`. One module per command; this one parses and dispatches."""
+"""Command line: `python -m engine ask DOCUMENT "QUESTION"`, `python -m engine chat DOCUMENT`,
+`python -m engine library ...`, `python -m engine models ...` and `python -m engine setup`. One module per command;
+this one parses and dispatches."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import sys
 
 from engine.cli.ask import ask_command
+from engine.cli.chat import chat_command
 from engine.cli.library import library_command
 from engine.cli.models import add_models_parser, models_command
 from engine.cli.options import add_model_arguments
@@ -29,7 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=defaults.top_p)
     ask.add_argument("--json", action="store_true", help="print one JSON object with the answer and stats")
     ask.add_argument("--no-cache", action="store_true",
-                     help="neither use nor fill the document library's stored KV caches")
+                     help="leave the document library out: no stored KV caches, the chat is not kept")
+    ask.add_argument("--chat", type=int, metavar="ID",
+                     help="continue the library's chat ID (see `library chats DOCUMENT_ID`); else a new chat")
+
+    chat = commands.add_parser("chat", help="an interactive chat about a document: follow-up questions, /new, "
+                                            "/regen, /export FILE; Ctrl+C stops an answer, Ctrl+D leaves")
+    chat.add_argument("document", help="a PDF or text/Markdown file, or @ID for a library document")
+    chat.add_argument("--chat", type=int, metavar="ID", help="continue the library's chat ID")
+    add_model_arguments(chat)
+    chat.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    chat.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default)")
+    chat.add_argument("--top-p", type=float, default=defaults.top_p)
+    chat.add_argument("--no-cache", action="store_true", help="leave the document library out (nothing is kept)")
 
     library = commands.add_parser("library", help="the stored documents and their KV caches")
     verbs = library.add_subparsers(dest="verb", required=True)
@@ -40,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(add)
     add.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                      help="answer room reserved in the context")
-    remove = verbs.add_parser("remove", help="delete a document and its cache files")
+    chats = verbs.add_parser("chats", help="the chats about a document")
+    chats.add_argument("id", type=int, help="the document's id (see `library list`)")
+    chats.add_argument("--json", action="store_true")
+    export = verbs.add_parser("export", help="write a chat as Markdown (questions, answers, sources with pages)")
+    export.add_argument("chat", type=int, help="the chat's id (see `library chats DOCUMENT_ID`)")
+    export.add_argument("file", nargs="?", help="the Markdown file to write (default: print it)")
+    remove = verbs.add_parser("remove", help="delete a document, its chats and its cache files")
     remove.add_argument("id", type=int)
     verbs.add_parser("path", help="print the folder where the library lives")
     verbs.add_parser("reset", help="start a new library when folio.db is damaged (a copy of it is kept)")
@@ -61,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return library_command(args)
         if args.command == "models":
             return models_command(args)
+        if args.command == "chat":
+            return chat_command(args)
         return ask_command(args)
     except FolioError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""`python -m engine library list|add FILE|remove ID|path|budget [SIZE]|reset`: the document library from a shell."""
+"""`python -m engine library list|add FILE|chats ID|export CHAT [FILE]|remove ID|path|budget [SIZE]|reset`: the
+document library from a shell."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ def library_command(args: argparse.Namespace) -> int:
             print(notice, file=sys.stderr)
         if args.verb == "list":
             return _list(store, args.json)
+        if args.verb == "chats":
+            return _chats(store, args.id, args.json)
+        if args.verb == "export":
+            return _export(store, args.chat, args.file)
         if args.verb == "remove":
             if not store.delete_document(args.id):
                 print(f"error: the library has no document {args.id}.", file=sys.stderr)
                 return 2
-            print(f"removed document {args.id} and its cache files")
+            print(f"removed document {args.id}, its chats and its cache files")
             return 0
         if args.verb == "budget":
             if args.size:
@@ -67,6 +72,40 @@ def _list(store: Store, as_json: bool) -> int:
         print(f"{d.id:>4}  {d.title[:32]:<32} {d.pages:>5} {tokens:>8}  {cache:>12}  {used}")
     print(f"{len(documents)} document(s); caches use {format_bytes(store.used_bytes())} of a "
           f"{format_bytes(store.budget_bytes)} budget; data in {store.root}")
+    return 0
+
+
+def _chats(store: Store, doc_id: int, as_json: bool) -> int:
+    from engine.chat_store import list_chats
+
+    if store.get_document(doc_id) is None:
+        print(f"error: the library has no document {doc_id}. List them with `library list`.", file=sys.stderr)
+        return 2
+    chats = list_chats(store, doc_id)
+    if as_json:
+        print(json.dumps([vars(c) for c in chats], indent=2))
+        return 0
+    print(f"{'id':>4}  {'title':<40} {'turns':>5}  {'model':<24} last answer")
+    for c in chats:
+        used = dt.datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
+        print(f"{c.id:>4}  {c.title[:40]:<40} {c.turns:>5}  {c.model_name[:24]:<24} {used}")
+    print(f"{len(chats)} chat(s); continue one with `python -m engine chat @{doc_id} --chat ID`")
+    return 0
+
+
+def _export(store: Store, chat_id: int, file: str | None) -> int:
+    from pathlib import Path
+
+    from engine.chat import chat_markdown
+    from engine.chat_store import load_chat
+
+    record = load_chat(store, chat_id)
+    markdown = chat_markdown(record, store.load_document(record.document_id))
+    if file is None:
+        sys.stdout.write(markdown)
+        return 0
+    Path(file).expanduser().write_text(markdown, encoding="utf-8")
+    print(f"wrote chat {chat_id} ({len(record.turns)} turn(s)) to {file}", file=sys.stderr)
     return 0
 
 
