@@ -45,7 +45,7 @@ def test_an_empty_question_is_refused_with_a_message(tiny_loaded, question):
 
 def test_a_question_longer_than_the_context_is_refused_with_the_counts(tiny_loaded):
     session = DocumentSession(tiny_loaded, DOCUMENT, CONFIG)
-    with pytest.raises(ContextTooLongError, match=r"This question is too long: .* needs [\d,]+ tokens .* at most 2,048"):
+    with pytest.raises(ContextTooLongError, match=r"too long: .* needs [\d,]+ tokens .* at most 2,048"):
         list(session.ask("Why? " + "the keepers recorded the weather three times a day. " * 300))
     finished = [e for e in session.ask("When was it lit?") if isinstance(e, Finished)]
     assert finished, "the session keeps working"
