@@ -117,6 +117,8 @@ class Answer:
     decode_tokens_per_s: float
     stop_reason: str
     citations: tuple[Passage, ...] = field(default_factory=tuple)
+    attention: str = ""  # the mode that answered ("full", "retrieval", ...)
+    attention_reason: str = ""  # why that mode (engine.attention_mode)
 
     @property
     def context_used(self) -> int:
@@ -315,7 +317,7 @@ class RealBackend:
         stats = finished.stats
         return Answer(finished.text, stats.prompt_tokens, stats.new_tokens, self._require_model().max_positions,
                       stats.ttft_s, stats.decode_tokens_per_s, stats.stop_reason,
-                      tuple(session.sources(finished, question)))
+                      tuple(session.sources(finished, question)), session.attention.mode, session.attention.reason)
 
     def memory_in_use(self) -> str:
         count, kind = memory_in_use(self.loaded.device if self.loaded is not None else None)

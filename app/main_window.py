@@ -468,7 +468,9 @@ class MainWindow(QMainWindow):
             self.active_card.finish(answer)
             self.active_card = None
         self.context_label.setText(f"{answer.context_used:,} of {answer.context_max:,} tokens")
-        self.speed_label.setText(f"first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        mode = f"{answer.attention} attention · " if answer.attention else ""
+        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        self.speed_label.setToolTip(answer.attention_reason)
         if self.library.update(doc_id, cached=True, last_used=time.time()):
             self.library_panel.refresh()
 

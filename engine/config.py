@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ATTENTION_MODES = ("full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
+ATTENTION_MODES = ("auto", "full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
@@ -21,8 +21,9 @@ class EngineConfig:
     defaults: the CLI, the app's settings and the cache's RetrievalSettings take them from here.
 
     model: "default" (the bundled SmolLM2-135M-Instruct), a local model folder, or a hub id.
-    attention: "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks + last
-        window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
+    attention: "auto" (full attention where it is faster and fits the device, else retrieval: chosen per document
+        by engine.attention_mode), "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks +
+        last window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
     n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
     top_k: keys retrieved per query head and decode step from the offloaded set.
     search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
@@ -33,7 +34,7 @@ class EngineConfig:
     model: str = "default"
     device: str = "auto"
     dtype: str = "auto"
-    attention: str = "retrieval"
+    attention: str = "auto"
     n_sink: int = 128
     n_window: int = 512
     top_k: int = 100

@@ -38,7 +38,7 @@ def ask_command(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     progress = ProgressPrinter()
-    use_store = not args.no_cache and config.attention != "full"  # full attention is never stored
+    use_store = not args.no_cache  # both attention modes share the stored K/V (engine.shared_kv)
     store = Store() if use_store or args.document.startswith("@") else None
     ingest_started = time.perf_counter()
     if args.document.startswith("@") and args.document[1:].isdigit():
@@ -65,7 +65,8 @@ def ask_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."), "attention": config.attention,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "attention": session.attention.mode,
+            "attention_reason": session.attention.reason,
             "document": str(document.source), "pages": document.pages,
             "prompt_tokens": stats.prompt_tokens, "prefill_tokens": stats.prefill_tokens,
             "prefill_s": round(stats.prefill_s, 3), "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),
