@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ATTENTION_MODES = ("auto", "full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
+ATTENTION_MODES = ("auto", "full", "retrieval", "window", "exact", "flat", "ivf", "hnsw", "qgraph")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
