@@ -73,7 +73,12 @@ Event = Progress | TokenEvent | Finished
 
 
 class IncrementalText:
-    """Turns a growing list of token ids into text deltas, holding back half-decoded characters."""
+    """Turns a growing list of token ids into text deltas, holding back half-decoded characters.
+
+    Each token decodes only the ids since the last emitted delta's start (a window of a few tokens, as text
+    generation servers do), not the whole answer: constant work per token instead of work growing with the answer.
+    The deltas join to the whole answer's decoding; `flush` checks that and adds what is missing.
+    """
 
     MAX_HELD = 4  # a UTF-8 character spans at most 4 byte-level tokens
 
@@ -82,24 +87,28 @@ class IncrementalText:
         self.ids: list[int] = []
         self.text = ""
         self.held = 0
+        self._start = 0  # ids[_start:_done] decode to the end of the text emitted so far
+        self._done = 0
 
     def add(self, token: int) -> str:
         """Append a token; return the text it completes ("" while a character is incomplete)."""
         self.ids.append(token)
-        new = self.decode(self.ids)
-        if new.endswith("\ufffd") and self.held < self.MAX_HELD:
+        before = self.decode(self.ids[self._start : self._done])
+        window = self.decode(self.ids[self._start :])
+        if window.endswith("\ufffd") and self.held < self.MAX_HELD:
             self.held += 1
             return ""
-        return self._advance(new)
+        self.held = 0
+        delta = window[len(before) :] if window.startswith(before) else window
+        self._start, self._done = self._done, len(self.ids)
+        self.text += delta
+        return delta
 
     def flush(self) -> str:
-        """Whatever is still held back, at the end of the answer."""
-        return self._advance(self.decode(self.ids))
-
-    def _advance(self, new: str) -> str:
-        self.held = 0
-        common = len(self.text) if new.startswith(self.text) else 0
-        delta, self.text = new[common:], new
+        """Whatever is still held back, at the end of the answer (the whole answer decoded once)."""
+        whole = self.decode(self.ids)
+        delta = whole[len(self.text) :] if whole.startswith(self.text) else ""
+        self.text, self.held = whole, 0
         return delta
 
 

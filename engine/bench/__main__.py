@@ -19,6 +19,9 @@ SUITES: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "needle": ("engine.bench.needle_suite", "needle-in-a-haystack passes per attention mode"),
     "fidelity": ("engine.bench.fidelity_suite", "teacher-forced top-1 agreement and KL vs full attention"),
     "memory": ("engine.bench.gpu_suite", "peak device memory and time per token at long context (GPU check)"),
+    "profile": ("engine.bench.profile_suite", "where a decode token's time and a reopen's fixed costs go"),
+    "peers": ("engine.bench.peers_suite", "Folio against llama.cpp on the same GGUF and documents"),
+    "cpu_work": ("engine.bench.cpu_work_suite", "the CPU's work per token for Llama-3-8B's shape at 128K"),
 }
 
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from engine.index.base import IndexParams, SearchResult, register_index
-from engine.index.graph import GraphIndex, reused_workspace, build_graph_index
+from engine.index.graph import GraphIndex, build_graph_index, reused_workspace
 from engine.index.kernels import search_workspace
 from engine.index.parallel import default_search_threads, over_heads
 from engine.index.qgraph_search import search_coded_serial
