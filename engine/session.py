@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import torch
-from transformers import Cache, DynamicCache
+from transformers import Cache
 
 from engine.attention_mode import AttentionChoice, choose_attention
 from engine.attention_probe import full_attention_steps
@@ -16,6 +16,7 @@ from engine.citations import Passage, SpanMap, document_span_map, top_passages
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ContextTooLongError, StoreError
 from engine.events import CancelToken
+from engine.full_cache import growing_cache
 from engine.generate import Event, Finished, SamplingOptions, generate, prefill_steps
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
@@ -46,7 +47,7 @@ class DocumentSession:
     """Ask questions about `document`; after the first, only the question's tokens are prefilled.
 
     config.attention "auto" is resolved once per session (`attention`: the mode and why, engine.attention_mode).
-    Full attention answers with transformers' DynamicCache. Every other mode prefills the document with exact
+    Full attention answers with a DynamicCache (engine.full_cache). Every other mode prefills the document with exact
     attention into a RetrievalCache, builds the key indexes, then answers with the static set + retrieved keys
     (engine.retrieval).
 
@@ -124,7 +125,12 @@ class DocumentSession:
         """The cache to decode with: the RetrievalCache, or for full attention a DynamicCache of its whole prefix."""
         if self.uses_retrieval or not isinstance(self._cache, RetrievalCache):
             return self._cache
-        return full_attention_cache(self._cache, self.loaded.config, self.loaded.device, self.loaded.dtype)
+        return full_attention_cache(self._cache, self.loaded.config, self.loaded.device, self.loaded.dtype,
+                                    self._answer_room())
+
+    def _answer_room(self) -> int:
+        """Tokens a full-attention cache makes room for beyond the document: a question and the longest answer."""
+        return self.config.max_new_tokens + 256
 
     @property
     def prefill_chunk(self) -> int:
@@ -288,7 +294,7 @@ class DocumentSession:
     def _make_cache(self) -> Cache:
         config = self.loaded.model.config
         if not self.uses_retrieval and self.store is None:
-            return DynamicCache(config=config)
+            return growing_cache(config, self.prefix_tokens + self._answer_room())
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.device,
                               self._cache_settings(), self.loaded.dtype)
 

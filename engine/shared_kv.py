@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache, PretrainedConfig
 
 from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalSettings
+from engine.full_cache import growing_cache
 
 
 def kv_only_settings(settings: RetrievalSettings) -> RetrievalSettings:
@@ -26,12 +27,13 @@ def kv_only_settings(settings: RetrievalSettings) -> RetrievalSettings:
 
 
 def full_attention_cache(cache: RetrievalCache, config: PretrainedConfig, device: torch.device,
-                         dtype: torch.dtype) -> DynamicCache:
-    """A DynamicCache holding every layer's prefix keys/values [1, H_kv, T, D] of the indexed `cache`, on `device`
-    in the model's `dtype` (the stored K/V are in kv_dtype: float16 by default)."""
+                         dtype: torch.dtype, extra_tokens: int = 0) -> DynamicCache:
+    """A DynamicCache (engine.full_cache, with room for extra_tokens more) holding every layer's prefix keys/values
+    [1, H_kv, T, D] of the indexed `cache`, on `device` in the model's `dtype` (the stored K/V are in kv_dtype:
+    float16 by default)."""
     if not cache.indexed:
         raise ValueError("full attention starts from a prefilled cache: prefill the document first")
-    full = DynamicCache(config=config)
+    full = growing_cache(config, cache.prefix_len + extra_tokens)
     for number, layer in enumerate(cache.layers):
         prefix = layer.prefix_arrays()
         keys = prefix.keys.to(device=device, dtype=dtype)[None]

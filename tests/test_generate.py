@@ -126,3 +126,22 @@ def test_incremental_text_decodes_a_window_and_its_deltas_join_to_the_whole_answ
     assert joined == tokenizer.decode(ids) == stream.text
     assert "\ufffd" not in joined
     assert max(lengths[:decode_calls_before_flush]) <= 2 * (IncrementalText.MAX_HELD + 1)  # a window, not the answer
+
+
+@pytest.mark.parametrize("capacity", [0, 10, 400])  # regrown many times, once, never
+def test_the_growing_cache_decodes_what_dynamic_cache_decodes_and_crops_back(tiny_loaded, capacity):
+    from engine.full_cache import GrowingLayer, growing_cache
+
+    prompt = prompt_ids(tiny_loaded, 60)
+    reference = run(tiny_loaded, prompt)[-1]
+    cache = growing_cache(tiny_loaded.model.config, capacity)
+    assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+    decode = lambda ids: tiny_loaded.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    finished = list(generate(tiny_loaded.model, prompt, cache, decode, set(), tiny_loaded.max_positions,
+                             TWELVE_TOKENS, prefill_chunk=7))[-1]
+    assert finished.token_ids == reference.token_ids
+    assert cache.get_seq_length() == 60 + 12
+    cache.crop(-13)  # back to the prompt's first 59 tokens: the last one is prefilled again
+    again = list(generate(tiny_loaded.model, prompt, cache, decode, set(), tiny_loaded.max_positions,
+                          TWELVE_TOKENS, prefill_chunk=7))[-1]
+    assert again.token_ids == reference.token_ids and again.stats.reused_tokens == 59

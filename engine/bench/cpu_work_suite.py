@@ -52,14 +52,14 @@ def gemma_inv_freq(head_dim: int = 256, theta: float = 1_000_000.0) -> np.ndarra
 
 def llama_shaped(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """keys [8, N, 128], train [32, Nq, 128], test [32, 64, 128] from the tiled, projected Gemma capture."""
-    from engine.bench.decode_suite import Segment, _train_count, tile_vectors
+    from engine.bench.decode_suite import Segment, train_count, tile_vectors
     from engine.bench.index_suite import index_text
     from engine.bench.vectors import prefill_vectors
 
     capture = prefill_vectors("gemma3-270m", index_text(), args.capture_tokens, list(GEMMA_GLOBAL_LAYERS), 1.0,
                               Path(args.vectors_cache) if args.vectors_cache else None)
     rng = np.random.default_rng(args.seed)
-    n_train = _train_count(args, args.tokens)
+    n_train = train_count(args, args.tokens)
     tiled = {}
     for layer in GEMMA_GLOBAL_LAYERS:
         vectors = capture.layers[layer]

@@ -483,7 +483,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
     """The decode workload of N = n_tokens: RoPE-tiled real vectors or synthetic ones."""
     if real is not None:
         segments, inv_freq = real
-        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, _train_count(args, n_tokens))
+        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, train_count(args, n_tokens))
         seg_len = segments[0].keys.shape[1]
         if args.vectors == "prefill":
             source = f"real, one prefill of {args.model} (RoPE x{args.rope_scale:g}), layer {args.layer}"
@@ -493,7 +493,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
             source = f"real layer {args.layer}, RoPE-tiled from {len(segments)} x {seg_len}-token segments"
     else:
         heads, kv_heads, dim = args.heads or 9, args.kv_heads or 3, args.dim or 64
-        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, _train_count(args, n_tokens), args.seed)
+        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, train_count(args, n_tokens), args.seed)
         source = f"synthetic {heads}/{kv_heads} heads, dim {dim}"
     return make_workload(keys, train, test, source, args.seed, getattr(torch, args.kv_dtype))
 
@@ -548,6 +548,6 @@ def run(args: argparse.Namespace, report: Report) -> None:
         )
 
 
-def _train_count(args: argparse.Namespace, n_tokens: int) -> int:
+def train_count(args: argparse.Namespace, n_tokens: int) -> int:
     """--train-queries, or as many as the app's RetrievalCache keeps for a prefix of n_tokens."""
     return args.train_queries or n_tokens // training_stride(n_tokens)

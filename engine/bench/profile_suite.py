@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default="retrieval", help="reopen: attention mode")
     parser.add_argument("--runs", type=int, default=5, help="reopen: fresh-process reopens")
     parser.add_argument("--top", type=int, default=12, help="decode: also list the top functions (0: none)")
+    parser.add_argument("--compare-threads", default="1,2",
+                        help="decode: also time whole answers with these torch thread counts, alternating ('' none)")
+    parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count")
 
 
 def group_of(key: tuple[str, int, str]) -> str:
@@ -98,6 +101,18 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
 
         _answer(session, question)  # warm: the compiled kernels, the allocator
         plain = _answer(session, question)
+        thread_counts = [int(t) for t in args.compare_threads.split(",") if t]
+        per_threads: dict[int, list[float]] = {t: [] for t in thread_counts}
+        for _ in range(args.repeats if thread_counts else 0):  # alternating, one answer each
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                per_threads[threads].append(_answer(session, question).stats.decode_s)
+        torch.set_num_threads(args.threads)
+        for threads, times in per_threads.items():
+            steps = max(plain.stats.new_tokens - 1, 1)
+            report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, {threads} threads",
+                       decode_ms_per_token=round(sorted(times)[len(times) // 2] * 1e3 / steps, 2),
+                       decode_ms_range=f"{min(times) * 1e3 / steps:.1f}–{max(times) * 1e3 / steps:.1f}")
         profile = cProfile.Profile()
         profiled = _answer(session, question, profile)
         tokens = max(profiled.stats.new_tokens - 1, 1)
