@@ -29,6 +29,8 @@ class EngineConfig:
     search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
     kv_dtype: the dtype of the document's K/V after prefill (CPU memory and disk): float16 or float32.
     prefill_chunk: tokens per prefill step; 0 chooses by device (`prefill_chunk_for`).
+    decode_threads: torch's CPU threads while decoding (one token per step: each op is too small to share, and
+        sharing costs a barrier per op, far more on a busy machine; docs/benchmarks.md, profile); 0 keeps torch's.
     """
 
     model: str = "default"
@@ -45,6 +47,7 @@ class EngineConfig:
     top_p: float = 1.0
     prefill_chunk: int = 0
     threads: int = 0
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,7 +61,7 @@ class EngineConfig:
             problems.append(f"kv_dtype must be float16 or float32, not {self.kv_dtype!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name in ("n_sink", "n_window", "threads", "prefill_chunk"):
+        for name in ("n_sink", "n_window", "threads", "prefill_chunk", "decode_threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 or more")
         for name in ("top_k", "search_effort", "max_new_tokens"):

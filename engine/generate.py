@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -154,11 +155,27 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (0: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads and threads != previous:
+            torch.set_num_threads(previous)
+
+
 def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
              decode_text: Callable[[list[int]], str], stop_ids: set[int], max_positions: int,
              options: SamplingOptions = SamplingOptions(), cancel: CancelToken | None = None,
-             prefill_chunk: int = 512, forward_kwargs: dict | None = None) -> Iterator[Event]:
+             prefill_chunk: int = 512, forward_kwargs: dict | None = None, decode_threads: int = 0
+             ) -> Iterator[Event]:
     """Prefill what `cache` does not hold yet of prompt_ids, then decode; yield events as they happen.
+
+    decode_threads: torch's CPU threads for the decode steps (0: as set), restored after each step.
 
     The cache must hold exactly prompt_ids[:cache.get_seq_length()] (a reused prefix) or nothing.
     Yields Progress (prefill), one TokenEvent per answer token, then one Finished.
@@ -191,7 +208,8 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
             if cancel:
                 cancel.raise_if_cancelled()
             step = torch.tensor([[token]], device=model.device)
-            logits = model(input_ids=step, cache=cache, use_cache=True, **(forward_kwargs or {})).logits[0, -1]
+            with torch_threads(decode_threads):
+                logits = model(input_ids=step, cache=cache, use_cache=True, **(forward_kwargs or {})).logits[0, -1]
     finished_at = time.perf_counter()
     first_token_at = first_token_at or finished_at
     if rest := text.flush():

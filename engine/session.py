@@ -186,7 +186,7 @@ class DocumentSession:
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                 stop_ids=self.loaded.stop_token_ids, max_positions=self.loaded.max_positions or 1 << 62,
                 options=options, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                forward_kwargs=forward_kwargs,
+                forward_kwargs=forward_kwargs, decode_threads=self.config.decode_threads,
             ):
                 if isinstance(event, Finished) and prepare_s:
                     event = _with_document_prefill(event, prepare_s, self._cache, self.cache_save_s,

@@ -52,7 +52,7 @@ def gemma_inv_freq(head_dim: int = 256, theta: float = 1_000_000.0) -> np.ndarra
 
 def llama_shaped(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """keys [8, N, 128], train [32, Nq, 128], test [32, 64, 128] from the tiled, projected Gemma capture."""
-    from engine.bench.decode_suite import Segment, train_count, tile_vectors
+    from engine.bench.decode_suite import Segment, tile_vectors, train_count
     from engine.bench.index_suite import index_text
     from engine.bench.vectors import prefill_vectors
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -55,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default="retrieval", help="reopen: attention mode")
     parser.add_argument("--runs", type=int, default=5, help="reopen: fresh-process reopens")
     parser.add_argument("--top", type=int, default=12, help="decode: also list the top functions (0: none)")
-    parser.add_argument("--compare-threads", default="1,2",
-                        help="decode: also time whole answers with these torch thread counts, alternating ('' none)")
+    parser.add_argument("--compare-threads", default="2/1,1/1,1/2",
+                        help="decode: also time whole answers with these decode threads, torch/search (search: a "
+                        "retrieval step's heads), alternating ('' none)")
     parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count")
 
 
@@ -95,22 +97,30 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
     loaded = load_model(args.model, "cpu", "float32")
     question = "Who was the first head keeper of the lighthouse, and when did he serve?"
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        config = EngineConfig(attention=method, max_new_tokens=args.max_new_tokens)
+        config = EngineConfig(attention=method, max_new_tokens=args.max_new_tokens, decode_threads=args.threads)
         session = DocumentSession(loaded, document, config)
         list(session.prepare())
 
         _answer(session, question)  # warm: the compiled kernels, the allocator
         plain = _answer(session, question)
-        thread_counts = [int(t) for t in args.compare_threads.split(",") if t]
-        per_threads: dict[int, list[float]] = {t: [] for t in thread_counts}
-        for _ in range(args.repeats if thread_counts else 0):  # alternating, one answer each
-            for threads in thread_counts:
-                torch.set_num_threads(threads)
-                per_threads[threads].append(_answer(session, question).stats.decode_s)
-        torch.set_num_threads(args.threads)
-        for threads, times in per_threads.items():
+        variants = [v for v in args.compare_threads.split(",") if v]
+        per_variant: dict[str, list[float]] = {v: [] for v in variants}
+        answers: dict[str, list[int]] = {}
+        for _ in range(args.repeats if variants else 0):  # alternating, one answer each
+            for variant in variants:
+                torch_threads, _, search_threads = variant.partition("/")
+                session.config = dataclasses.replace(config, decode_threads=int(torch_threads))
+                _set_search_threads(session, int(search_threads or 1))
+                finished = _answer(session, question)
+                per_variant[variant].append(finished.stats.decode_s)
+                answers[variant] = finished.token_ids
+        session.config = config
+        _set_search_threads(session, 1)
+        for variant, times in per_variant.items():
             steps = max(plain.stats.new_tokens - 1, 1)
-            report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, {threads} threads",
+            report.add(method=method, prompt_tokens=plain.stats.prompt_tokens,
+                       group=f"decode, torch/search threads {variant}",
+                       same_answer=answers[variant] == plain.token_ids,
                        decode_ms_per_token=round(sorted(times)[len(times) // 2] * 1e3 / steps, 2),
                        decode_ms_range=f"{min(times) * 1e3 / steps:.1f}–{max(times) * 1e3 / steps:.1f}")
         profile = cProfile.Profile()
@@ -133,6 +143,14 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
     report.note("ms_per_token: the group's own time under cProfile from the first answer token to the last, per "
                 "decode step; decode_ms_per_token: the wall clock of the same answer's decode without the profiler; "
                 "profiled_ms_per_token: with it (the difference is the profiler's overhead)")
+
+
+def _set_search_threads(session, threads: int) -> None:
+    """Search each retrieval layer's heads on `threads` threads (engine.index.parallel)."""
+    for layer in getattr(session.cache, "layers", []):
+        index = getattr(layer, "index", None)
+        if index is not None:
+            index.search_threads = threads
 
 
 def _answer(session, question: str, profile: cProfile.Profile | None = None):
