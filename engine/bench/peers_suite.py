@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long", default="", help="long-context rows: token counts (e.g. 32768,131072)")
     parser.add_argument("--long-modes", default="retrieval", help="Folio attention modes for the long rows")
     parser.add_argument("--runs", type=int, default=3, help="alternating runs per document and tool")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both tools")
+    parser.add_argument("--threads", type=int, default=2, help="prefill threads for both tools")
+    parser.add_argument("--decode-threads", type=int, default=1,
+                        help="decode threads for both tools (Folio's EngineConfig.decode_threads, llama.cpp's "
+                        "n_threads; default 1, Folio's default)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--gguf", default="", help="the GGUF (default: the default model's, from its wheel)")
 
@@ -118,7 +121,8 @@ def run_folio(spec: dict) -> dict:
                                                                         "factor": float(spec["rope_scale"])},
                      "max_position_embeddings": config.max_position_embeddings * spec["rope_scale"]}
     loaded = load_model("default", "cpu", "float32", config_overrides=overrides)
-    config = EngineConfig(attention=spec["mode"], max_new_tokens=spec["max_new_tokens"])
+    config = EngineConfig(attention=spec["mode"], max_new_tokens=spec["max_new_tokens"],
+                          decode_threads=spec["decode_threads"])
     session = DocumentSession(loaded, text_document(spec["text"], "peers"), config)
     if session.prompt.prompt_ids(loaded.tokenizer, spec["question"]) != spec["ids"]:
         raise RuntimeError("Folio's prompt differs from the one given to llama.cpp")
@@ -135,7 +139,8 @@ def run_llama(spec: dict) -> dict:
     from llama_cpp import Llama
 
     ids = spec["ids"]
-    llm = Llama(model_path=spec["gguf"], n_ctx=len(ids) + spec["max_new_tokens"] + 16, n_threads=spec["threads"],
+    llm = Llama(model_path=spec["gguf"], n_ctx=len(ids) + spec["max_new_tokens"] + 16,
+                n_threads=spec["decode_threads"],
                 n_threads_batch=spec["threads"], n_batch=512, rope_freq_scale=1.0 / spec["rope_scale"],
                 verbose=False)
     eos = {llm.token_eos()} | {t for t in (llm.tokenizer().encode("<|im_end|>", add_bos=False, special=True) or [])}
@@ -206,14 +211,16 @@ def run(args: argparse.Namespace, report: Report) -> None:
                 for tool in tools:
                     spec = {"tool": tool, "mode": tool.removeprefix("folio "), "ids": ids, "gguf": gguf,
                             "text": text, "question": question,
-                            "threads": args.threads, "max_new_tokens": args.max_new_tokens, "rope_scale": scale}
+                            "threads": args.threads, "decode_threads": args.decode_threads,
+                            "max_new_tokens": args.max_new_tokens, "rope_scale": scale}
                     result = _run_child(spec, Path(work))
                     results[tool].append(result)
                     print(f"  {tokens} tokens, run {run_number + 1}: {tool}: ttft {result['ttft_s']:.2f} s, decode "
                           f"{result['decode_tokens_per_s']:.1f} tok/s, peak {result['peak_rss_gib']:.2f} GiB",
                           flush=True)
             _add_rows(report, results, len(ids), doc_tokens, scale, long)
-    report.note(f"threads={args.threads} for both tools (torch threads, llama.cpp n_threads and n_threads_batch); "
+    report.note(f"threads: {args.threads} for the prefill, {args.decode_threads} for decoding, for both tools (torch "
+                "threads and EngineConfig.decode_threads; llama.cpp n_threads_batch and n_threads); "
                 f"greedy, at most {args.max_new_tokens} new tokens; medians over --runs alternating fresh processes")
     report.note("prefill_tokens_per_s = prompt tokens / time to first token; decode: tokens after the first / their "
                 "time; peak_rss_gib: the process's max resident memory (model, runtime and cache)")
