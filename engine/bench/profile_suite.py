@@ -46,7 +46,7 @@ OTHER = "python around them"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--part", choices=("decode", "reopen"), default="decode")
+    parser.add_argument("--part", choices=("decode", "reopen", "weights"), default="decode")
     parser.add_argument("--model", default="default")
     parser.add_argument("--document", default="", help="decode: a document file (default: resources/sample.md)")
     parser.add_argument("--methods", default="full,retrieval", help="decode: attention modes")
@@ -241,8 +241,54 @@ def _reopen_part(args: argparse.Namespace, report: Report) -> None:
                 "from ready to the first answer token (question prefill, first search)")
 
 
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8-dynamic")
+
+
+def _weights_part(args: argparse.Namespace, report: Report) -> None:
+    """The same full-attention answer with the model's weights in float32, bfloat16 and int8 (torch's dynamic
+    quantization of the Linear layers, fbgemm), alternating; decode ms per token and whether the greedy tokens are
+    float32's."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    from engine.bench.needle_suite import text_document
+    from engine.config import EngineConfig
+    from engine.model import load_model
+    from engine.session import DocumentSession
+
+    torch.set_num_threads(args.threads)
+    path = Path(args.document) if args.document else Path(__file__).resolve().parents[2] / "resources" / "sample.md"
+    document = text_document(path.read_text(encoding="utf-8"), path.stem)
+    question = "Who was the first head keeper of the lighthouse, and when did he serve?"
+    config = EngineConfig(attention="full", max_new_tokens=args.max_new_tokens)
+    sessions = {}
+    for name in WEIGHT_FORMATS:
+        loaded = load_model(args.model, "cpu", "bfloat16" if name == "bfloat16" else "float32")
+        if name == "int8-dynamic":
+            loaded.model = quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
+        sessions[name] = DocumentSession(loaded, document, config)
+        list(sessions[name].prepare())
+        _answer(sessions[name], question)  # warm
+    times: dict[str, list[float]] = {name: [] for name in WEIGHT_FORMATS}
+    tokens: dict[str, list[int]] = {}
+    for _ in range(args.repeats):
+        for name in WEIGHT_FORMATS:
+            finished = _answer(sessions[name], question)
+            times[name].append(finished.stats.decode_s / max(finished.stats.new_tokens - 1, 1))
+            tokens[name] = finished.token_ids
+    for name in WEIGHT_FORMATS:
+        ordered = sorted(times[name])
+        same = sum(a == b for a, b in zip(tokens[name], tokens["float32"], strict=False))
+        report.add(weights=name, decode_ms_per_token=round(ordered[len(ordered) // 2] * 1e3, 2),
+                   decode_ms_range=f"{ordered[0] * 1e3:.1f}–{ordered[-1] * 1e3:.1f}",
+                   vs_float32=round(sorted(times["float32"])[len(ordered) // 2] / ordered[len(ordered) // 2], 3),
+                   same_tokens_as_float32=tokens[name] == tokens["float32"],
+                   tokens_equal_before_first_difference=next(
+                       (i for i, (a, b) in enumerate(zip(tokens[name], tokens["float32"], strict=False)) if a != b),
+                       same))
+    report.note(f"full attention, {args.threads} torch threads for the prefill, decode_threads 1; {args.repeats} "
+                "answers each, alternating; median per decode step")
+
+
 def run(args: argparse.Namespace, report: Report) -> None:
-    if args.part == "decode":
-        _decode_part(args, report)
-    else:
-        _reopen_part(args, report)
+    {"decode": _decode_part, "reopen": _reopen_part, "weights": _weights_part}[args.part](args, report)
