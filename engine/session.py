@@ -28,6 +28,7 @@ from engine.prompt import DocumentPrompt, build_document_prompt
 from engine.retrieval import RETRIEVAL_ATTENTION
 from engine.shared_kv import full_attention_cache, kv_only_settings
 from engine.store import Store
+from engine.warmup import start_kernel_warmup
 
 FULL_ATTENTION = "sdpa"
 
@@ -63,6 +64,8 @@ class DocumentSession:
         self._cache: Cache | None = None
         self.check_fits(len(self.prompt.prefix_ids))
         self.attention: AttentionChoice = self._choose_attention()
+        if self.uses_retrieval and loaded.device.type == "cpu":  # the first token need not wait for the kernels
+            start_kernel_warmup(getattr(torch, config.kv_dtype), loaded.dtype, self.attention.mode)
         self.cached = False  # the document's prefill was skipped: its cache came from the store
         self.cache_bytes = 0  # bytes of this document's cache (K/V + index) on disk, 0 when not stored
         self.cache_notices: list[str] = []
