@@ -4,8 +4,8 @@ The search is engine.index.graph_search's best-first search, step for step, with
 each unvisited neighbour's q·k is first estimated from its int8 code, read from the node's contiguous block of codes
 (codes [E, D] int8, row e belonging to edge e of the CSR `indices`), and the exact q·k (a random read of the key) is
 computed only where the estimate, widened by `margin`, could still beat the result list's worst score. A neighbour
-rejected on its estimate stays unvisited (another list may offer it again, and is judged again, against a threshold
-that only rises).
+rejected on its estimate is marked visited like one scored exactly: every list codes a key alike (one set of scales
+per graph) and the threshold only rises, so it would be rejected again.
 
 With margin = the estimate's error bound (sum_d |q_d| scale_d / 2, what engine.index.qgraph passes at slack 1)
 every key the exact search would keep is scored exactly, and each rejected one would have been rejected by the exact
@@ -80,11 +80,11 @@ def search_one_coded(q, q_scaled, margin, keys, indptr, indices, codes, entries,
             v = indices[e]
             if visited[v]:
                 continue
+            visited[v] = True
             if threshold > -np.inf:
                 estimated += 1
                 if _code_dot(q_scaled, codes[e]) + margin <= threshold:
-                    continue  # cannot enter: stays unvisited
-            visited[v] = True
+                    continue  # cannot enter, now or later (the threshold only rises; every list codes v alike)
             fresh[n_fresh] = v
             n_fresh += 1
         for j in range(n_fresh):
