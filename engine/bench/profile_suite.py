@@ -34,12 +34,11 @@ from engine.bench.report import Report
 
 GROUPS = (  # (group, substrings of "file:function" that put a profiled function in it), first match wins
     ("index search", ("graph_search", "qgraph_search", "search_offloaded", "index/parallel", "over_heads")),
-    ("attention", ("scaled_dot_product_attention", "decode_attention_cpu", "retrieval_attention",
-                   "partial_attention", "retrieved_attention_cpu", "sdpa_attention_forward",
-                   "merge_attention_states")),
+    ("attention", ("scaled_dot_product_attention", "cpu_decode.py", "retrieval.py", "partial_attention",
+                   "sdpa_attention_forward", "merge_attention_states")),
     ("weights' matmuls", ("built-in method torch._C._nn.linear", "method 'linear'")),
     ("sampling", ("generate.py:sample", "argmax", "multinomial")),
-    ("text decoding", ("IncrementalText", "tokenization", "tokenizers", "decode")),
+    ("text decoding", ("IncrementalText", "tokenization", "tokenizers", "method 'decode'")),
     ("other torch ops", ("built-in method", "method '")),
 )
 OTHER = "python around them"
