@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.bench.report import Report
+from engine.sizing import training_stride
 
 PAPER_S_PER_TOKEN = 0.107  # RetrievalAttention, Llama-3-8B at 128K, RTX 4090 + i9-10900X: the whole decode step
 LAYERS, HEADS, KV_HEADS, DIM = 32, 32, 8, 128
@@ -52,14 +53,14 @@ def gemma_inv_freq(head_dim: int = 256, theta: float = 1_000_000.0) -> np.ndarra
 
 def llama_shaped(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """keys [8, N, 128], train [32, Nq, 128], test [32, 64, 128] from the tiled, projected Gemma capture."""
-    from engine.bench.decode_suite import Segment, tile_vectors, train_count
+    from engine.bench.decode_suite import Segment, tile_vectors
     from engine.bench.index_suite import index_text
     from engine.bench.vectors import prefill_vectors
 
     capture = prefill_vectors("gemma3-270m", index_text(), args.capture_tokens, list(GEMMA_GLOBAL_LAYERS), 1.0,
                               Path(args.vectors_cache) if args.vectors_cache else None)
     rng = np.random.default_rng(args.seed)
-    n_train = train_count(args, args.tokens)
+    n_train = args.tokens // training_stride(args.tokens)  # as many as RetrievalCache keeps
     tiled = {}
     for layer in GEMMA_GLOBAL_LAYERS:
         vectors = capture.layers[layer]
