@@ -3,10 +3,11 @@
 The graph is exactly method "retrieval"'s (engine.index.graph, the same build), which stays the reference. Each edge
 of the CSR also carries its neighbour's key coded in int8 with per-dimension scales (one set per graph, from the
 largest |k_d| of its keys), stored edge-aligned: codes [E, D] int8, so expanding a node reads its neighbours' codes
-as one contiguous block. The search (engine.index.qgraph_search) estimates each unvisited neighbour's q·k from its code
-and computes the exact q·k (a random read of the float16 key) only where the estimate, widened by `slack` times its
-error bound, could enter the results (a key rejected on its estimate is not estimated again). At slack 1 the results are the exact graph's, with fewer exact q·k; below 1
-fewer still, at some recall (docs/benchmarks.md, compressed neighbour lists).
+as one contiguous block. The search (engine.index.qgraph_search) estimates each unvisited neighbour's q·k from its
+code and computes the exact q·k (a random read of the float16 key) only where the estimate, widened by `slack` times
+its error bound, could enter the results (a key rejected on its estimate is not estimated again). At slack 1 the
+results are the exact graph's, with fewer exact q·k; below 1 fewer still, at some recall (docs/benchmarks.md,
+compressed neighbour lists).
 
 `SearchResult.scanned` counts exact q·k; `last_estimated` [H, m] holds the last search's code estimates. Memory: D
 bytes per edge, about degree x D per key (e.g. 20 x 64 B for SmolLM2): more than the float16 keys themselves.
