@@ -135,6 +135,8 @@ class Answer:
     stop_reason: str
     citations: tuple[Passage, ...] = field(default_factory=tuple)
     notice: str = ""  # e.g. "chat not saved: ..."
+    attention: str = ""  # the mode that answered ("full", "retrieval", ...)
+    attention_reason: str = ""  # why that mode (engine.attention_mode)
 
     @property
     def context_used(self) -> int:
@@ -513,7 +515,9 @@ class RealBackend:
 
     def _answer(self, version: AnswerVersion) -> Answer:
         return Answer(version.text, version.prompt_tokens, version.new_tokens, self._require_model().max_positions,
-                      version.ttft_s, version.decode_tokens_per_s, version.stop_reason, tuple(version.sources))
+                      version.ttft_s, version.decode_tokens_per_s, version.stop_reason, tuple(version.sources),
+                      attention=version.settings.get("attention_used", ""),
+                      attention_reason=version.settings.get("attention_reason", ""))
 
     def _state(self, doc_id: str, chat: Chat) -> ChatState:
         turns = tuple(TurnState(t.question, tuple(self._answer(v) for v in t.versions), t.selected)

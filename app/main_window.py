@@ -672,7 +672,9 @@ class MainWindow(QMainWindow):
         if self.active_card is not None:
             self.active_card.finish(answer)
             self.active_card = None
-        self.speed_label.setText(f"first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        mode = f"{answer.attention} attention · " if answer.attention else ""
+        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        self.speed_label.setToolTip(answer.attention_reason)
         if answer.notice:
             self.error_banner.show_message(answer.notice)
         if self.current_doc and self.library.update(self.current_doc, cached=True, last_used=time.time()):

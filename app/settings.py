@@ -15,8 +15,9 @@ from app.backend import ConfigChange, EngineConfig, LibraryConfig
 
 SETTINGS_FILE = "settings.json"
 ATTENTION_CHOICES = (
-    ("retrieval", "RetrievalAttention (default)"),
-    ("full", "Full attention (comparison)"),
+    ("auto", "Automatic: the faster that fits (default)"),
+    ("retrieval", "RetrievalAttention"),
+    ("full", "Full attention"),
     ("window", "Sinks + window only (comparison)"),
 )
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))

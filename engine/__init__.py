@@ -5,7 +5,7 @@ about a document in a few lines::
 
     from engine import DocumentSession, EngineConfig, Store, TokenEvent, load_model, read_document
 
-    config = EngineConfig()                      # retrieval attention, 128 sinks, 512 window, top-k 100
+    config = EngineConfig()                      # auto attention, 128 sinks, 512 window, top-k 100
     loaded = load_model(config.model)            # "default", a model folder or a hub id
     session = DocumentSession(loaded, read_document("manual.pdf"), config, store=Store())
     for event in session.ask("Which year was it built?"):

@@ -266,7 +266,10 @@ def chat_markdown(record: ChatRecord, document: Document) -> str:
 
 
 def _settings(session: DocumentSession) -> dict:
-    return dataclasses.asdict(session.config)
+    """The EngineConfig fields an answer was made with, and the attention mode that answered it and why (for
+    config.attention "auto" the session's choice, engine.attention_mode)."""
+    return {**dataclasses.asdict(session.config), "attention_used": session.attention.mode,
+            "attention_reason": session.attention.reason}
 
 
 def _title_from(question: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ATTENTION_MODES = ("full", "retrieval", "window", "exact", "flat", "ivf", "hnsw")
+ATTENTION_MODES = ("auto", "full", "retrieval", "window", "exact", "flat", "ivf", "hnsw", "qgraph")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WEIGHTS = ("full", "8bit", "4bit")  # the weights as stored, or quantized at load (engine.quantize)
@@ -25,20 +25,23 @@ class EngineConfig:
         folder, or a hub id.
     weights: "full" (the model's weights in `dtype`), or "8bit"/"4bit": its linear layers quantized at load
         (engine.quantize), so a larger model fits a smaller card.
-    attention: "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks + last
-        window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
+    attention: "auto" (full attention where it is faster and fits the device, else retrieval: chosen per document
+        by engine.attention_mode), "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks +
+        last window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
     n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
     top_k: keys retrieved per query head and decode step from the offloaded set.
     search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
     kv_dtype: the dtype of the document's K/V after prefill (CPU memory and disk): float16 or float32.
     prefill_chunk: tokens per prefill step; 0 chooses by device (`prefill_chunk_for`).
+    decode_threads: torch's CPU threads while decoding (one token per step: each op is too small to share, and
+        sharing costs a barrier per op, far more on a busy machine; docs/benchmarks.md, profile); 0 keeps torch's.
     """
 
     model: str = "default"
     device: str = "auto"
     dtype: str = "auto"
     weights: str = "full"
-    attention: str = "retrieval"
+    attention: str = "auto"
     n_sink: int = 128
     n_window: int = 512
     top_k: int = 100
@@ -49,6 +52,7 @@ class EngineConfig:
     top_p: float = 1.0
     prefill_chunk: int = 0
     threads: int = 0
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,7 +68,7 @@ class EngineConfig:
             problems.append(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name in ("n_sink", "n_window", "threads", "prefill_chunk"):
+        for name in ("n_sink", "n_window", "threads", "prefill_chunk", "decode_threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 or more")
         for name in ("top_k", "search_effort", "max_new_tokens"):

@@ -67,7 +67,7 @@ def retrieved_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, out, lse, lse_off, weights, scratch):
+def decode_attention_kernel(q, static_k, static_v, keys, values, ids, scale, out, lse, lse_off, weights, scratch):
     """One decode query per head: exact attention over the static set and over the retrieved rows, merged.
 
     q [H, D] float32; static_k/static_v [H_kv, S, D] and keys/values [H_kv, N, D] (float32, or uint16 bits of
@@ -177,7 +177,7 @@ def decode_attention_cpu(q: torch.Tensor, static_k: torch.Tensor, static_v: torc
     lse_off = np.empty(n_heads, dtype=np.float32)
     weights = np.empty((n_heads, ids.shape[-1]), dtype=np.float32)
     scratch = np.empty((n_heads // static_k.shape[0], static_k.shape[1]), dtype=np.float32)
-    _decode_attention_kernel(
+    decode_attention_kernel(
         q.detach().float().numpy().reshape(n_heads, dim), _as_kernel_array(static_k), _as_kernel_array(static_v),
         _as_kernel_array(k), _as_kernel_array(v), ids.numpy().reshape(n_heads, -1), np.float32(scale),
         out, lse, lse_off, weights, scratch,

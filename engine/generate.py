@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,12 @@ Event = Progress | TokenEvent | Finished
 
 
 class IncrementalText:
-    """Turns a growing list of token ids into text deltas, holding back half-decoded characters."""
+    """Turns a growing list of token ids into text deltas, holding back half-decoded characters.
+
+    Each token decodes only the ids since the last emitted delta's start (a window of a few tokens, as text
+    generation servers do), not the whole answer: constant work per token instead of work growing with the answer.
+    The deltas join to the whole answer's decoding; `flush` checks that and adds what is missing.
+    """
 
     MAX_HELD = 4  # a UTF-8 character spans at most 4 byte-level tokens
 
@@ -82,24 +88,28 @@ class IncrementalText:
         self.ids: list[int] = []
         self.text = ""
         self.held = 0
+        self._start = 0  # ids[_start:_done] decode to the end of the text emitted so far
+        self._done = 0
 
     def add(self, token: int) -> str:
         """Append a token; return the text it completes ("" while a character is incomplete)."""
         self.ids.append(token)
-        new = self.decode(self.ids)
-        if new.endswith("\ufffd") and self.held < self.MAX_HELD:
+        before = self.decode(self.ids[self._start : self._done])
+        window = self.decode(self.ids[self._start :])
+        if window.endswith("\ufffd") and self.held < self.MAX_HELD:
             self.held += 1
             return ""
-        return self._advance(new)
+        self.held = 0
+        delta = window[len(before) :] if window.startswith(before) else window
+        self._start, self._done = self._done, len(self.ids)
+        self.text += delta
+        return delta
 
     def flush(self) -> str:
-        """Whatever is still held back, at the end of the answer."""
-        return self._advance(self.decode(self.ids))
-
-    def _advance(self, new: str) -> str:
-        self.held = 0
-        common = len(self.text) if new.startswith(self.text) else 0
-        delta, self.text = new[common:], new
+        """Whatever is still held back, at the end of the answer (the whole answer decoded once)."""
+        whole = self.decode(self.ids)
+        delta = whole[len(self.text) :] if whole.startswith(self.text) else ""
+        self.text, self.held = whole, 0
         return delta
 
 
@@ -145,11 +155,27 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (0: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads and threads != previous:
+            torch.set_num_threads(previous)
+
+
 def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
              decode_text: Callable[[list[int]], str], stop_ids: set[int], max_positions: int,
              options: SamplingOptions = SamplingOptions(), cancel: CancelToken | None = None,
-             prefill_chunk: int = 512, forward_kwargs: dict | None = None) -> Iterator[Event]:
+             prefill_chunk: int = 512, forward_kwargs: dict | None = None, decode_threads: int = 0
+             ) -> Iterator[Event]:
     """Prefill what `cache` does not hold yet of prompt_ids, then decode; yield events as they happen.
+
+    decode_threads: torch's CPU threads for the decode steps (0: as set), restored after each step.
 
     The cache must hold exactly prompt_ids[:cache.get_seq_length()] (a reused prefix) or nothing.
     Yields Progress (prefill), one TokenEvent per answer token, then one Finished.
@@ -182,7 +208,8 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
             if cancel:
                 cancel.raise_if_cancelled()
             step = torch.tensor([[token]], device=model.device)
-            logits = model(input_ids=step, cache=cache, use_cache=True, **(forward_kwargs or {})).logits[0, -1]
+            with torch_threads(decode_threads):
+                logits = model(input_ids=step, cache=cache, use_cache=True, **(forward_kwargs or {})).logits[0, -1]
     finished_at = time.perf_counter()
     first_token_at = first_token_at or finished_at
     if rest := text.flush():

@@ -7,9 +7,10 @@ import time
 from collections.abc import Iterator
 
 import torch
-from transformers import Cache, DynamicCache
+from transformers import Cache
 
 import engine.chat_store as chat_store
+from engine.attention_mode import AttentionChoice, choose_attention
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.chat import Chat
@@ -18,23 +19,29 @@ from engine.citations import Passage, SpanMap, document_span_map, top_passages
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ChatError, ContextTooLongError, StoreError
 from engine.events import CancelToken
+from engine.full_cache import growing_cache
 from engine.generate import Event, Finished, SamplingOptions, TokenEvent, generate, prefill_steps
 from engine.index import IndexParams
 from engine.ingest import Document, token_spans
 from engine.layer_prefill import document_prefill_steps
+from engine.memory import available_ram, device_free
 from engine.model import LoadedModel
 from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
 from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.shared_kv import full_attention_cache, kv_only_settings
 from engine.sizing import check_text_length
 from engine.store import Store
+from engine.warmup import start_kernel_warmup
 
 FULL_ATTENTION = "sdpa"
 
 
-def retrieval_settings(config: EngineConfig, device: torch.device | None = None) -> RetrievalSettings:
-    """The cache settings for a retrieval-family attention mode of `config` on a model on `device`."""
-    method = WINDOW_ONLY if config.attention == "window" else config.attention
+def retrieval_settings(config: EngineConfig, device: torch.device | None = None, mode: str | None = None
+                       ) -> RetrievalSettings:
+    """The cache settings for a retrieval-family attention `mode` (default: config.attention) on `device`."""
+    mode = mode or config.attention
+    method = WINDOW_ONLY if mode == "window" else mode
     params = IndexParams(effort=config.search_effort, knn_device=device.type if device else "cpu")
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
                              effort=config.search_effort, index_params=params,
@@ -44,13 +51,14 @@ def retrieval_settings(config: EngineConfig, device: torch.device | None = None)
 class DocumentSession:
     """Ask questions about `document`; after the first, only the question's tokens are prefilled.
 
-    attention "full": ordinary attention with transformers' DynamicCache. Every other mode prefills
-    the document with exact attention into a RetrievalCache, builds the key indexes, then answers with
-    the static set + retrieved keys (engine.retrieval).
+    config.attention "auto" is resolved once per session (`attention`: the mode and why, engine.attention_mode).
+    Full attention answers with a DynamicCache (engine.full_cache). Every other mode prefills the document with exact
+    attention into a RetrievalCache, builds the key indexes, then answers with the static set + retrieved keys
+    (engine.retrieval).
 
-    store: a document library (engine.store). With it, retrieval-family modes open the document's
-    saved K/V and index instead of prefilling (`cached` is then True), and save them after a prefill.
-    Full attention is never stored. `cache_notices` says why a stored cache was rebuilt or not saved.
+    store: a document library (engine.store). With it, the document's saved K/V (and, for retrieval, its index)
+    are opened instead of prefilling (`cached` is then True), and saved after a prefill. Both modes share the
+    stored K/V (engine.shared_kv). `cache_notices` says why a stored cache was rebuilt or not saved.
     """
 
     def __init__(self, loaded: LoadedModel, document: Document, config: EngineConfig,
@@ -60,6 +68,9 @@ class DocumentSession:
         self.prompt: DocumentPrompt = build_document_prompt(loaded.tokenizer, document.text)
         self._cache: Cache | None = None
         self.check_fits(len(self.prompt.prefix_ids))
+        self.attention: AttentionChoice = self._choose_attention()
+        if self.uses_retrieval and loaded.device.type == "cpu":  # the first token need not wait for the kernels
+            start_kernel_warmup(getattr(torch, config.kv_dtype), loaded.dtype, self.attention.mode)
         self.cached = False  # the document's prefill was skipped: its cache came from the store
         self.cache_bytes = 0  # bytes of this document's cache (K/V + index) on disk, 0 when not stored
         self.cache_notices: list[str] = []
@@ -88,8 +99,8 @@ class DocumentSession:
         """The document prefix is prefilled (and indexed): a question prefills only its own tokens."""
         if self._cache is None:
             return False
-        if self.uses_retrieval:
-            return self._cache.indexed
+        if isinstance(self._cache, RetrievalCache):
+            return self._cache.indexed and self.uses_retrieval
         return self._cache.get_seq_length() >= self.prefix_tokens
 
     def cache_size_bytes(self) -> int:
@@ -105,7 +116,30 @@ class DocumentSession:
 
     @property
     def uses_retrieval(self) -> bool:
-        return self.config.attention != "full"
+        return self.attention.mode != "full"
+
+    def _choose_attention(self) -> AttentionChoice:
+        """config.attention, or for "auto" the mode that suits this document on this device (engine.attention_mode)."""
+        device = self.loaded.device
+        free = device_free(device) if device.type == "cuda" else available_ram()
+        return choose_attention(self.config.attention, device.type, free,
+                                self.prefix_tokens + self.config.max_new_tokens, self.loaded.shape)
+
+    def _cache_settings(self) -> RetrievalSettings:
+        """The settings of the document's RetrievalCache: the retrieval mode's, or for full attention the K/V alone."""
+        settings = retrieval_settings(self.config, self.loaded.device, self.attention.mode)
+        return settings if self.uses_retrieval else kv_only_settings(settings)
+
+    def _decoding_cache(self) -> Cache:
+        """The cache to decode with: the RetrievalCache, or for full attention a DynamicCache of its whole prefix."""
+        if self.uses_retrieval or not isinstance(self._cache, RetrievalCache):
+            return self._cache
+        return full_attention_cache(self._cache, self.loaded.config, self.loaded.device, self.loaded.dtype,
+                                    self._answer_room())
+
+    def _answer_room(self) -> int:
+        """Tokens a full-attention cache makes room for beyond the document: a question and the longest answer."""
+        return self.config.max_new_tokens + 256
 
     @property
     def prefill_chunk(self) -> int:
@@ -170,12 +204,13 @@ class DocumentSession:
             if self.uses_retrieval:
                 self._cache.trace = AttentionTrace(self.prefix_tokens)
             prepare_s = 0.0
-            if self.uses_retrieval and not self._cache.indexed:
+            if isinstance(self._cache, RetrievalCache) and not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 prepare_s = time.perf_counter() - started
                 yield from self._save_to_store(cancel)
             elif load_s:
                 prepare_s = load_s
+            self._cache = self._decoding_cache()
             self._crop_to_shared(prompt_ids)
             self._known_ids = list(prompt_ids)
             for event in generate(
@@ -183,7 +218,7 @@ class DocumentSession:
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                 stop_ids=self.loaded.stop_token_ids, max_positions=self.loaded.max_positions or 1 << 62,
                 options=options, cancel=cancel, prefill_chunk=self.prefill_chunk,
-                forward_kwargs=forward_kwargs,
+                forward_kwargs=forward_kwargs, decode_threads=self.config.decode_threads,
             ):
                 if isinstance(event, TokenEvent):  # a stopped answer: the cache holds a prefix of these
                     self._known_ids.append(event.token_id)
@@ -222,7 +257,7 @@ class DocumentSession:
         try:
             if self._cache is None:
                 self._cache = yield from self._open_cache()
-            if not self.uses_retrieval:
+            if not isinstance(self._cache, RetrievalCache):
                 done = self._cache.get_seq_length()
                 ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
                 if len(ids):
@@ -230,6 +265,7 @@ class DocumentSession:
             elif not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 yield from self._save_to_store(cancel)
+            self._cache = self._decoding_cache()
         except CancelledError:
             raise
         except BaseException:
@@ -253,13 +289,18 @@ class DocumentSession:
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
         """Prefill the whole document prefix with exact attention and build the indexes (resumes after a cancel)."""
         ids = torch.tensor(self.prompt.prefix_ids, dtype=torch.long)
-        yield from document_prefill_steps(self.loaded.model, ids, self._cache, self.prefill_chunk, cancel)
+        model = self.loaded.model
+        model.set_attn_implementation(RETRIEVAL_ATTENTION)  # records the K/V and training queries, also for full
+        try:
+            yield from document_prefill_steps(model, ids, self._cache, self.prefill_chunk, cancel)
+        finally:
+            model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
 
     def _open_cache(self) -> Iterator[Event]:
         """A restored cache from the store when there is a valid one (``cache = yield from ...``), else a new one."""
-        if self.store is None or not self.uses_retrieval:
+        if self.store is None:
             return self._make_cache()
-        settings = retrieval_settings(self.config, self.loaded.device)
+        settings = self._cache_settings()
         try:
             self._doc_id = self.store.add_document(self.document, self.prompt.doc_token_end
                                                    - self.prompt.doc_token_start)
@@ -279,7 +320,7 @@ class DocumentSession:
 
     def _save_to_store(self, cancel: CancelToken | None) -> Iterator[Event]:
         """Save the freshly indexed cache (progress stage "saving"); a failure becomes a notice."""
-        if self.store is None or self._saved or not self.uses_retrieval:
+        if self.store is None or self._saved or not isinstance(self._cache, RetrievalCache):
             return
         started = time.perf_counter()
         identity = CacheIdentity.of(self.loaded, self.prompt.prefix_ids, self._cache.settings)
@@ -303,21 +344,22 @@ class DocumentSession:
 
     def _make_cache(self) -> Cache:
         config = self.loaded.model.config
-        if not self.uses_retrieval:
-            return DynamicCache(config=config)
+        if not self.uses_retrieval and self.store is None:
+            return growing_cache(config, self.prefix_tokens + self._answer_room())
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.cache_devices,
-                              retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
+                              self._cache_settings(), self.loaded.dtype)
 
 
-def _with_document_prefill(event: Finished, prepare_s: float, cache: RetrievalCache, save_s: float = 0.0,
+def _with_document_prefill(event: Finished, prepare_s: float, cache: Cache, save_s: float = 0.0,
                            reused: bool = False) -> Finished:
     """Count the document prefill, index build and cache save (done before generate) in the answer's
     stats; reused: the prefix came from the store (prepare_s is then the load time, not a prefill).
     The prefill's time is prepare_s less the index build time that the prefill did not hide."""
-    stats = dataclasses.replace(event.stats, index_build_s=cache.index_build_s, index_wait_s=cache.index_wait_s)
+    build_s, wait_s = getattr(cache, "index_build_s", 0.0), getattr(cache, "index_wait_s", 0.0)  # 0 under full
+    stats = dataclasses.replace(event.stats, index_build_s=build_s, index_wait_s=wait_s)
     if reused:
         stats = dataclasses.replace(stats, ttft_s=stats.ttft_s + prepare_s)
     else:
-        stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - cache.index_wait_s,
+        stats = dataclasses.replace(stats, reused_tokens=0, prefill_s=stats.prefill_s + prepare_s - wait_s,
                                     ttft_s=stats.ttft_s + prepare_s + save_s)
     return dataclasses.replace(event, stats=stats)

@@ -10,9 +10,9 @@ from app.settings import AppSettings, change_impact, config_dir, load_settings, 
 from engine import GIB, EngineConfig
 
 
-def test_defaults_use_retrieval_attention_and_the_default_model():
+def test_defaults_use_auto_attention_and_the_default_model():
     settings = AppSettings()
-    assert settings.engine.model == "default" and settings.engine.attention == "retrieval"
+    assert settings.engine.model == "default" and settings.engine.attention == "auto"
     settings.validate()
     assert settings.engine == EngineConfig()  # the engine's defaults are the app's: one home
 

@@ -105,3 +105,43 @@ def test_seeded_sampling_is_reproducible_and_tiny_top_p_is_greedy(tiny_loaded):
     nucleus = SamplingOptions(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=3)
     greedy = SamplingOptions(max_new_tokens=10)
     assert run(tiny_loaded, ids, nucleus)[-1].token_ids == run(tiny_loaded, ids, greedy)[-1].token_ids
+
+
+def test_incremental_text_decodes_a_window_and_its_deltas_join_to_the_whole_answer(tiny_loaded):
+    from engine.generate import IncrementalText
+
+    tokenizer = tiny_loaded.tokenizer
+    text = "Keepers wrote: «the light never failed» — 1874, 7351 ✓ done."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    lengths: list[int] = []
+
+    def decode(part: list[int]) -> str:
+        lengths.append(len(part))
+        return tokenizer.decode(part, skip_special_tokens=True)
+
+    stream = IncrementalText(decode)
+    joined = "".join(stream.add(token) for token in ids)
+    decode_calls_before_flush = len(lengths)
+    joined += stream.flush()
+    assert joined == tokenizer.decode(ids) == stream.text
+    assert "\ufffd" not in joined
+    assert max(lengths[:decode_calls_before_flush]) <= 2 * (IncrementalText.MAX_HELD + 1)  # a window, not the answer
+
+
+@pytest.mark.parametrize("capacity", [0, 10, 400])  # regrown many times, once, never
+def test_the_growing_cache_decodes_what_dynamic_cache_decodes_and_crops_back(tiny_loaded, capacity):
+    from engine.full_cache import GrowingLayer, growing_cache
+
+    prompt = prompt_ids(tiny_loaded, 60)
+    reference = run(tiny_loaded, prompt)[-1]
+    cache = growing_cache(tiny_loaded.model.config, capacity)
+    assert all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+    decode = lambda ids: tiny_loaded.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    finished = list(generate(tiny_loaded.model, prompt, cache, decode, set(), tiny_loaded.max_positions,
+                             TWELVE_TOKENS, prefill_chunk=7))[-1]
+    assert finished.token_ids == reference.token_ids
+    assert cache.get_seq_length() == 60 + 12
+    cache.crop(-13)  # back to the prompt's first 59 tokens: the last one is prefilled again
+    again = list(generate(tiny_loaded.model, prompt, cache, decode, set(), tiny_loaded.max_positions,
+                          TWELVE_TOKENS, prefill_chunk=7))[-1]
+    assert again.token_ids == reference.token_ids and again.stats.reused_tokens == 59

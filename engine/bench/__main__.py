@@ -23,6 +23,9 @@ SUITES: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "cards": ("engine.bench.cards_suite", "which catalog model fits which GPU, computed by the fit check"),
     "fingerprint": ("engine.bench.fingerprint_suite", "the model identity's cost at open: first open, later opens"),
     "fuzz": ("engine.bench.fuzz_suite", "mutated PDFs and texts through read_document: only the project's own errors"),
+    "profile": ("engine.bench.profile_suite", "where a decode token's time and a reopen's fixed costs go"),
+    "peers": ("engine.bench.peers_suite", "Folio against llama.cpp on the same GGUF and documents"),
+    "cpu_work": ("engine.bench.cpu_work_suite", "the CPU's work per token for Llama-3-8B's shape at 128K"),
 }
 
 

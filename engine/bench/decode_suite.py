@@ -51,24 +51,27 @@ from engine.sizing import training_stride
 
 N_SINK, N_WINDOW, N_TEST, TOP_K = 128, 512, 64, 100
 SEGMENT = 8192  # tokens per captured segment: the default model's max positions
-METHODS = ("full", "flat", "ivf", "hnsw", "exact", "retrieval")
-INDEX_METHODS = ("flat", "ivf", "hnsw", "exact", "retrieval")
+METHODS = ("full", "flat", "ivf", "hnsw", "exact", "retrieval", "qgraph")
+INDEX_METHODS = ("flat", "ivf", "hnsw", "exact", "retrieval", "qgraph")
 _GRID = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 EFFORTS: dict[str, list[int | None]] = {  # about x1.5 steps, so the chosen effort is close to the target
     "retrieval": list(_GRID),
+    "qgraph": list(_GRID),
     "hnsw": list(_GRID),
     "ivf": [1, 2, 3, 4, 6, 8, 12, *_GRID],
     "flat": [None],
     "exact": [None],
 }
-EFFORT_NAME = {"retrieval": "queue", "hnsw": "efSearch", "ivf": "nprobe"}
-RATIO_BASES = ("full", "flat", "ivf")
+EFFORT_NAME = {"retrieval": "queue", "qgraph": "queue", "hnsw": "efSearch", "ivf": "nprobe"}
+RATIO_BASES = ("full", "flat", "ivf", "retrieval")
 NOT_REACHED = "target never reached: largest effort"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", default="8192,32768,131072", help="comma list of N (context tokens)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS[:-1]),
+                        help="comma list of " + ",".join(METHODS) + "; qgraph:S sets the compressed graph's slack S "
+                        "(1: the exact graph's results; below: fewer exact q·k)")
     parser.add_argument("--vectors", choices=("real", "prefill", "synthetic"), default="real",
                         help="real: RoPE-tiled 8K captures; prefill: one untiled prefill of max(--tokens)")
     parser.add_argument("--layer", type=int, default=15, help="real vectors: layer of the default model (15)")
@@ -355,6 +358,8 @@ class Contender:
     row: dict
     step: Callable[[torch.Tensor], torch.Tensor]
     search_s: list[float] = field(default_factory=list)
+    index: LayerIndex | None = None
+    effort: int | None = None
 
 
 def time_interleaved(contenders: list[Contender], test: torch.Tensor, steps: int, repeats: int) -> None:
@@ -404,14 +409,33 @@ def choose_effort(method: str, index: LayerIndex, w: Workload, target: float
     return (*result[:3], NOT_REACHED)
 
 
-def prepare_method(method: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor) -> Contender:
-    """Build the method's index and choose its effort at the target recall; timing comes later."""
-    row: dict = {"method": method, "param": "", "tokens": w.n_tokens, "n_offloaded": w.off_k.shape[1]}
+def split_method(spec: str) -> tuple[str, float | None]:
+    """"qgraph:0.5" -> ("qgraph", 0.5); any other method -> (method, None)."""
+    method, _, slack = spec.partition(":")
+    return method, float(slack) if slack else None
+
+
+def prepare_method(spec: str, w: Workload, args: argparse.Namespace, reference: torch.Tensor,
+                   built: dict[str, LayerIndex]) -> Contender:
+    """Build the method's index (or reuse `built`'s: qgraph codes the graph of "retrieval" when that is built) and
+    choose its effort at the target recall; timing comes later."""
+    method, slack = split_method(spec)
+    row: dict = {"method": spec, "param": "", "tokens": w.n_tokens, "n_offloaded": w.off_k.shape[1]}
     if method == "full":
         return Contender(row | {"recall_at_100": 1.0, "scanned_fraction": 1.0, "build_s": 0.0, "attn_err": 0.0},
                          full_step(w))
     started = time.perf_counter()
-    index = build_layer_index(method, w.off_k.numpy(), w.train.numpy(), IndexParams(threads=args.index_threads))
+    params = IndexParams(threads=args.index_threads)
+    if method == "qgraph" and "retrieval" in built:  # the same graph, with its edges coded: the reference's own
+        from engine.index.qgraph import CodedGraphIndex, code_graph
+
+        index = CodedGraphIndex(built["retrieval"], *code_graph(built["retrieval"]))
+    else:
+        index = built.get(method) if method != "qgraph" else None
+        index = index or build_layer_index(method, w.off_k.numpy(), w.train.numpy(), params)
+    built.setdefault(method, index)
+    if slack is not None:
+        index = _with_slack(index, slack)
     build_s = time.perf_counter() - started
     effort, recall, scanned, how = choose_effort(method, index, w, args.target_recall)
     search_s: list[float] = []
@@ -419,9 +443,25 @@ def prepare_method(method: str, w: Workload, args: argparse.Namespace, reference
     return Contender(row | {
         "param": f"{EFFORT_NAME[method]}={effort}" if effort is not None else "",
         "recall_at_100": recall, "scanned_fraction": scanned, "build_s": build_s,
+        "estimated_fraction": _estimated_fraction(index, w, effort),
         "attn_err": relative_error(torch.cat([step(w.test[:, i : i + 1]) for i in range(w.test.shape[1])], 1),
                                    reference), "target_reached": how != NOT_REACHED,
-    }, step, search_s)
+    }, step, search_s, index, effort)
+
+
+def _with_slack(index: LayerIndex, slack: float) -> LayerIndex:
+    """A qgraph index sharing `index`'s graph and codes, at another slack."""
+    from engine.index.qgraph import CodedGraphIndex
+
+    return CodedGraphIndex(index.graph, index.codes, index.scales, slack=slack, threads=index.threads)
+
+
+def _estimated_fraction(index: LayerIndex, w: Workload, effort: int | None) -> float | None:
+    """qgraph: code estimates per search / offloaded keys (the exact q·k are scanned_fraction); else None."""
+    if getattr(index, "last_estimated", None) is None:
+        return None
+    index.search(w.test.numpy(), TOP_K, effort)
+    return float(index.last_estimated.mean()) / w.off_k.shape[1]
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -443,7 +483,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
     """The decode workload of N = n_tokens: RoPE-tiled real vectors or synthetic ones."""
     if real is not None:
         segments, inv_freq = real
-        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, _train_count(args, n_tokens))
+        keys, train, test = tile_vectors(segments, n_tokens, inv_freq, train_count(args, n_tokens))
         seg_len = segments[0].keys.shape[1]
         if args.vectors == "prefill":
             source = f"real, one prefill of {args.model} (RoPE x{args.rope_scale:g}), layer {args.layer}"
@@ -453,7 +493,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
             source = f"real layer {args.layer}, RoPE-tiled from {len(segments)} x {seg_len}-token segments"
     else:
         heads, kv_heads, dim = args.heads or 9, args.kv_heads or 3, args.dim or 64
-        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, _train_count(args, n_tokens), args.seed)
+        keys, train, test = synthetic_vectors(n_tokens, heads, kv_heads, dim, train_count(args, n_tokens), args.seed)
         source = f"synthetic {heads}/{kv_heads} heads, dim {dim}"
     return make_workload(keys, train, test, source, args.seed, getattr(torch, args.kv_dtype))
 
@@ -461,7 +501,7 @@ def workload_for(n_tokens: int, args: argparse.Namespace, real: tuple[list[Segme
 def run(args: argparse.Namespace, report: Report) -> None:
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted({split_method(m)[0] for m in methods} - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     token_counts = [int(t) for t in args.tokens.split(",") if t.strip()]
@@ -482,7 +522,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         w = workload_for(n_tokens, args, real)
         print(f"N = {n_tokens}: {w.source}; offloaded {w.off_k.shape[1]} keys", flush=True)
         reference = full_step(w)(w.test)
-        contenders = [prepare_method(method, w, args, reference) for method in methods]
+        built: dict[str, LayerIndex] = {}
+        contenders = [prepare_method(method, w, args, reference, built) for method in methods]
         time_interleaved(contenders, w.test, args.steps, args.repeats)
         rows = [c.row for c in contenders]
         for row in rows:
@@ -507,6 +548,6 @@ def run(args: argparse.Namespace, report: Report) -> None:
         )
 
 
-def _train_count(args: argparse.Namespace, n_tokens: int) -> int:
+def train_count(args: argparse.Namespace, n_tokens: int) -> int:
     """--train-queries, or as many as the app's RetrievalCache keeps for a prefix of n_tokens."""
     return args.train_queries or n_tokens // training_stride(n_tokens)

@@ -51,7 +51,7 @@ def ask_command(args: argparse.Namespace) -> int:
         store = Store()  # the document or chat is in the library: without it there is nothing to ask about
     elif not args.no_cache:
         try:
-            store = Store()  # caches (retrieval modes) and chats
+            store = Store()  # the document's K/V (both attention modes share them) and chats
         except StoreError as error:  # a full disk, a damaged library: answer without it, and say so
             library_notice = f"library not used: {error}"
     ingest_started = time.perf_counter()
@@ -81,7 +81,8 @@ def ask_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights, "attention": config.attention,
+            "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,
+            "attention": session.attention.mode, "attention_reason": session.attention.reason,
             "document": str(document.source), "pages": document.pages, "document_warnings": list(document.warnings),
             "chat_id": chat.id, "turn": len(chat.turns), "chat_tokens": chat.tokens_used,
             "prompt_tokens": stats.prompt_tokens, "prefill_tokens": stats.prefill_tokens,

@@ -20,7 +20,8 @@ graph (`engine.index.graph_build`, from the exact nearest keys of `engine.index.
 Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
 best `effort` keys scanned and expanding the best unexpanded one; the answer is the best k of every key
 scanned. A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
-the thread pool (and stalls of milliseconds when the cores are busy).
+numba's thread pool (and stalls of milliseconds when the cores are busy), or with its heads shared among
+`search_threads` plain threads (engine.index.parallel).
 
 Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
 the flat ``indices`` int32; ``entries [G, E]`` int64 (-1 padded); ``graph_of [H]``. `to_arrays()` returns these.
@@ -40,6 +41,7 @@ from engine.index.graph_build import N_ENTRIES, build_head_graph
 from engine.index.graph_search import search_parallel, search_serial
 from engine.index.kernels import search_workspace, thread_search_workspaces
 from engine.index.knn import key_neighbours
+from engine.index.parallel import default_search_threads, over_heads
 
 METHOD = "retrieval"
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
@@ -49,7 +51,7 @@ _WORKSPACES = threading.local()
 WORKSPACES_KEPT = 4  # per thread: a decode step's layers share one (same N, effort, top-k)
 
 
-def _reused_workspace(shape: tuple, make):
+def reused_workspace(shape: tuple, make):
     """The search scratch make(*shape), kept per thread and reused: a decode step's searches (every layer has
     the same N, effort and top-k) then touch warm memory instead of fresh pages. The kernels leave the visited
     array all False, so a kept workspace is ready for the next search."""
@@ -101,6 +103,7 @@ class GraphIndex:
         self.entries = np.ascontiguousarray(entries, dtype=np.int64).reshape(n_graphs, -1)
         self.graph_of = (np.arange(n_heads) if n_graphs == n_heads else self.kv_of).astype(np.int64)
         self.max_degree = int(np.diff(self.indptr, axis=1).max()) if self.n_keys else 0
+        self.search_threads = params.threads or default_search_threads()
 
     def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
         """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
@@ -116,13 +119,18 @@ class GraphIndex:
         arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries)
         degree_room = max(64, 1 << self.max_degree.bit_length())  # layers differ a little in max degree
         if n_heads * m >= PARALLEL_MIN_SEARCHES:  # one workspace per numba thread, kept like the serial one
-            works = _reused_workspace(
+            works = reused_workspace(
                 (numba.config.NUMBA_NUM_THREADS, self.n_keys, size, k, degree_room), thread_search_workspaces
             )
             ids, scanned = search_parallel(queries, *arrays, size, k, works)
-        else:
-            work = _reused_workspace((self.n_keys, size, k, degree_room), search_workspace)
-            ids, scanned = search_serial(queries, *arrays, size, k, work)
+        else:  # a decode step: its heads on `search_threads` threads (engine.index.parallel), each with its workspace
+            def search_heads(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                work = reused_workspace((self.n_keys, size, k, degree_room), search_workspace)
+                return search_serial(queries[heads], self.keys, self.kv_of[heads], self.graph_of[heads], self.indptr,
+                                     self.indices, self.entries, size, k, work)
+
+            parts = over_heads(search_heads, n_heads, self.search_threads)
+            ids, scanned = (np.concatenate([p[i] for p in parts]) for i in range(2))
         return SearchResult(ids, scanned)
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ def _sift_down(heap_s, heap_i, n, s, v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _heap_push(heap_s, heap_i, n, cap, s, v):
+def heap_push(heap_s, heap_i, n, cap, s, v):
     """Keep the best `cap` (score, id) in a HEAP_ARITY-ary min-heap of n entries (the worst kept at 0); returns
     the new n."""
     if n == cap:
@@ -68,7 +68,7 @@ def _heap_push(heap_s, heap_i, n, cap, s, v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _heap_pop(heap_s, heap_i, n):
+def heap_pop(heap_s, heap_i, n):
     """Drop the root (the smallest) of a min-heap of n > 0 entries; returns the new n."""
     n -= 1
     if n > 0:
@@ -117,14 +117,14 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
         s = key_dot(q, keys[v])
         scanned += 1
         if separate_answer:
-            n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+            n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
         if n_res < size or s > res_s[0]:
-            n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-            n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
+            n_res = heap_push(res_s, res_i, n_res, size, s, v)
+            n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
             prefetch(indptr, v)
     while n_cand > 0 and not (n_res == size and -cand_s[0] < res_s[0]):
         node = cand_i[0]
-        n_cand = _heap_pop(cand_s, cand_i, n_cand)
+        n_cand = heap_pop(cand_s, cand_i, n_cand)
         if n_cand > 0:
             prefetch(indices, indptr[cand_i[0]])  # the likely next node's list
         n_fresh = _unvisited_neighbours(node, indptr, indices, visited, fresh, keys)
@@ -134,10 +134,10 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
             v = fresh[j]
             s = key_dot(q, keys[v])
             if separate_answer:
-                n_ans = _heap_push(ans_s, ans_i, n_ans, k, s, v)
+                n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
             if n_res < size or s > res_s[0]:
-                n_res = _heap_push(res_s, res_i, n_res, size, s, v)
-                n_cand = _heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
+                n_res = heap_push(res_s, res_i, n_res, size, s, v)
+                n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
                 prefetch(indptr, v)
         scanned += n_fresh
     if separate_answer:
