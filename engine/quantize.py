@@ -74,3 +74,17 @@ def import_bitsandbytes():
 def precision_label(weights: str, dtype: torch.dtype | str) -> str:
     """What the status bar and the picker call a precision: "bfloat16", "4-bit (NF4)", "8-bit"."""
     return {"8bit": "8-bit", "4bit": "4-bit (NF4)"}.get(weights, str(dtype).removeprefix("torch."))
+
+
+def held_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every tensor the model holds, each storage once: parameters, buffers, and bitsandbytes' scales and
+    tables (a 4-bit weight's quant_state, an 8-bit weight's SCB)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for parameter in list(tensors):
+        state = getattr(parameter, "quant_state", None)
+        if state is not None:
+            tensors += [state.absmax, state.code] + ([state.state2.absmax, state.state2.code, state.offset]
+                                                     if state.nested else [])
+        if getattr(parameter, "SCB", None) is not None:
+            tensors.append(parameter.SCB)
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())

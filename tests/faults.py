@@ -14,22 +14,11 @@ from pathlib import Path
 import pymupdf
 import pytest
 
+from engine.bench.fuzz_suite import pdf_from_objects as raw_pdf  # noqa: F401  (the fault tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 ASK_OPTIONS = ["--attention", "exact", "--n-sink", "8", "--n-window", "32", "--max-new-tokens", "6"]
 LIGHT_TEXT = "The light was first lit in 1865 by Anders Brekke. " * 30
-
-
-def raw_pdf(objects: list[bytes]) -> bytes:
-    """A PDF with these objects (numbered from 1; object 1 is the catalog) and a correct xref table."""
-    out, offsets = b"%PDF-1.4\n", []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return out
 
 
 def one_page_objects(text: str = "Hello from page one", kids: bytes = b"[3 0 R]") -> list[bytes]:

@@ -49,25 +49,12 @@ def test_logits_close_to_full_precision(tiny_loaded, quantized, weights):
     assert (got - reference).abs().max() > 0  # really quantized
 
 
-def held_bytes(model) -> int:
-    """Every tensor the model holds, each storage once: parameters, buffers, and bitsandbytes' scales and tables."""
-    tensors = [*model.parameters(), *model.buffers()]
-    for parameter in list(tensors):
-        state = getattr(parameter, "quant_state", None)
-        if state is not None:
-            tensors += [state.absmax, state.code] + ([state.state2.absmax, state.state2.code, state.offset]
-                                                     if state.nested else [])
-        if getattr(parameter, "SCB", None) is not None:
-            tensors.append(parameter.SCB)
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
-
-
 @pytest.mark.parametrize("weights", ["full", "8bit", "4bit"])
 def test_fit_check_counts_the_weights(tiny_model_dir, weights):
     """As loaded (on the CPU, bitsandbytes repacks 4-bit and 8-bit weights more tightly at the first forward)."""
     loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", weights=weights)
     counted = weights_bytes(loaded.shape, weights, dtype_bytes=4)
-    assert abs(counted - held_bytes(loaded.model)) <= 0.01 * counted
+    assert abs(counted - quantize.held_bytes(loaded.model)) <= 0.01 * counted
 
 
 def test_retrieval_decoding_on_quantized_weights_equals_its_full_attention(quantized):

@@ -82,14 +82,7 @@ def _hand_made_pdf(text: str) -> bytes:
                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
                b"/Resources << /Font << /F1 5 0 R >> >> >>"]
-    out, offsets = b"%PDF-1.4\n", []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    return out + f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return pdf_from_objects(objects)
 
 
 # -- mutations: each takes (data, rng, seeds) and returns new bytes ------------------------------------------------
@@ -243,3 +236,16 @@ def run(args, report) -> None:
     refusals = Counter(re.sub(r"^\S+ ", "", r.detail.split(" (")[0]) for r in results if r.outcome == "refused")
     print("most common refusals: " + "; ".join(f"{n} x {text[:70]}" for text, n in refusals.most_common(6)),
           file=sys.stderr)
+
+
+def pdf_from_objects(objects: list[bytes]) -> bytes:
+    """A PDF with these objects (numbered from 1; object 1 is the catalog) and a correct xref table."""
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out

@@ -41,7 +41,7 @@ from engine.events import ProgressPrinter, run_steps
 from engine.generate import prefill_steps
 from engine.index import IndexParams, build_layer_index
 from engine.layer_prefill import document_prefill_steps
-from engine.quantize import import_bitsandbytes
+from engine.quantize import held_bytes, import_bitsandbytes
 from engine.retrieval import RETRIEVAL_ATTENTION
 from engine.sizing import CUDA_CONTEXT_BYTES, ModelShape, weights_bytes
 
@@ -208,15 +208,7 @@ def _weights_gib(model, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.memory_allocated(device) / 2**30
-    tensors = [*model.parameters(), *model.buffers()]
-    for parameter in list(tensors):
-        state = getattr(parameter, "quant_state", None)
-        if state is not None:
-            tensors += [state.absmax, state.code] + ([state.state2.absmax, state.state2.code, state.offset]
-                                                     if state.nested else [])
-        if getattr(parameter, "SCB", None) is not None:
-            tensors.append(parameter.SCB)
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values()) / 2**30
+    return held_bytes(model) / 2**30
 
 
 def measure(model, ids: torch.Tensor, method: str, device: torch.device, dtype: torch.dtype,
