@@ -73,3 +73,11 @@ def _tiny_model_starts_on_sdpa(request):
 def _isolated_folio_dirs(tmp_path, monkeypatch):
     """Keep tests away from the user's data; share the default model's cache if it exists."""
     monkeypatch.setenv("FOLIO_DATA_DIR", str(tmp_path / "folio-data"))
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    """A fresh folder for the app's settings and state (FOLIO_CONFIG_DIR)."""
+    path = tmp_path / "config"
+    monkeypatch.setenv("FOLIO_CONFIG_DIR", str(path))
+    return path

@@ -28,13 +28,6 @@ LONG_ANSWER = " ".join(f"word{i}" for i in range(400))
 
 
 @pytest.fixture
-def config_dir(tmp_path, monkeypatch):
-    path = tmp_path / "config"
-    monkeypatch.setenv("FOLIO_CONFIG_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def make_window(qtbot, tmp_path, config_dir):
     windows = []
 

@@ -23,13 +23,6 @@ from app.widgets.settings_dialog import SettingsDialog
 
 
 @pytest.fixture
-def config_dir(tmp_path, monkeypatch):
-    path = tmp_path / "config"
-    monkeypatch.setenv("FOLIO_CONFIG_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def make_window(qtbot, tmp_path, config_dir):
     windows = []
 
