@@ -22,7 +22,7 @@ from engine.layer_prefill import document_prefill_steps
 from engine.model import LoadedModel
 from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
-from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.retrieval import RETRIEVAL_ATTENTION, attention_scale
 from engine.store import Store
 
 FULL_ATTENTION = "sdpa"
@@ -33,8 +33,8 @@ def retrieval_settings(config: EngineConfig, device: torch.device | None = None)
     method = WINDOW_ONLY if config.attention == "window" else config.attention
     params = IndexParams(effort=config.search_effort, knn_device=device.type if device else "cpu")
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
-                             effort=config.search_effort, index_params=params,
-                             kv_dtype=getattr(torch, config.kv_dtype))
+                             effort=config.search_effort, attention_share=config.attention_share,
+                             index_params=params, kv_dtype=getattr(torch, config.kv_dtype))
 
 
 class DocumentSession:
@@ -258,7 +258,8 @@ class DocumentSession:
         if not self.uses_retrieval:
             return DynamicCache(config=config)
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.device,
-                              retrieval_settings(self.config, self.loaded.device), self.loaded.dtype)
+                              retrieval_settings(self.config, self.loaded.device), self.loaded.dtype,
+                              attention_scale(self.loaded.model))
 
 
 def _with_document_prefill(event: Finished, prepare_s: float, cache: RetrievalCache, save_s: float = 0.0,
