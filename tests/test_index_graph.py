@@ -8,7 +8,7 @@ from numba import njit
 
 from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
 from engine.index.exact import ExactIndex
-from engine.index.graph import GraphIndex, build_graph_index
+from engine.index.graph import SCAN_SHARE, GraphIndex, build_graph_index
 from engine.index.kernels import half_to_f32, half_to_f32_by_bits
 
 D = 32
@@ -444,3 +444,18 @@ def test_graphs_built_at_once_take_turns_on_an_accelerator(monkeypatch, data):
     assert most[0] == 1
     np.testing.assert_array_equal(taking_turns.indices, reference.indices)
     np.testing.assert_array_equal(taking_turns.search(test, 10).ids, reference.search(test, 10).ids)
+
+
+def test_a_head_whose_queue_holds_a_large_share_of_the_keys_scans_them_all(data, index) -> None:
+    """Scanning returns the exact top-k, best first, and counts every key; a head below the share still searches."""
+    keys, _, test = data
+    n_keys = keys.shape[1]
+    big = int(np.ceil(SCAN_SHARE * n_keys))
+    res = index.search(test, np.array([big, 5, big, 5]), effort=1)
+    assert (res.scanned[[0, 2]] == n_keys).all() and (res.scanned[[1, 3]] < n_keys).all()
+    truth = exact_top(keys, test, big)
+    for h in (0, 2):
+        found = res.ids[h]
+        np.testing.assert_array_equal(np.sort(found, axis=-1), np.sort(truth[h], axis=-1))
+        scores = np.einsum("md,mkd->mk", test[h], keys[h // 2][found])
+        assert (np.diff(scores, axis=-1) <= 1e-5).all()

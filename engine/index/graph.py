@@ -19,8 +19,8 @@ graph (`engine.index.graph_build`, from the exact nearest keys of `engine.index.
 
 Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
 best max(effort, k) keys scanned and expanding the best unexpanded one; the answer is the best k of every key
-scanned. k may differ per query head (the retrieval budget); a head wanting at least SCAN_SHARE of the keys scores
-them all instead. A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which
+scanned. k may differ per query head (the retrieval budget); a head whose queue holds SCAN_SHARE of the keys scores
+them all instead (cheaper beyond that share of the keys). A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which
 avoids waking the thread pool (and stalls of milliseconds when the cores are busy).
 
 Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
@@ -44,7 +44,7 @@ from engine.index.knn import key_neighbours
 
 METHOD = "retrieval"
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
-SCAN_SHARE = 0.5  # a head wanting at least this share of the keys scores them all (see search())
+SCAN_SHARE = 0.1  # a head whose queue holds this share of the keys scores them all instead (see search())
 
 
 _WORKSPACES = threading.local()
@@ -108,9 +108,10 @@ class GraphIndex:
         """queries [H, m, D] float32, k an int or [H] -> ids [H, m, max k] int64 best first (-1 padded, and past
         each head's k), scanned [H, m].
 
-        A head searches with a queue of max(effort, its k) keys (`queue_sizes`), and one whose budget is at least
-        SCAN_SHARE of the keys scores every key instead: the graph would visit most of them anyway, by random
-        reads, where a scan streams them."""
+        A head searches with a queue of max(effort, its k) keys (`queue_sizes`), and one whose queue holds at least
+        SCAN_SHARE of the keys scores every key instead: a graph search costs about its queue size in random reads and
+        heap work, a scan streams the keys, and beyond that share the scan is the faster (docs/benchmarks.md,
+        budget)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n_heads, m, _ = queries.shape
         if n_heads != self.n_heads:
@@ -121,7 +122,7 @@ class GraphIndex:
             nothing = np.full((n_heads, m, k_max), -1, dtype=np.int64)
             return SearchResult(nothing, np.zeros((n_heads, m), dtype=np.int64))
         sizes = queue_sizes(ks, effort or self.params.effort)
-        scan = ks >= SCAN_SHARE * self.n_keys
+        scan = sizes >= SCAN_SHARE * self.n_keys
         arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, sizes, ks, scan)
         # The kept workspaces are keyed by powers of two, so the layers' budgets and max degrees share them.
         room = (_next_power_of_two(int(sizes.max())), max(64, _next_power_of_two(self.max_degree + 1)))

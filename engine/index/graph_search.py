@@ -144,15 +144,30 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _scan_one(q, keys, k, out_ids, work):
-    """Every key scored, the best k kept: a head whose budget is a large share of the keys (see GraphIndex.search).
-    q [D], keys [N, D]; fills out_ids [k] best first (-1 padded past N); returns N."""
+    """Every key scored, the best k kept: for a head whose budget is a large share of the keys (see GraphIndex.search).
+    q [D], keys [N, D]; fills out_ids [k] best first (-1 padded past N); returns N. The k-th best score is found by
+    partition (O(N)), and only the k keys above it are sorted."""
     scores = work[1]  # the candidate heap's scores: N floats, free between searches
     n_keys = keys.shape[0]
     for v in range(n_keys):
-        scores[v] = -key_dot(q, keys[v])
-    order = np.argsort(scores[:n_keys], kind="mergesort")  # stable: ties keep position order
+        scores[v] = key_dot(q, keys[v])
+    kept = min(k, n_keys)
+    threshold = np.partition(scores[:n_keys], n_keys - kept)[n_keys - kept]
+    ties = kept  # how many keys scoring exactly the threshold to keep: kept less those above it
+    for v in range(n_keys):
+        ties -= np.int64(scores[v] > threshold)
+    chosen = work[2]  # the candidate heap's ids: N slots, free between searches
+    t = 0
+    for v in range(n_keys):
+        s = scores[v]
+        if s > threshold or (s == threshold and ties > 0):
+            ties -= np.int64(s == threshold)
+            chosen[t] = v
+            t += 1
+    best = chosen[:kept]
+    order = np.argsort(-scores[best])
     for t in range(k):
-        out_ids[t] = order[t] if t < n_keys else -1
+        out_ids[t] = best[order[t]] if t < kept else -1
     return n_keys
 
 
