@@ -27,7 +27,8 @@ def test_the_committed_set_loads_with_its_sources_licences_and_needles():
                 assert all(fact in document.text for fact in question.expect)  # planted
     data = json.loads(CASES_FILE.read_text())
     for entry in data["documents"]:  # the files are the documents as copied (needles are planted at load time)
-        assert not any(n["expect"][0] in (CASES_FILE.parent / entry["file"]).read_text() for n in data["needles"].values())
+        text = (CASES_FILE.parent / entry["file"]).read_text()
+        assert not any(needle["expect"][0] in text for needle in data["needles"].values())
 
 
 def test_a_needle_is_planted_as_its_own_paragraph_at_the_nearest_break():
@@ -86,6 +87,6 @@ def test_budget_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
     rows = {row["method"]: row for row in data["rows"]}
     assert rows["all"]["left_out_max"] == 0 and rows["all"]["scanned_fraction"] == 1.0
     assert rows["topk=10"]["keys_retrieved"] == 10 and rows["topk=10"]["left_out_mean"] > 0
-    assert 10 <= rows["share=0.9"]["keys_retrieved"] and 0 <= rows["share=0.9"]["reached"] <= 1
+    assert rows["share=0.9"]["keys_retrieved"] >= 10 and 0 <= rows["share=0.9"]["reached"] <= 1
     assert rows["share=0.9"]["left_out_mean"] <= rows["topk=10"]["left_out_mean"]
     assert rows["topk=10"]["step_ratio"] == 1.0

@@ -66,5 +66,6 @@ def load_cases(path: Path = CASES_FILE, names: list[str] | None = None) -> list[
         documents.append(CaseDocument(entry["name"], text, entry["source"], entry["licence"], tuple(questions)))
     if names and len(documents) != len(set(names)):
         known = [entry["name"] for entry in data["documents"]]
-        raise SystemExit(f"unknown documents in {sorted(set(names) - {d.name for d in documents})}; choose from {known}")
+        unknown = sorted(set(names) - {d.name for d in documents})
+        raise SystemExit(f"unknown documents {unknown}; choose from {known}")
     return documents

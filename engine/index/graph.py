@@ -20,8 +20,9 @@ graph (`engine.index.graph_build`, from the exact nearest keys of `engine.index.
 Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
 best max(effort, k) keys scanned and expanding the best unexpanded one; the answer is the best k of every key
 scanned. k may differ per query head (the retrieval budget); a head whose queue holds SCAN_SHARE of the keys scores
-them all instead (cheaper beyond that share of the keys). A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which
-avoids waking the thread pool (and stalls of milliseconds when the cores are busy).
+them all instead (cheaper beyond that share of the keys). A call with many searches runs them in parallel, a
+decode-sized call ([H, 1, D]) serially, which avoids waking the thread pool (and stalls of milliseconds when the cores
+are busy).
 
 Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
 the flat ``indices`` int32; ``entries [G, E]`` int64 (-1 padded); ``graph_of [H]``. `to_arrays()` returns these.
