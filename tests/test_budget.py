@@ -173,3 +173,32 @@ def test_restored_budget_from_saved_curves_decodes_like_the_original(model):
 
 def test_the_attention_scale_is_read_from_the_model(model):
     assert attention_scale(model) == pytest.approx(16 ** -0.5)
+
+
+def test_a_stored_document_answers_with_another_share_without_rebuilding_its_index(tiny_loaded, tmp_path):
+    """The attention curves are stored with the index: reopening with another attention share or top-k loads the
+    index (no build), and the budgets follow the new share."""
+    from engine.config import EngineConfig
+    from engine.generate import Finished
+    from engine.ingest import Document
+    from engine.session import DocumentSession
+    from engine.store import Store
+
+    text = "The light was first lit in 1865 by Anders Brekke. " * 30
+    document = Document(text=text, title="t", source=None, sha256="1" * 64)
+    store = Store(tmp_path / "library")
+
+    def ask(config):
+        session = DocumentSession(tiny_loaded, document, config, store=store)
+        finished = [e for e in session.ask("When?") if isinstance(e, Finished)][-1]
+        return session, finished
+
+    base = EngineConfig(attention="retrieval", n_sink=8, n_window=32, top_k=4, max_new_tokens=3)
+    first, finished = ask(base)
+    assert not first.cached and finished.stats.index_build_s > 0
+    for share in (0.9, 1.0):
+        session, finished = ask(dataclasses.replace(base, attention_share=share, top_k=2))
+        assert session.cached and finished.stats.index_build_s == 0
+        layers = session.cache.layers
+        assert all(layer.budget is not None and (layer.budget >= 2).all() for layer in layers)
+    assert all((layer.budget == layer.n_offloaded).all() for layer in layers)  # share 1: every key
