@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from engine.index.base import kv_head_of
+from engine.sizing import CALIBRATION_QUERIES, GRID_STEPS_PER_DOUBLING
 
-GRID_STEPS_PER_DOUBLING = 4  # grid k grows by 2^(1/4) (about 19%) a step: a budget overshoots its need by as much
-CALIBRATION_QUERIES = 64  # the latest sampled prefill queries past the offloaded set, per head
+# CALIBRATION_QUERIES: the latest sampled prefill queries past the offloaded set, per head; GRID_STEPS_PER_DOUBLING:
+# grid k grows by 2^(1/4) (about 19%) a step, so a budget overshoots its need by as much at most.
 MIN_CALIBRATION_QUERIES = 8  # ...or, where the window holds fewer, the latest this many (masked causally)
 CURVE_ARRAYS = ("budget_grid", "budget_left_out")  # how AttentionCurves is stored (to_arrays / from_arrays)
 
