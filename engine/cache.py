@@ -332,7 +332,8 @@ class RetrievalLayer(CacheLayerMixin):
         positions = np.arange(queries.shape[1]) * self.train_stride
         chosen = calibration_positions(positions, off_end)
         scale = self.scale if self.scale is not None else keys.shape[-1] ** -0.5
-        return attention_curves(queries[:, chosen], positions[chosen], keys, off_start, off_end, scale)
+        return attention_curves(queries[:, chosen], positions[chosen], keys, off_start, off_end, scale,
+                                self.settings.index_params.knn_device)
 
     def set_budget(self) -> None:
         """The keys each query head retrieves under the current settings: `budget` [H], or None for a fixed top_k

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from engine.index.base import kv_head_of
+from engine.index.knn import device_turn
 from engine.sizing import CALIBRATION_QUERIES, GRID_STEPS_PER_DOUBLING
 
 # CALIBRATION_QUERIES: the latest sampled prefill queries past the offloaded set, per head; GRID_STEPS_PER_DOUBLING:
@@ -113,17 +114,19 @@ def calibration_positions(query_positions: np.ndarray, window_start: int) -> np.
 
 
 def attention_curves(queries: torch.Tensor, positions: np.ndarray, keys: torch.Tensor, off_start: int,
-                     off_end: int, scale: float) -> AttentionCurves:
+                     off_end: int, scale: float, device: str = "cpu") -> AttentionCurves:
     """The exact attention curves of calibration queries over a layer's prefix.
 
     Args:
         queries: [H, m, D] calibration queries (any float dtype), at prefix positions positions [m].
         keys: [H_kv, T, D] the layer's prefix keys in position order; keys off_start..off_end-1 are offloaded.
         scale: the attention's softmax scale.
+        device: where to compute ("cuda" on a GPU host, as the index build's k-NN): the sort of every calibration
+            query's N shares is most of the work (about a second per query head at 128K keys on one CPU core).
     Returns:
         AttentionCurves over the N = off_end - off_start offloaded keys. Each query attends causally (keys at
         positions <= its own); its left-out share at grid k is the attention on the offloaded keys it ranks below
-        its top k, divided by its whole attention (the softmax in float64, so tiny shares are not rounded to 0).
+        its top k, divided by its whole attention (float32 shares, summed from the smallest in float64).
     """
     n_heads, m, _ = queries.shape
     n_keys = off_end - off_start
@@ -132,13 +135,16 @@ def attention_curves(queries: torch.Tensor, positions: np.ndarray, keys: torch.T
     if m == 0 or n_keys == 0:
         return AttentionCurves(grid, left_out)
     kv_of = kv_head_of(n_heads, keys.shape[0])
-    visible = torch.arange(keys.shape[1])[None, :] <= torch.as_tensor(positions)[:, None]  # [m, T]
-    for h in range(n_heads):
-        scores = (queries[h].float() @ keys[kv_of[h]].float().T).double() * scale  # [m, T]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        shares = torch.softmax(scores, dim=-1)[:, off_start:off_end]  # [m, N]
-        ranked = shares.sort(dim=-1, descending=True).values
-        below = ranked.flip(-1).cumsum(-1).flip(-1)  # below[:, k] = share of the keys ranked k and lower
-        below = torch.cat([below, below.new_zeros(m, 1)], dim=-1)  # [m, N + 1]: nothing below the last key
-        left_out[h] = below[:, torch.from_numpy(grid)].float().numpy()
+    visible = torch.arange(keys.shape[1], device=device)[None, :] <= torch.as_tensor(positions, device=device)[:, None]
+    at = torch.from_numpy(grid).to(device)
+    with device_turn(device):  # on an accelerator, one build search at a time (engine.index.knn)
+        for kv in range(keys.shape[0]):
+            group_keys = keys[kv].to(device, torch.float32)  # [T, D]
+            for h in np.flatnonzero(kv_of == kv):
+                scores = (queries[h].to(device, torch.float32) @ group_keys.T) * scale  # [m, T]
+                shares = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)[:, off_start:off_end]
+                ranked = shares.sort(dim=-1).values.double()  # ascending: the smallest first
+                below = ranked.cumsum(-1).flip(-1)  # below[:, k]: share of the keys ranked k and lower (best first)
+                below = torch.cat([below, below.new_zeros(m, 1)], dim=-1)  # [m, N + 1]: none below the last key
+                left_out[h] = below[:, at].float().cpu().numpy()
     return AttentionCurves(grid, left_out)
