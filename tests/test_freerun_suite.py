@@ -31,6 +31,12 @@ def test_the_committed_set_loads_with_its_sources_licences_and_needles():
         assert not any(needle["expect"][0] in text for needle in data["needles"].values())
 
 
+def test_documents_named_load_in_the_order_named():
+    assert [d.name for d in load_cases(names=["GPL-2", "apt-cache"])] == ["GPL-2", "apt-cache"]
+    with pytest.raises(SystemExit, match="unknown documents"):
+        load_cases(names=["apt-cache", "no-such-page"])
+
+
 def test_a_needle_is_planted_as_its_own_paragraph_at_the_nearest_break():
     text = "alpha one\n\n  beta two\n\n  gamma three\n\n  delta four"
     planted = plant(text, "FACT.", 0.5)
@@ -41,6 +47,7 @@ def test_a_needle_is_planted_as_its_own_paragraph_at_the_nearest_break():
 def test_methods_and_first_differences():
     assert Method.parse("retrieval@share=0.9") == Method("retrieval@share=0.9", "retrieval", 100, 0.9)
     assert Method.parse("exact@k=20@all").share == 1.0 and Method.parse("window").mode == "window"
+    assert Method.parse("retrieval@share=0.9@cap=500").cap == 500 and Method.parse("retrieval").cap is None
     for bad in ("full", "retrieval@k=x", "retrieval@share=2", "magic"):
         with pytest.raises(SystemExit):
             Method.parse(bad)

@@ -50,7 +50,7 @@ def plant(text: str, fact: str, depth: float) -> str:
 
 
 def load_cases(path: Path = CASES_FILE, names: list[str] | None = None) -> list[CaseDocument]:
-    """The documents of the set at `path` (those in `names`, in the file's order, when given)."""
+    """The documents of the set at `path` in the file's order (those in `names`, in that order, when given)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     needles = data.get("needles", {})
     documents = []
@@ -68,4 +68,4 @@ def load_cases(path: Path = CASES_FILE, names: list[str] | None = None) -> list[
         known = [entry["name"] for entry in data["documents"]]
         unknown = sorted(set(names) - {d.name for d in documents})
         raise SystemExit(f"unknown documents {unknown}; choose from {known}")
-    return documents
+    return sorted(documents, key=lambda document: names.index(document.name)) if names else documents

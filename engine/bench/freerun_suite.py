@@ -17,9 +17,9 @@ scanned by the searches / keys indexed, over the answer), keys (keys retrieved p
 whole model's decode step). The summary rows per method give the share of identical answers, the needles passed
 (and lost: passed by full attention, not by the method), the facts found, and means.
 
-Methods: ``MODE[@k=K][@share=S]``: MODE a retrieval-family attention mode (retrieval, exact, flat, ivf, hnsw,
-window), K its top-k (default 100), S the adaptive budget's attention share (default 0: a fixed top-k); ``@all``
-retrieves every offloaded key.
+Methods: ``MODE[@k=K][@share=S][@cap=C]``: MODE a retrieval-family attention mode (retrieval, exact, flat, ivf,
+hnsw, window), K its top-k (default 100), S the adaptive budget's attention share (default 0: a fixed top-k), C its
+cap on any head's budget (default: the engine's; 0: every key); ``@all`` retrieves every offloaded key.
 
     python -m engine.bench freerun [--quick] [--documents apt-cache,GPL-2] [--methods ...] [--max-new-tokens 48]
 """
@@ -72,12 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """An attention mode with its search settings: name as given, mode, top_k, attention share."""
+    """An attention mode with its search settings: name as given, mode, top_k, attention share, budget cap (None: the
+    engine's)."""
 
     name: str
     mode: str
     top_k: int = EngineConfig.top_k
     share: float = 0.0
+    cap: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Method:
@@ -90,12 +92,14 @@ class Method:
                     method = dataclasses.replace(method, top_k=int(value))
                 elif key == "share":
                     method = dataclasses.replace(method, share=float(value))
+                elif key == "cap":
+                    method = dataclasses.replace(method, cap=int(value))
                 elif key == "all" and not value:
-                    method = dataclasses.replace(method, share=1.0)
+                    method = dataclasses.replace(method, share=1.0, cap=0)
                 else:
                     raise ValueError(option)
             except ValueError:
-                raise SystemExit(f"--methods: {spec!r}: options are @k=K, @share=S and @all") from None
+                raise SystemExit(f"--methods: {spec!r}: options are @k=K, @share=S, @cap=C and @all") from None
         try:
             EngineConfig(attention=mode, top_k=method.top_k, attention_share=method.share)
         except ValueError as error:
@@ -107,7 +111,8 @@ class Method:
     def settings(self, args: argparse.Namespace) -> RetrievalSettings:
         config = EngineConfig(attention=self.mode, n_sink=args.n_sink, n_window=args.n_window, top_k=self.top_k,
                               attention_share=self.share, search_effort=args.effort, kv_dtype=args.kv_dtype)
-        return retrieval_settings(config)
+        settings = retrieval_settings(config)
+        return settings if self.cap is None else dataclasses.replace(settings, budget_cap=self.cap)
 
 
 def answer(loaded: LoadedModel, prompt: DocumentPrompt, question: Question, cache, max_new: int, chunk: int,
@@ -246,9 +251,11 @@ def run(args: argparse.Namespace, report: Report) -> None:
     documents = load_cases(Path(args.cases), names)
     loaded = load_model(resolve_bench_model(args.model), device="cpu", dtype="float32")
     results: dict[str, list[dict]] = defaultdict(list)
-    for document in documents:
-        run_document(loaded, document, methods, args, report, results)
-    summarize(results, report, methods[0].name)
+    try:
+        for document in documents:
+            run_document(loaded, document, methods, args, report, results)
+    finally:  # an interrupted run still sums up the questions it answered
+        summarize(results, report, methods[0].name)
     report.note(f"greedy, <= {args.max_new_tokens} new tokens; static {args.n_sink} + {args.n_window}; search effort "
                 f"{args.effort}; K/V {args.kv_dtype}; full attention: transformers' cache (sdpa); identical = same "
                 "tokens as full attention's answer; ms_ratio against the first method (methods in turn per question)")
