@@ -47,10 +47,11 @@ class RetrievalSettings:
     """method: an index method ("retrieval", "exact", "flat", "ivf", "hnsw") or "window".
 
     top_k: keys retrieved per query head and decode step; with attention_share, the least any head retrieves.
-    attention_share: 0 for a fixed top_k; else the share of each head's attention the static set and the retrieved
-        keys should hold, by the layer's attention curves (engine.index.budget): each query head retrieves its
-        budget, the budget_quantile of what its calibration queries needed, between top_k and budget_cap (0: every
-        offloaded key). 1 retrieves every key.
+    attention_share: 0 for a fixed top_k (the default here; the engine's default is EngineConfig's, passed on by
+        engine.session.retrieval_settings); else the share of each head's attention the static set and the
+        retrieved keys should hold, by the layer's attention curves (engine.index.budget): each query head
+        retrieves its budget, the budget_quantile of what its calibration queries needed, between top_k and
+        budget_cap (0: every offloaded key). 1 retrieves every key.
     max_train_queries: aim for this many prefill queries per head to train the index, evenly spaced,
         but keep between one in MIN_TRAIN_STRIDE and one in MAX_TRAIN_STRIDE of them (why these bounds:
         docs/benchmarks.md, training queries).
@@ -63,7 +64,7 @@ class RetrievalSettings:
     n_window: int = EngineConfig.n_window
     top_k: int = EngineConfig.top_k
     effort: int | None = None
-    attention_share: float = EngineConfig.attention_share
+    attention_share: float = 0.0  # the cache's own: a fixed top_k (the engine's default: EngineConfig)
     budget_quantile: float = BUDGET_QUANTILE
     budget_cap: int = 0
     index_params: IndexParams = field(default_factory=IndexParams)
