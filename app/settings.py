@@ -137,8 +137,8 @@ class ChangeImpact:
             return ("Changing the model, device, dtype or weights reloads the model and rebuilds the cache of every "
                     "open document (each document is read again at its next question).")
         if self.rebuild_caches:
-            return ("Changing the attention mode, sink tokens, window, top-k or search effort rebuilds the "
-                    "cache of every open document (each document is read again at its next question).")
+            return ("Changing the attention mode, sink tokens, window, top-k, attention share or search effort "
+                    "rebuilds the cache of every open document (each document is read again at its next question).")
         return ""
 
 

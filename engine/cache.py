@@ -14,11 +14,14 @@ Life of a cache (one document prefix of T tokens):
    from which `prefix_arrays()` rebuilds the prefix for saving.
 3. decode: tokens after the prefix (question, answer) are appended to the static set; attention is
    exact over the static set on the device, merged by log-sum-exp with exact attention over each
-   query head's top_k keys retrieved from the offloaded set (see engine.retrieval).
+   query head's retrieved keys from the offloaded set (see engine.retrieval): a fixed top_k, or per query head
+   the budget that follows the attention (engine.index.budget), calibrated at the index build from the layer's
+   recorded queries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +34,11 @@ from transformers.cache_utils import CacheLayerMixin
 from engine.config import EngineConfig
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.index import IndexParams, LayerIndex, build_layer_index, load_layer_index
+from engine.index.budget import CURVE_ARRAYS, AttentionCurves, attention_curves, calibration_positions
 from engine.sizing import training_stride
 
 WINDOW_ONLY = "window"  # no index: the offloaded set is dropped (StreamingLLM)
+BUDGET_QUANTILE = 0.9  # of the calibration queries' needs (docs/benchmarks.md, budget)
 FLOAT16_MAX = torch.finfo(torch.float16).max
 
 
@@ -41,6 +46,12 @@ FLOAT16_MAX = torch.finfo(torch.float16).max
 class RetrievalSettings:
     """method: an index method ("retrieval", "exact", "flat", "ivf", "hnsw") or "window".
 
+    top_k: keys retrieved per query head and decode step; with attention_share, the least any head retrieves.
+    attention_share: 0 for a fixed top_k (the default here; the engine's default is EngineConfig's, passed on by
+        engine.session.retrieval_settings); else the share of each head's attention the static set and the
+        retrieved keys should hold, by the layer's attention curves (engine.index.budget): each query head
+        retrieves its budget, the budget_quantile of what its calibration queries needed, between top_k and
+        budget_cap (0: every offloaded key). 1 retrieves every key.
     max_train_queries: aim for this many prefill queries per head to train the index, evenly spaced,
         but keep between one in MIN_TRAIN_STRIDE and one in MAX_TRAIN_STRIDE of them (why these bounds:
         docs/benchmarks.md, training queries).
@@ -53,9 +64,20 @@ class RetrievalSettings:
     n_window: int = EngineConfig.n_window
     top_k: int = EngineConfig.top_k
     effort: int | None = None
+    attention_share: float = 0.0  # the cache's own: a fixed top_k (the engine's default: EngineConfig)
+    budget_quantile: float = BUDGET_QUANTILE
+    budget_cap: int = 0
     index_params: IndexParams = field(default_factory=IndexParams)
     max_train_queries: int = 2048
     kv_dtype: torch.dtype = torch.float16
+
+    def search_only_change(self, other: RetrievalSettings) -> bool:
+        """Whether `other` differs from these settings only in what searches use (top_k, effort, the budget), so
+        the same indexes serve it (`RetrievalCache.use_search_settings`)."""
+        def built(s: RetrievalSettings) -> tuple:
+            return (s.method, s.n_sink, s.n_window, dataclasses.replace(s.index_params, effort=0, threads=0),
+                    s.max_train_queries, s.kv_dtype)
+        return built(self) == built(other)
 
 
 @dataclass
@@ -70,16 +92,21 @@ class PrefixArrays:
 
 @dataclass
 class SearchStats:
-    """Keys scanned by index searches, summed over layers, heads and steps."""
+    """Keys scanned and retrieved by index searches, summed over layers, heads and steps."""
 
     scanned: int = 0
     indexed: int = 0  # keys in the searched indexes, summed the same way
     searches: int = 0
+    retrieved: int = 0  # keys retrieved (attended), summed the same way
     search_s: float = 0.0
 
     @property
     def scanned_fraction(self) -> float:
         return self.scanned / self.indexed if self.indexed else 0.0
+
+    @property
+    def retrieved_per_search(self) -> float:
+        return self.retrieved / self.searches if self.searches else 0.0
 
 
 class AttentionTrace:
@@ -123,9 +150,11 @@ class RetrievalLayer(CacheLayerMixin):
     is_croppable = True
 
     def __init__(self, prefix_len: int, device: torch.device, settings: RetrievalSettings,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, scale: float | None = None) -> None:
+        """scale: the model's attention scale (None: 1/sqrt(head_dim)); the prefill's attention calls set it too."""
         super().__init__()
         self.prefix_len, self.device, self.settings, self.dtype = prefix_len, device, settings, dtype
+        self.scale = scale
         self.filled = 0  # prefill: tokens written into the store
         self.indexed = False
         self.train_stride = training_stride(prefix_len, settings.max_train_queries)
@@ -136,6 +165,8 @@ class RetrievalLayer(CacheLayerMixin):
         self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] kv_dtype, CPU
         self.off_values: torch.Tensor | None = None
         self.index: LayerIndex | None = None
+        self.curves: AttentionCurves | None = None  # the calibration queries' attention curves (engine.index.budget)
+        self.budget: np.ndarray | None = None  # [H] keys per query head, or None: settings.top_k for every head
         # A layer-major prefill (engine.layer_prefill) on a GPU keeps this layer's prefix K/V [1, H_kv, T, D] on the
         # device during its pass instead of copying the store's prefix there at every chunk.
         self.prefill_on_device = False
@@ -225,8 +256,11 @@ class RetrievalLayer(CacheLayerMixin):
             setattr(self, name, wide)
         self.kv_dtype = torch.float32
 
-    def record_queries(self, query: torch.Tensor) -> None:
-        """query [H, m, D] of the tokens just prefilled: keep those on the training stride."""
+    def record_queries(self, query: torch.Tensor, scale: float | None = None) -> None:
+        """query [H, m, D] of the tokens just prefilled: keep those on the training stride. scale: the attention's
+        softmax scale (kept for calibrating the budget)."""
+        if scale is not None:
+            self.scale = scale
         m = query.shape[1]
         first = self.filled - m
         offset = (-first) % self.train_stride
@@ -274,15 +308,53 @@ class RetrievalLayer(CacheLayerMixin):
         # offloaded keys twice), only the static ones, in kv_dtype and on the CPU (exactly as saved).
         self.static_prefix_k = static_k
         self.prefix_values, self.train_queries = values, prefix.queries
-        self.index = None
+        self.index = self.curves = None
         if self.n_offloaded and s.method != WINDOW_ONLY:
             keys_np = self.off_keys.numpy()
             if index_arrays is not None:
-                self.index = load_layer_index(s.method, index_arrays, keys_np, s.index_params)
+                saved = {name: index_arrays[name] for name in CURVE_ARRAYS if name in index_arrays}
+                arrays = {name: a for name, a in index_arrays.items() if name not in CURVE_ARRAYS}
+                self.index = load_layer_index(s.method, arrays, keys_np, s.index_params)
+                self.curves = AttentionCurves.from_arrays(saved) if saved else None
+                if self.curves is not None and self.curves.left_out.shape[0] != self.index.n_heads:
+                    raise ValueError("the saved attention curves do not match the index's query heads")
             else:
                 queries = np.ascontiguousarray(prefix.queries.float().numpy())
                 self.index = build_layer_index(s.method, keys_np, queries, s.index_params)
+            if self.curves is None and prefix.queries is not None:
+                self.curves = self._calibrate(keys, prefix.queries, n_sink, window_start)
+        self.set_budget()
         self.indexed = True
+
+    def _calibrate(self, keys: torch.Tensor, queries: torch.Tensor, off_start: int, off_end: int) -> AttentionCurves:
+        """The attention curves of the layer's calibration queries (the recorded prefill queries past the offloaded
+        set) over its prefix keys [H_kv, T, D]; queries [H, Nq, D] are the recorded ones, one every train_stride
+        positions from position 0."""
+        positions = np.arange(queries.shape[1]) * self.train_stride
+        chosen = calibration_positions(positions, off_end)
+        scale = self.scale if self.scale is not None else keys.shape[-1] ** -0.5
+        return attention_curves(queries[:, chosen], positions[chosen], keys, off_start, off_end, scale,
+                                self.settings.index_params.knn_device)
+
+    def set_budget(self) -> None:
+        """The keys each query head retrieves under the current settings: `budget` [H], or None for a fixed top_k
+        (no attention share asked, or no curves to follow)."""
+        s = self.settings
+        if s.attention_share > 0 and self.curves is not None:
+            self.budget = self.curves.budgets(s.attention_share, s.budget_quantile, s.top_k, s.budget_cap)
+        else:
+            self.budget = None
+
+    def index_arrays(self) -> dict[str, np.ndarray]:
+        """What saving the layer's index stores: the index's arrays and the attention curves (none without an
+        index)."""
+        if self.index is None:
+            return {}
+        return self.index.to_arrays() | (self.curves.to_arrays() if self.curves is not None else {})
+
+    def search_k(self) -> int | np.ndarray:
+        """What to ask the index for: the per-head budget [H], or the fixed top_k."""
+        return self.settings.top_k if self.budget is None else self.budget
 
     def prefix_arrays(self) -> PrefixArrays:
         """The document prefix as installed (what is saved): keys/values [H_kv, T, D] in kv_dtype, queries.
@@ -355,14 +427,15 @@ class RetrievalCache(Cache):
     """The model-wide cache: one RetrievalLayer per layer, plus search statistics."""
 
     def __init__(self, n_layers: int, prefix_len: int, device: torch.device | Sequence[torch.device],
-                 settings: RetrievalSettings, dtype: torch.dtype = torch.float32) -> None:
+                 settings: RetrievalSettings, dtype: torch.dtype = torch.float32, scale: float | None = None) -> None:
         """device: where the static sets live, one device or one per layer (a model split by accelerate keeps each
         layer's static set on its layer's device: LoadedModel.cache_devices). dtype: the model's compute dtype (the
-        static set on the device is kept in it)."""
+        static set on the device is kept in it); scale: its attention's softmax scale (engine.retrieval.attention_scale;
+        None: 1/sqrt(head_dim)), for calibrating the budget."""
         devices = [device] * n_layers if isinstance(device, torch.device) else list(device)
         if len(devices) != n_layers:
             raise ValueError(f"{len(devices)} devices for {n_layers} layers")
-        super().__init__(layers=[RetrievalLayer(prefix_len, d, settings, dtype) for d in devices])
+        super().__init__(layers=[RetrievalLayer(prefix_len, d, settings, dtype, scale) for d in devices])
         self.settings = settings
         self.prefix_len = prefix_len
         self.stats = SearchStats()
@@ -403,13 +476,25 @@ class RetrievalCache(Cache):
         self.index_build_s += elapsed
         self.index_wait_s += elapsed
 
+    def use_search_settings(self, settings: RetrievalSettings) -> None:
+        """Search the built indexes with `settings` from now on: another top_k, effort or budget. Raises ValueError
+        where the settings would need other indexes (`RetrievalSettings.search_only_change`)."""
+        if not self.settings.search_only_change(settings):
+            raise ValueError("these settings need other indexes: make a new cache")
+        self.settings = settings
+        for layer in self.layers:
+            layer.settings = settings
+            if layer.indexed:
+                layer.set_budget()
+
     @classmethod
     def restore(cls, prefixes: list[PrefixArrays], device: torch.device | Sequence[torch.device],
                 settings: RetrievalSettings, dtype: torch.dtype,
-                index_arrays: list[dict[str, np.ndarray]] | None = None) -> RetrievalCache:
-        """A ready-to-decode cache from saved per-layer prefixes (and indexes, when they match settings)."""
+                index_arrays: list[dict[str, np.ndarray]] | None = None, scale: float | None = None) -> RetrievalCache:
+        """A ready-to-decode cache from saved per-layer prefixes (and indexes with their attention curves, when they
+        match settings); device and scale as in __init__."""
         prefix_len = prefixes[0].keys.shape[1]
-        cache = cls(len(prefixes), prefix_len, device, settings, dtype)
+        cache = cls(len(prefixes), prefix_len, device, settings, dtype, scale)
         for number, (layer, prefix) in enumerate(zip(cache.layers, prefixes, strict=True)):
             layer.filled = prefix_len
             layer.is_initialized = True

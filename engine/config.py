@@ -13,7 +13,8 @@ MAX_ANSWER_TOKENS = 32768
 # Which settings need what when they change (ConfigChange): the model reloaded, or each document's session made
 # again (its K/V reused from the library where it holds them).
 RELOAD_MODEL_FIELDS = ("model", "device", "dtype", "weights")
-REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "search_effort", "kv_dtype", "prefill_chunk")
+REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort", "kv_dtype",
+                          "prefill_chunk")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,12 @@ class EngineConfig:
         by engine.attention_mode), "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks +
         last window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
     n_sink, n_window: the static set kept on the device: first n_sink and last n_window prefix tokens.
-    top_k: keys retrieved per query head and decode step from the offloaded set.
+    top_k: keys retrieved per query head and decode step from the offloaded set; with attention_share, the least.
+    attention_share: the share of each layer's and head's attention the static set and the retrieved keys should
+        hold, estimated per head from the document's own prefill queries (engine.index.budget): heads whose
+        attention is spread retrieve more keys than top_k. 0 retrieves a fixed top_k; 1 every key. 0.9 by default:
+        of the shares measured, the one that matched full attention's answers most often at the fewest keys in the
+        freerun suite (docs/design.md).
     search_effort: the index's search knob (graph queue size, HNSW efSearch, IVF nprobe).
     kv_dtype: the dtype of the document's K/V after prefill (CPU memory and disk): float16 or float32.
     prefill_chunk: tokens per prefill step; 0 chooses by device (`prefill_chunk_for`).
@@ -45,6 +51,7 @@ class EngineConfig:
     n_sink: int = 128
     n_window: int = 512
     top_k: int = 100
+    attention_share: float = 0.9
     search_effort: int = 100
     kv_dtype: str = "float16"
     max_new_tokens: int = 512
@@ -76,6 +83,8 @@ class EngineConfig:
                 problems.append(f"{name} must be at least 1")
         if self.max_new_tokens > MAX_ANSWER_TOKENS:
             problems.append(f"max_new_tokens must be at most {MAX_ANSWER_TOKENS:,}")
+        if not 0 <= self.attention_share <= 1:
+            problems.append("attention_share must be between 0 (fixed top-k) and 1 (every key)")
         if self.temperature < 0:
             problems.append("temperature must be 0 (greedy) or more")
         if not 0 < self.top_p <= 1:

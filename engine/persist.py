@@ -2,15 +2,17 @@
 
 Identity. A cache is keyed by sha256 over (model fingerprint, tokenizer fingerprint, chat-template
 hash, compute dtype, K/V dtype, layout version, training-query cap, sha256 of the prefix token ids).
-An index is keyed by (cache id, method, n_sink, n_window, build params): it covers only the
-offloaded keys, which n_sink/n_window decide; top_k and search effort do not change it. So changing
+An index is keyed by (cache id, method, n_sink, n_window, build params, index version): it covers only the
+offloaded keys, which n_sink/n_window decide; top_k, search effort and the budget's attention share do not change
+it (its attention curves are stored with it). So changing
 top-k reuses everything, changing the window reuses the K/V and rebuilds only the index (from the
 saved queries), and anything else that changes the K/V makes a new cache. A document keeps one cache:
 a cache of another identity is deleted when the new one is needed, with the reason.
 
 Files: per layer `layer_NNN_keys.npy`, `_values.npy` ([H_kv, T, D], kv_dtype), `_queries.npy`
 ([H, Nq, D] float16), plus `prefix_ids.npy` (int32 [T]); per index and layer
-`layer_NNN_<name>.npy` for each array of `LayerIndex.to_arrays()`.
+`layer_NNN_<name>.npy` for each array of `RetrievalLayer.index_arrays()` (the index's `to_arrays()` and the
+attention curves).
 Verification on open: size, dtype and shape of every file used, and the full sha256 of each (hashed in
 parallel threads, cheap next to reading the files).
 """
@@ -33,10 +35,12 @@ from engine.cache import WINDOW_ONLY, PrefixArrays, RetrievalCache, RetrievalSet
 from engine.errors import StoreError
 from engine.events import CancelToken, Progress, ProgressMeter
 from engine.model import LoadedModel
+from engine.retrieval import attention_scale
 from engine.store import Store, disk_full_error
 from engine.units import format_bytes
 
 LAYOUT_VERSION = 2  # 2: one prefill query in 8 to 16 trains the index (was: at most 2,048)
+INDEX_VERSION = 2  # 2: each layer's index files include its attention curves (engine.index.budget)
 KV_FILES = ("keys", "values", "queries")
 PREFIX_FILE = "prefix_ids.npy"
 
@@ -85,12 +89,13 @@ class CacheIdentity:
 
 
 def index_identity(cache_id: str, settings: RetrievalSettings) -> tuple[str, dict]:
-    """(index id, params): the build-time settings of an index; search-time ones (top_k, effort) excluded."""
+    """(index id, params): the build-time settings of an index; search-time ones (top_k, effort, the budget's
+    share, quantile and cap) excluded. INDEX_VERSION counts changes to what an index's files hold."""
     params = dataclasses.asdict(settings.index_params)
     for search_only in ("effort", "threads", "knn_device"):  # do not change what the index is
         params.pop(search_only)
     key = {"cache": cache_id, "method": settings.method, "n_sink": settings.n_sink,
-           "n_window": settings.n_window, "params": params}
+           "n_window": settings.n_window, "params": params, "version": INDEX_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), params
 
 
@@ -165,7 +170,8 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
     cache = None
     if index_arrays is not None:
         try:
-            cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, index_arrays)
+            cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, index_arrays,
+                                           attention_scale(loaded.model))
         except (KeyError, ValueError, IndexError, TypeError) as error:  # arrays that do not make an index
             store.delete_index(cache_id, index_id)
             index_arrays, notice = None, f"index rebuilt: damaged index removed ({error})"
@@ -177,7 +183,8 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
                 store.delete_cache(cache_id)
                 return result
         build_started = time.perf_counter()
-        cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, None)
+        cache = RetrievalCache.restore(prefixes, loaded.cache_devices, settings, loaded.dtype, None,
+                                       attention_scale(loaded.model))
     result.index_loaded = index_arrays is not None
     if not result.index_loaded and settings.method != WINDOW_ONLY:
         result.index_build_s = cache.index_build_s = cache.index_wait_s = time.perf_counter() - build_started
@@ -280,7 +287,7 @@ def save_index(store: Store, cache_id: str, cache: RetrievalCache) -> None:
     if settings.method == WINDOW_ONLY:
         return
     index_id, params = index_identity(cache_id, settings)
-    arrays = [layer.index.to_arrays() if layer.index is not None else {} for layer in cache.layers]
+    arrays = [layer.index_arrays() for layer in cache.layers]
     needed = sum(npy_bytes(np.asarray(a)) for layer in arrays for a in layer.values())
     store.make_room(needed, keep=cache_id)
     store.check_free_space(needed, "index")

@@ -33,7 +33,7 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
     layer: RetrievalLayer = folio_cache.layers[module.layer_idx]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if not layer.indexed:  # document prefill: exact attention, and remember queries for the index
-        layer.record_queries(query[0])
+        layer.record_queries(query[0], scale)
         if attention_mask is None:  # plain causal: the layer-major prefill, or transformers' first chunk
             return causal_prefill_attention(query, key, value, scale), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout,
@@ -58,20 +58,31 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
 
 
 def search_offloaded(layer: RetrievalLayer, q: torch.Tensor, cache: RetrievalCache) -> torch.Tensor | None:
-    """The ids [H, 1, top_k] (int64, CPU, -1 for none) of the offloaded keys the layer's index retrieves for a
-    decode query q [H, 1, D], or None where nothing is searched: window-only mode, an empty offloaded set, or
-    several queries per head (a question prefilled after the cached document, attended exactly)."""
+    """The ids [H, 1, k] (int64, CPU, -1 for none) of the offloaded keys the layer's index retrieves for a decode
+    query q [H, 1, D] (k: top_k, or the most any head's budget asks), or None where nothing is searched: window-only
+    mode, an empty offloaded set, or several queries per head (a question prefilled after the cached document,
+    attended exactly)."""
     n_heads, m, _ = q.shape
     if m != 1 or layer.n_offloaded == 0 or layer.settings.method == WINDOW_ONLY:
         return None
     started = time.perf_counter()
-    found = layer.index.search(q.detach().float().cpu().numpy(), layer.settings.top_k, layer.settings.effort)
+    found = layer.index.search(q.detach().float().cpu().numpy(), layer.search_k(), layer.settings.effort)
     stats = cache.stats
     stats.search_s += time.perf_counter() - started
     stats.scanned += int(found.scanned.sum())
     stats.indexed += layer.n_offloaded * n_heads
     stats.searches += n_heads
+    stats.retrieved += int((found.ids >= 0).sum())
     return torch.from_numpy(found.ids)
+
+
+def attention_scale(model: torch.nn.Module) -> float | None:
+    """The softmax scale of the model's attention (the `scaling` its transformers attention modules hold), or None
+    where they hold none (the cache then takes 1/sqrt(head_dim))."""
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and isinstance(getattr(module, "scaling", None), float):
+            return module.scaling
+    return None
 
 
 def offloaded_attention(layer: RetrievalLayer, q: torch.Tensor, scale: float, ids: torch.Tensor | None):

@@ -28,7 +28,7 @@ from engine.memory import available_ram, device_free
 from engine.model import LoadedModel
 from engine.persist import CacheIdentity, load_cache_steps, save_cache_steps
 from engine.prompt import DocumentPrompt, build_document_prompt
-from engine.retrieval import RETRIEVAL_ATTENTION
+from engine.retrieval import RETRIEVAL_ATTENTION, attention_scale
 from engine.shared_kv import full_attention_cache, kv_only_settings
 from engine.sizing import check_text_length
 from engine.store import Store
@@ -44,8 +44,8 @@ def retrieval_settings(config: EngineConfig, device: torch.device | None = None,
     method = WINDOW_ONLY if mode == "window" else mode
     params = IndexParams(effort=config.search_effort, knn_device=device.type if device else "cpu")
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
-                             effort=config.search_effort, index_params=params,
-                             kv_dtype=getattr(torch, config.kv_dtype))
+                             effort=config.search_effort, attention_share=config.attention_share,
+                             index_params=params, kv_dtype=getattr(torch, config.kv_dtype))
 
 
 class DocumentSession:
@@ -347,7 +347,7 @@ class DocumentSession:
         if not self.uses_retrieval and self.store is None:
             return growing_cache(config, self.prefix_tokens + self._answer_room())
         return RetrievalCache(config.num_hidden_layers, self.prefix_tokens, self.loaded.cache_devices,
-                              self._cache_settings(), self.loaded.dtype)
+                              self._cache_settings(), self.loaded.dtype, attention_scale(self.loaded.model))
 
 
 def _with_document_prefill(event: Finished, prepare_s: float, cache: Cache, save_s: float = 0.0,

@@ -1,7 +1,8 @@
 """How much of a document the engine holds at once, and the fit check done before any heavy work on a document:
 context, RAM, device memory and disk. Plain arithmetic (no torch), shared by the engine and the app.
 
-The graph index's shape constants live here because its memory is counted here: engine.index uses them.
+The shape constants of the graph index and of the retrieval budget's curves live here because their memory is counted
+here: engine.index uses them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ KNN_SCORE_BYTES = 256 * 2**20  # ... fewer where a chunk's [rows, N] float32 sco
 GRAPH_DEGREE = 16  # the graph index's out-degree after pruning (IndexParams.degree)
 GRAPH_OVERFLOW_SLACK = 2  # a node's list may grow to this x degree (reverse edges) before it is re-pruned
 NEIGHBOUR_ID_BYTES = 4  # neighbour ids are int32
+CALIBRATION_QUERIES = 64  # the retrieval budget's calibration queries per query head (engine.index.budget)
+GRID_STEPS_PER_DOUBLING = 4  # its attention curves' grid: k grows by 2^(1/4) (about 19%) a step
 # How bitsandbytes stores 4-bit weights (engine.quantize): NF4 in blocks of 64, the blocks' scales quantized again
 # in groups of 256; each layer keeps its code tables (16 + 256 float32) and an offset.
 NF4_BLOCK, NF4_BLOCKS_PER_SCALE = 64, 256
@@ -52,6 +55,13 @@ def check_text_length(text: str, tokenizer, max_positions: int, reserved: int) -
 def graph_bytes_per_key(degree: int = GRAPH_DEGREE) -> int:
     """The most bytes of neighbour ids one key holds in a graph index (its list at its longest)."""
     return degree * GRAPH_OVERFLOW_SLACK * NEIGHBOUR_ID_BYTES
+
+
+def attention_curve_bytes(layers: int, query_heads: int, n_keys: int) -> int:
+    """The bytes of a document's attention curves (engine.index.budget), stored with its index: float32 per layer,
+    query head, calibration query and grid point (0, the grid's steps below n_keys, n_keys)."""
+    points = math.ceil(math.log2(max(n_keys, 1)) * GRID_STEPS_PER_DOUBLING) + 2
+    return layers * query_heads * CALIBRATION_QUERIES * points * 4
 
 
 def training_stride(prefix_len: int, target: int = 2048) -> int:
@@ -170,7 +180,10 @@ def estimate_fit(shape: ModelShape, tokens: int, reserved: int, attention: str, 
     queries_per_head = training_queries_per_head(tokens)  # kept in float16 to train (and retrain) the index
     train_queries = shape.layers * shape.query_heads * queries_per_head * shape.head_dim * 2
     # one graph per KV head (IndexParams.graph_per_kv_head), each key's neighbour list at its longest
-    index = shape.layers * shape.kv_heads * tokens * graph_bytes_per_key() if attention not in ("full", "window") else 0
+    index = 0
+    if attention not in ("full", "window"):
+        index = (shape.layers * shape.kv_heads * tokens * graph_bytes_per_key()
+                 + attention_curve_bytes(shape.layers, shape.query_heads, tokens))
     if attention == "full":
         on_device = per_token_kv * (tokens + reserved) * shape.weight_bytes_per_value
         ram = on_device if device_is_cpu else 0

@@ -238,6 +238,7 @@ def test_settings_round_trip_through_the_dialog_and_disk(qtbot, make_window, con
     dialog = SettingsDialog(window.settings, window, confirm=False)
     qtbot.addWidget(dialog)
     dialog.top_k.setValue(300)
+    dialog.attention_share.setValue(97.5)
     dialog.temperature.setValue(0.4)
     dialog.attention.setCurrentIndex(dialog.attention.findData("full"))
     dialog.accept()
@@ -246,6 +247,7 @@ def test_settings_round_trip_through_the_dialog_and_disk(qtbot, make_window, con
     saved, warning = load_settings(config_dir / "settings.json")
     assert warning is None and saved == dialog.result_settings
     assert (saved.engine.top_k, saved.engine.temperature, saved.engine.attention) == (300, 0.4, "full")
+    assert saved.engine.attention_share == 0.975
     reopened = SettingsDialog(saved, window, confirm=False)
     qtbot.addWidget(reopened)
     assert reopened.edited_settings() == saved

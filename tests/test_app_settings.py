@@ -27,6 +27,7 @@ def test_round_trip_through_the_config_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("change", "words"), [
     ({"top_k": 0}, "top_k must be at least 1"),
+    ({"attention_share": 1.5}, "attention_share must be between 0"),
     ({"attention": "magic"}, "attention must be one of"),
     ({"temperature": -1.0}, "temperature must be 0"),
     ({"budget_bytes": 0}, "disk budget must be more than 0 bytes"),

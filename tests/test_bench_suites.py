@@ -177,7 +177,7 @@ def test_needle_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert [row["method"] for row in data["rows"]] == ["full", "window", "exact"]
     for row in data["rows"]:
         assert row["depth"] == 50 and isinstance(row["passed"], bool) and row["prefill_s"] > 0
-    assert data["rows"][2]["param"] == "top_k=100" and data["rows"][1]["param"] == "sink=8,window=16"
+    assert data["rows"][2]["param"] == "top_k=100,share=0.9" and data["rows"][1]["param"] == "sink=8,window=16"
     assert any(note.startswith("full: ") for note in data["notes"])
 
 

@@ -93,3 +93,30 @@ def test_bfloat16_prefill_attention_groups_heads_in_flash_attention_without_copi
         q.float(), k.float().repeat_interleave(4, 1), v.float().repeat_interleave(4, 1), attn_mask=mask)
     got = causal_prefill_attention(q, k, v, 128**-0.5)
     torch.testing.assert_close(got.float(), want.transpose(1, 2), atol=2e-2, rtol=0)
+
+
+def test_the_retrieval_budget_is_calibrated_on_the_device_and_every_key_equals_full_attention(model):
+    """The attention curves are computed where the index build's k-NN runs (the GPU here) and match the CPU's; an
+    attention share of 1 retrieves every offloaded key, whatever top_k is, and decodes like full attention."""
+    import numpy as np
+
+    from engine.index.budget import attention_curves, calibration_positions
+
+    gen = torch.Generator().manual_seed(2)
+    prefix = torch.randint(0, 400, (PREFIX,), generator=gen)
+    question = torch.randint(0, 400, (QUESTION,), generator=gen)
+    reference = full_attention_logits(model, torch.cat([prefix, question]), STEPS, chunk=256)
+    settings = RetrievalSettings(method="retrieval", n_sink=16, n_window=32, top_k=4, attention_share=1.0,
+                                 kv_dtype=torch.float32, index_params=IndexParams(knn_device="cuda"))
+    logits, cache = retrieval_logits(model, prefix, question, STEPS, settings, chunk=256)
+    assert all((layer.budget == layer.n_offloaded).all() for layer in cache.layers)
+    for got, want in zip(logits, reference, strict=True):
+        assert (got - want).abs().max() <= 1e-4
+    layer = cache.layers[1]
+    prefix_arrays = layer.prefix_arrays()
+    positions = np.arange(prefix_arrays.queries.shape[1]) * layer.train_stride
+    chosen = calibration_positions(positions, PREFIX - 32)
+    curves = {device: attention_curves(prefix_arrays.queries[:, chosen], positions[chosen], prefix_arrays.keys, 16,
+                                       PREFIX - 32, layer.scale, device) for device in ("cpu", "cuda")}
+    np.testing.assert_allclose(curves["cuda"].left_out, curves["cpu"].left_out, atol=1e-5)
+    np.testing.assert_allclose(curves["cuda"].left_out, layer.curves.left_out, atol=1e-5)

@@ -8,7 +8,7 @@ from numba import njit
 
 from engine.index.base import IndexParams, build_layer_index, index_methods, kv_head_of, load_layer_index
 from engine.index.exact import ExactIndex
-from engine.index.graph import GraphIndex, build_graph_index
+from engine.index.graph import SCAN_SHARE, GraphIndex, build_graph_index
 from engine.index.kernels import half_to_f32, half_to_f32_by_bits
 
 D = 32
@@ -69,12 +69,20 @@ def test_recall_high_while_scanning_few(data, index) -> None:
 
 def test_recall_grows_with_effort(data, index) -> None:
     keys, _, test = data
-    exact = exact_top(keys, test, 50)
-    results = [index.search(test, 50, effort=e) for e in (8, 32, 128)]
+    exact = exact_top(keys, test, 8)
+    results = [index.search(test, 8, effort=e) for e in (8, 32, 128)]
     recalls = [recall(r.ids, exact) for r in results]
     scans = [r.scanned.mean() for r in results]
     assert recalls[0] <= recalls[1] <= recalls[2] and recalls[0] < recalls[2]
     assert scans[0] < scans[1] < scans[2]
+
+
+def test_the_queue_is_at_least_k(data, index) -> None:
+    """Asking for more keys than the effort searches as far as it retrieves: the same as effort = k."""
+    keys, _, test = data
+    low, at_k = index.search(test, 50, effort=8), index.search(test, 50, effort=50)
+    np.testing.assert_array_equal(low.ids, at_k.ids)
+    assert recall(low.ids, exact_top(keys, test, 50)) >= 0.9
 
 
 def test_effort_at_least_n_is_exact(data, index) -> None:
@@ -214,8 +222,9 @@ def reference_search(q, keys, indptr, indices, entries, size: int, k: int) -> tu
 @pytest.mark.parametrize(("size", "k"), [(4, 10), (16, 10), (40, 25), (40, 60)])
 def test_search_follows_its_definition_exactly(size: int, k: int) -> None:
     """The compiled search (heaps, prefetching, a reused workspace) returns exactly what the plain
-    definition does, including k > size and fewer queue slots than entry points. Integer-valued vectors
-    make every q·k exact in float32, so the comparison does not depend on summation order."""
+    definition does, with a queue of max(effort, k) (k > effort included) and fewer queue slots than entry
+    points. Integer-valued vectors make every q·k exact in float32, so the comparison does not depend on
+    summation order."""
     keys, train, test = attention_like(n_heads=2, n_kv=1, n_keys=1500, n_train=600, n_test=6, seed=5)
     keys, test = np.round(keys * 40), np.round(test * 40)
     index = build_layer_index("retrieval", keys, train)
@@ -224,7 +233,7 @@ def test_search_follows_its_definition_exactly(size: int, k: int) -> None:
         for i in range(test.shape[1]):
             ids, scanned = reference_search(
                 test[h, i], keys[0], index.indptr[index.graph_of[h]], index.indices,
-                index.entries[index.graph_of[h]], size, k
+                index.entries[index.graph_of[h]], max(size, k), k
             )
             assert found.scanned[h, i] == scanned
             got = found.ids[h, i, : len(ids)]
@@ -435,3 +444,18 @@ def test_graphs_built_at_once_take_turns_on_an_accelerator(monkeypatch, data):
     assert most[0] == 1
     np.testing.assert_array_equal(taking_turns.indices, reference.indices)
     np.testing.assert_array_equal(taking_turns.search(test, 10).ids, reference.search(test, 10).ids)
+
+
+def test_a_head_whose_queue_holds_a_large_share_of_the_keys_scans_them_all(data, index) -> None:
+    """Scanning returns the exact top-k, best first, and counts every key; a head below the share still searches."""
+    keys, _, test = data
+    n_keys = keys.shape[1]
+    big = int(np.ceil(SCAN_SHARE * n_keys))
+    res = index.search(test, np.array([big, 5, big, 5]), effort=1)
+    assert (res.scanned[[0, 2]] == n_keys).all() and (res.scanned[[1, 3]] < n_keys).all()
+    truth = exact_top(keys, test, big)
+    for h in (0, 2):
+        found = res.ids[h]
+        np.testing.assert_array_equal(np.sort(found, axis=-1), np.sort(truth[h], axis=-1))
+        scores = np.einsum("md,mkd->mk", test[h], keys[h // 2][found])
+        assert (np.diff(scores, axis=-1) <= 1e-5).all()

@@ -164,3 +164,21 @@ def test_low_effort_scans_less(method: str, data, built) -> None:
     low = built[method].search(queries, K, effort=8).scanned.mean()
     high = built[method].search(queries, K, effort=GENEROUS).scanned.mean()
     assert low < N and low <= high
+
+
+@pytest.mark.parametrize("method", index_methods())
+def test_k_per_query_head(method: str, data, built) -> None:
+    """The retrieval budget asks each query head for its own k: ids [H, M, max k], best first, -1 past each head's
+    k; exact methods return each head's exact top-k, approximate ones reach recall 0.95 at a generous effort."""
+    keys, _, queries = data
+    ks = np.array([5, K, 1, 3 * K])
+    result = built[method].search(queries, ks, effort=GENEROUS)
+    assert result.ids.shape == (H, M, 3 * K) and result.scanned.shape == (H, M)
+    for h, k in enumerate(ks):
+        assert (result.ids[h, :, k:] == -1).all() and (result.ids[h, :, :k] >= 0).all()
+        truth = _exact_ids(keys, queries, k)[h : h + 1]
+        found = result.ids[h : h + 1, :, :k]
+        if method in EXACT_METHODS:
+            assert np.array_equal(np.sort(found, axis=-1), np.sort(truth, axis=-1))
+        else:
+            assert _recall(found, truth) >= 0.95

@@ -213,7 +213,7 @@ def test_the_estimates_count_the_training_queries_kept():
     """One prefill query in 8 to one in 16 per query head is kept in float16 (RetrievalCache.train_stride): at 128K
     tokens 8,192 per head, 2 GiB for Llama-3-8B's 32 x 32 heads, which the RAM and disk estimates include."""
     from engine.cache import RetrievalCache
-    from engine.sizing import ModelShape, estimate_fit
+    from engine.sizing import ModelShape, attention_curve_bytes, estimate_fit
 
     shape = ModelShape(layers=32, kv_heads=8, query_heads=32, head_dim=128, max_positions=131072,
                        weight_bytes_per_value=2)
@@ -223,7 +223,8 @@ def test_the_estimates_count_the_training_queries_kept():
         fits = {attention: estimate_fit(shape, tokens_, 0, attention, 128, 512, device_is_cpu=False,
                                         data_folder=".", disk_budget_bytes=10**15, available_ram=10**15)
                 for attention in ("retrieval", "full")}  # full attention keeps only the K/V
-        assert fits["retrieval"].disk_bytes - fits["full"].disk_bytes == kept + 32 * 8 * tokens_ * 32 * 4
+        graphs, curves = 32 * 8 * tokens_ * 32 * 4, attention_curve_bytes(32, 32, tokens_)  # the index beside them
+        assert fits["retrieval"].disk_bytes - fits["full"].disk_bytes == kept + graphs + curves
 
 
 @torch.inference_mode()

@@ -92,6 +92,17 @@ class SettingsDialog(QDialog):
         self.n_sink = _spin(0, 65536)
         self.n_window = _spin(0, 1 << 20, 64)
         self.top_k = _spin(1, 100000, 10)
+        self.attention_share = QDoubleSpinBox()
+        self.attention_share.setRange(0.0, 100.0)
+        self.attention_share.setDecimals(1)
+        self.attention_share.setSingleStep(1.0)
+        self.attention_share.setSuffix(" %")
+        self.attention_share.setSpecialValueText("0 (fixed top-k)")
+        share_note = QLabel("Each head retrieves keys until they hold this share of its attention (at least top-k).")
+        share_note.setWordWrap(True)
+        share_column = QVBoxLayout()
+        share_column.addWidget(self.attention_share)
+        share_column.addWidget(share_note)
         self.search_effort = _spin(1, 100000, 10)
         self.max_new_tokens = _spin(1, MAX_ANSWER_TOKENS, 64)
         self.temperature = QDoubleSpinBox()
@@ -123,6 +134,7 @@ class SettingsDialog(QDialog):
         attention_form.addRow("Sink tokens:", self.n_sink)
         attention_form.addRow("Window size:", self.n_window)
         attention_form.addRow("Top-k retrieved:", self.top_k)
+        attention_form.addRow("Attention to retrieve:", share_column)
         attention_form.addRow("Index search effort:", self.search_effort)
         answer_box = QGroupBox("Answers and storage")
         answer_form = QFormLayout(answer_box)
@@ -155,6 +167,7 @@ class SettingsDialog(QDialog):
         self.n_sink.setValue(engine.n_sink)
         self.n_window.setValue(engine.n_window)
         self.top_k.setValue(engine.top_k)
+        self.attention_share.setValue(engine.attention_share * 100)
         self.search_effort.setValue(engine.search_effort)
         self.max_new_tokens.setValue(engine.max_new_tokens)
         self.temperature.setValue(engine.temperature)
@@ -170,7 +183,8 @@ class SettingsDialog(QDialog):
             model=self.model.text().strip(), device=device or "auto",
             dtype=self.dtype.currentData(), weights=self.weights.currentData(),
             attention=self.attention.currentData(), n_sink=self.n_sink.value(),
-            n_window=self.n_window.value(), top_k=self.top_k.value(), search_effort=self.search_effort.value(),
+            n_window=self.n_window.value(), top_k=self.top_k.value(),
+            attention_share=round(self.attention_share.value() / 100, 4), search_effort=self.search_effort.value(),
             max_new_tokens=self.max_new_tokens.value(), temperature=self.temperature.value(),
             folder=self.data_folder.text().strip(),
             budget_bytes=round(self.disk_budget.value() * GIB),

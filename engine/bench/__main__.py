@@ -19,6 +19,8 @@ SUITES: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "decode": ("engine.bench.decode_suite", "one decode step's attention per method at equal recall"),
     "needle": ("engine.bench.needle_suite", "needle-in-a-haystack passes per attention mode"),
     "fidelity": ("engine.bench.fidelity_suite", "teacher-forced top-1 agreement and KL vs full attention"),
+    "freerun": ("engine.bench.freerun_suite", "free-running greedy answers per method vs full attention's"),
+    "budget": ("engine.bench.budget_suite", "an attention-following retrieval budget against fixed top-k, per step"),
     "memory": ("engine.bench.gpu_suite", "peak device memory and time per token at long context (GPU check)"),
     "cards": ("engine.bench.cards_suite", "which catalog model fits which GPU, computed by the fit check"),
     "fingerprint": ("engine.bench.fingerprint_suite", "the model identity's cost at open: first open, later opens"),

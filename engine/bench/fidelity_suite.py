@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-sink", type=int, default=128)
     parser.add_argument("--n-window", type=int, default=512)
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--attention-share", type=float, default=EngineConfig.attention_share,
+                        help="the retrieval budget's share of attention (0: a fixed --top-k)")
     parser.add_argument("--effort", type=int, default=EngineConfig.search_effort, help="index search effort")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--prefill-chunk", type=int, default=512)
@@ -169,6 +171,7 @@ def compare(reference: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor,
 def method_settings(method: str, args: argparse.Namespace) -> RetrievalSettings:
     """The engine's own settings for an attention mode (as DocumentSession would use)."""
     config = EngineConfig(attention=method, n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
+                          attention_share=args.attention_share,
                           search_effort=args.effort)
     return retrieval_settings(config)
 
@@ -222,6 +225,6 @@ def run(args: argparse.Namespace, report: Report) -> None:
     report.note(
         f"teacher forcing on full attention's greedy answers (<= {args.max_new_tokens} tokens); KL = KL(p_full || "
         f"p_method) in nats, mean over answer positions; n_sink={args.n_sink}, n_window={args.n_window}, "
-        f"top_k={args.top_k}, effort={args.effort}; the first answer position follows the question's prefill, "
-        "which attends to all offloaded keys exactly (except window)"
+        f"top_k={args.top_k}, attention share={args.attention_share:g}, effort={args.effort}; the first answer "
+        "position follows the question's prefill, which attends to all offloaded keys exactly (except window)"
     )

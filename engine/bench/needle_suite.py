@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-sink", type=int, default=128)
     parser.add_argument("--n-window", type=int, default=512)
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--attention-share", type=float, default=EngineConfig.attention_share,
+                        help="the retrieval budget's share of attention (0: a fixed --top-k)")
     parser.add_argument("--effort", type=int, default=EngineConfig.search_effort, help="index search effort")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = all cores)")
@@ -55,7 +57,8 @@ def method_param(config: EngineConfig) -> str:
     if config.attention == "window":
         return static
     effort = f",{EFFORT_NAME[config.attention]}={config.search_effort}" if config.attention in EFFORT_NAME else ""
-    return f"top_k={config.top_k}{effort}"
+    share = f",share={config.attention_share:g}" if config.attention_share else ""
+    return f"top_k={config.top_k}{share}{effort}"
 
 
 class Answer(NamedTuple):
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
         for method in methods:
             config = EngineConfig(model=args.model, device="cpu", dtype="float32", attention=method,
                                   n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
+                                  attention_share=args.attention_share,
                                   search_effort=args.effort, max_new_tokens=args.max_new_tokens)
             row = needle_row(method, config, depth, needle, ask_once(loaded, document, config, needle.question))
             results[method].append(row)

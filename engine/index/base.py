@@ -9,7 +9,10 @@ Shapes (numpy, float32 unless said):
                                   kv_dtype; the graph searches float16 in place, the baselines copy)
     train_queries  [H, Nq, D]     prefill queries of each query head (attention-aware indexes use them)
     queries        [H, m, D]      search queries, one batch of m per query head
-    ids            [H, m, k]      int64, best first by inner product, -1 where fewer than k were found
+    k              int, or [H] int64: keys wanted, the same for every query head or one per head (the retrieval
+                   budget of engine.index.budget)
+    ids            [H, m, max k]  int64, best first by inner product, -1 where fewer than that head's k were found
+                   (always past a head's own k when k differs between heads)
     scanned        [H, m]         int64, number of q·k inner products computed for that search
 """
 
@@ -72,8 +75,9 @@ class LayerIndex(Protocol):
     n_kv_heads: int
     n_keys: int
 
-    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
-        """queries [H, m, D] float32 -> top-k ids per head and query (see module docstring)."""
+    def search(self, queries: np.ndarray, k: int | np.ndarray, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D] float32 -> top-k ids per head and query; k an int or [H] per query head (see the module
+        docstring). An index that cannot search per head can search max(k) and apply `keep_per_head`."""
         ...
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -114,6 +118,22 @@ def load_layer_index(
     if method not in _LOADERS:
         raise ValueError(f"unknown index method {method!r}; choose one of {index_methods()}")
     return _LOADERS[method](arrays, keys, params or IndexParams())
+
+
+def per_head_k(k: int | np.ndarray, n_heads: int) -> np.ndarray:
+    """k (an int, or one per query head) as [H] int64, checked."""
+    ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (n_heads,)).copy()
+    if ks.ndim != 1 or (ks < 0).any():
+        raise ValueError(f"k must be a count or one count per query head ({n_heads}), not {k!r}")
+    return ks
+
+
+def keep_per_head(ids: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """ids [H, m, K] best first, ks [H] -> ids with every id past its head's k set to -1 (in place)."""
+    if ids.shape[2]:
+        past = np.arange(ids.shape[2])[None, :] >= ks[:, None]  # [H, K]
+        ids[np.broadcast_to(past[:, None, :], ids.shape)] = -1
+    return ids
 
 
 def kv_head_of(n_heads: int, n_kv_heads: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from engine.index.base import IndexParams, SearchResult, register_index
+from engine.index.base import IndexParams, SearchResult, keep_per_head, per_head_k, register_index
 
 EXACT = "exact"
 
@@ -54,16 +54,20 @@ class ExactIndex:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"{self.n_heads} query heads cannot be grouped over {self.n_kv_heads} KV heads")
 
-    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
-        """queries [H, m, D] -> ids [H, m, k] (-1 padded past N), scanned [H, m] == N."""
+    def search(self, queries: np.ndarray, k: int | np.ndarray, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D], k an int or [H] -> ids [H, m, max k] (-1 padded past N and past each head's k),
+        scanned [H, m] == N."""
         n_heads, m, _ = queries.shape
         if n_heads != self.n_heads:
             raise ValueError(f"expected {self.n_heads} query heads, got {n_heads}")
-        ids = np.full((n_heads, m, k), -1, dtype=np.int64)
-        if self.n_keys and k > 0:
+        ks = per_head_k(k, n_heads)
+        k_max = int(ks.max(initial=0))
+        ids = np.full((n_heads, m, k_max), -1, dtype=np.int64)
+        if self.n_keys and k_max > 0:
             q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-            _, top = exact_topk(self._keys, q, k)
+            _, top = exact_topk(self._keys, q, k_max)
             ids[:, :, : top.shape[-1]] = top.numpy()
+            keep_per_head(ids, ks)
         scanned = np.full((n_heads, m), self.n_keys, dtype=np.int64)
         return SearchResult(ids, scanned)
 

@@ -24,7 +24,7 @@ from typing import ClassVar
 import faiss
 import numpy as np
 
-from engine.index.base import IndexParams, SearchResult, register_index
+from engine.index.base import IndexParams, SearchResult, keep_per_head, per_head_k, register_index
 
 FLAT = "flat"
 IVF = "ivf"
@@ -66,11 +66,14 @@ class _PerKvHeadIndex:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"{self.n_heads} query heads cannot be grouped over {self.n_kv_heads} KV heads")
 
-    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
-        """queries [H, m, D] -> ids [H, m, k] (-1 padded), scanned [H, m]."""
+    def search(self, queries: np.ndarray, k: int | np.ndarray, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D], k an int or [H] -> ids [H, m, max k] (-1 padded, and past each head's k), scanned
+        [H, m]. A KV head's query heads search max(their k) together and keep their own k."""
         n_heads, m, dim = queries.shape
         if n_heads != self.n_heads or dim != self.dim:
             raise ValueError(f"expected queries [{self.n_heads}, m, {self.dim}], got {queries.shape}")
+        ks = per_head_k(k, n_heads)
+        k = int(ks.max(initial=0))
         ids = np.full((n_heads, m, k), -1, dtype=np.int64)
         scanned = np.zeros((n_heads, m), dtype=np.int64)
         if self.n_keys == 0 or m == 0 or k <= 0:
@@ -79,11 +82,15 @@ class _PerKvHeadIndex:
         effort = self.params.effort if effort is None else int(effort)
         group = n_heads // self.n_kv_heads
         for j in range(self.n_kv_heads):
-            q = _f32(queries[j * group : (j + 1) * group].reshape(group * m, dim))
-            head_ids, head_scanned = self._search_head(j, q, k, effort)
-            ids[j * group : (j + 1) * group] = head_ids.reshape(group, m, k)
-            scanned[j * group : (j + 1) * group] = head_scanned.reshape(group, m)
-        return SearchResult(ids, scanned)
+            heads = slice(j * group, (j + 1) * group)
+            k_group = int(ks[heads].max())
+            if k_group == 0:
+                continue
+            q = _f32(queries[heads].reshape(group * m, dim))
+            head_ids, head_scanned = self._search_head(j, q, k_group, effort)
+            ids[heads, :, :k_group] = head_ids.reshape(group, m, k_group)
+            scanned[heads] = head_scanned.reshape(group, m)
+        return SearchResult(keep_per_head(ids, ks), scanned)
 
     def _search_head(self, j: int, q: np.ndarray, k: int, effort: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

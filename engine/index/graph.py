@@ -18,10 +18,11 @@ graph (`engine.index.graph_build`, from the exact nearest keys of `engine.index.
    aimed at a region far from the hottest key does not have to walk (or strand) to get there.
 
 Search (`engine.index.graph_search`): best-first search by inner product from the entry points, keeping the
-best `effort` keys scanned and expanding the best unexpanded one; the answer is the best k of every key
-scanned. A call with many searches runs them in parallel, a decode-sized call ([H, 1, D]) serially, which avoids waking
-numba's thread pool (and stalls of milliseconds when the cores are busy), or with its heads shared among
-`search_threads` plain threads (engine.index.parallel).
+best max(effort, k) keys scanned and expanding the best unexpanded one; the answer is the best k of every key
+scanned. k may differ per query head (the retrieval budget); a head whose queue holds SCAN_SHARE of the keys scores
+them all instead (cheaper beyond that share of the keys). A call with many searches runs them in parallel, a
+decode-sized call ([H, 1, D]) serially, which avoids waking numba's thread pool (and stalls of milliseconds when the
+cores are busy), or with its heads shared among `search_threads` plain threads (engine.index.parallel).
 
 Storage: CSR per graph, concatenated over the G graphs (G = H_kv or H): ``indptr [G, N+1]`` int64 offsets into
 the flat ``indices`` int32; ``entries [G, E]`` int64 (-1 padded); ``graph_of [H]``. `to_arrays()` returns these.
@@ -36,7 +37,7 @@ from typing import ClassVar
 import numba
 import numpy as np
 
-from engine.index.base import IndexParams, SearchResult, kv_head_of, register_index
+from engine.index.base import IndexParams, SearchResult, kv_head_of, per_head_k, register_index
 from engine.index.graph_build import N_ENTRIES, build_head_graph
 from engine.index.graph_search import search_parallel, search_serial
 from engine.index.kernels import search_workspace, thread_search_workspaces
@@ -45,6 +46,7 @@ from engine.index.parallel import default_search_threads, over_heads
 
 METHOD = "retrieval"
 PARALLEL_MIN_SEARCHES = 32  # fewer (head, query) searches per call run serially: see search()
+SCAN_SHARE = 0.1  # a head whose queue holds this share of the keys scores them all instead (see search())
 
 
 _WORKSPACES = threading.local()
@@ -105,29 +107,38 @@ class GraphIndex:
         self.max_degree = int(np.diff(self.indptr, axis=1).max()) if self.n_keys else 0
         self.search_threads = params.threads or default_search_threads()
 
-    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
-        """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m]."""
+    def search(self, queries: np.ndarray, k: int | np.ndarray, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D] float32, k an int or [H] -> ids [H, m, max k] int64 best first (-1 padded, and past
+        each head's k), scanned [H, m].
+
+        A head searches with a queue of max(effort, its k) keys (`queue_sizes`), and one whose queue holds at least
+        SCAN_SHARE of the keys scores every key instead: a graph search costs about its queue size in random reads and
+        heap work, a scan streams the keys, and beyond that share the scan is the faster (docs/benchmarks.md,
+        budget)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n_heads, m, _ = queries.shape
         if n_heads != self.n_heads:
             raise ValueError(f"expected queries for {self.n_heads} heads, got {n_heads}")
-        if self.n_keys == 0 or k <= 0 or m == 0:
-            return SearchResult(
-                np.full((n_heads, m, max(k, 0)), -1, dtype=np.int64), np.zeros((n_heads, m), dtype=np.int64)
-            )
-        size = max(effort or self.params.effort, 1)
-        arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries)
-        degree_room = max(64, 1 << self.max_degree.bit_length())  # layers differ a little in max degree
+        ks = per_head_k(k, n_heads)
+        k_max = int(ks.max(initial=0))
+        if self.n_keys == 0 or k_max <= 0 or m == 0:
+            nothing = np.full((n_heads, m, k_max), -1, dtype=np.int64)
+            return SearchResult(nothing, np.zeros((n_heads, m), dtype=np.int64))
+        sizes = queue_sizes(ks, effort or self.params.effort)
+        scan = sizes >= SCAN_SHARE * self.n_keys
+        arrays = (self.keys, self.kv_of, self.graph_of, self.indptr, self.indices, self.entries, sizes, ks, scan)
+        # The kept workspaces are keyed by powers of two, so the layers' budgets and max degrees share them.
+        room = (next_power_of_two(int(sizes.max())), max(64, next_power_of_two(self.max_degree + 1)))
         if n_heads * m >= PARALLEL_MIN_SEARCHES:  # one workspace per numba thread, kept like the serial one
-            works = reused_workspace(
-                (numba.config.NUMBA_NUM_THREADS, self.n_keys, size, k, degree_room), thread_search_workspaces
-            )
-            ids, scanned = search_parallel(queries, *arrays, size, k, works)
+            works = reused_workspace((numba.config.NUMBA_NUM_THREADS, self.n_keys, *room), thread_search_workspaces)
+            ids, scanned = search_parallel(queries, *arrays, works)
         else:  # a decode step: its heads on `search_threads` threads (engine.index.parallel), each with its workspace
             def search_heads(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                work = reused_workspace((self.n_keys, size, k, degree_room), search_workspace)
-                return search_serial(queries[heads], self.keys, self.kv_of[heads], self.graph_of[heads], self.indptr,
-                                     self.indices, self.entries, size, k, work)
+                work = reused_workspace((self.n_keys, *room), search_workspace)
+                part_ids, part_scanned = search_serial(
+                    queries[heads], self.keys, self.kv_of[heads], self.graph_of[heads], self.indptr, self.indices,
+                    self.entries, sizes[heads], ks[heads], scan[heads], work)
+                return pad_ids(part_ids, k_max), part_scanned
 
             parts = over_heads(search_heads, n_heads, self.search_threads)
             ids, scanned = (np.concatenate([p[i] for p in parts]) for i in range(2))
@@ -142,6 +153,25 @@ class GraphIndex:
         """(mean, max) out-degree over all graphs."""
         deg = np.diff(self.indptr, axis=1)
         return float(deg.mean()) if deg.size else 0.0, int(deg.max()) if deg.size else 0
+
+
+def queue_sizes(ks: np.ndarray, effort: int) -> np.ndarray:
+    """[H] int64 queue size per query head wanting ks [H] keys: the search effort, and at least k, so that a head
+    retrieving more keys than the effort searches as far as it retrieves."""
+    return np.maximum(ks, max(int(effort), 1)).astype(np.int64)
+
+
+def pad_ids(ids: np.ndarray, width: int) -> np.ndarray:
+    """ids [h, m, K] -> [h, m, width] (width >= K), -1 padded: parts of one search whose heads want different k."""
+    if ids.shape[2] == width:
+        return ids
+    padded = np.full((*ids.shape[:2], width), -1, dtype=ids.dtype)
+    padded[:, :, : ids.shape[2]] = ids
+    return padded
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def build_graph_index(

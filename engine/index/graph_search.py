@@ -1,10 +1,10 @@
 """Searching the attention-aware graph (numba kernels).
 
 Best-first search by inner product from the entry points, keeping the best `size` keys scanned (a 4-ary
-min-heap) and expanding the best unexpanded one of them (a heap of candidates); the answer is the best k of
-*every* key scanned, so k may exceed size. A visited array, no Python per visited node, and prefetching of
-the reads the search already knows it will make (they, and the heaps' branches, bound a decode search on a
-cold graph, not the arithmetic).
+min-heap) and expanding the best unexpanded one of them (a heap of candidates); the answer is the best k (k <= size)
+of every key scanned. A visited array, no Python per visited node, and prefetching of the reads the search already
+knows it will make (they, and the heaps' branches, bound a decode search on a cold graph, not the arithmetic). A
+head whose budget is a large share of the keys scores every key instead (`scan_one`).
 
 Shapes: keys [N, D] (float32, or float16 as its uint16 bits: numba has no float16), indptr [N+1] absolute
 offsets into indices int32, entries [E] int64 (-1 padded, at least one valid). The key dot products, prefetching
@@ -100,14 +100,13 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
     valid) seed the search; work from engine.index.kernels.search_workspace. The result list holds the best `size`
     keys scanned; the next node to expand is the best unexpanded one among them, and the search ends when none is
     left (HNSW's termination: the best candidate is worse than the size-th best result). The answer is the best k
-    of every key scanned (so k may exceed size). out_ids [k] int64 is filled best first, -1 padded.
+    (k <= size) of every key scanned, which are the best k of the result list. out_ids [k] int64 is filled best
+    first, -1 padded.
     """
-    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
+    visited, cand_s, cand_i, res_s, res_i, fresh = work
     n_keys = keys.shape[0]  # the candidate heap's capacity, never reached
-    separate_answer = k > size
     n_cand = 0
     n_res = 0
-    n_ans = 0
     scanned = 0
     for t in range(entries.shape[0]):
         v = entries[t]
@@ -116,8 +115,6 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
         visited[v] = True
         s = key_dot(q, keys[v])
         scanned += 1
-        if separate_answer:
-            n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
         if n_res < size or s > res_s[0]:
             n_res = heap_push(res_s, res_i, n_res, size, s, v)
             n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
@@ -133,56 +130,86 @@ def _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work):
         for j in range(n_fresh):
             v = fresh[j]
             s = key_dot(q, keys[v])
-            if separate_answer:
-                n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
             if n_res < size or s > res_s[0]:
                 n_res = heap_push(res_s, res_i, n_res, size, s, v)
                 n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
                 prefetch(indptr, v)
         scanned += n_fresh
-    if separate_answer:
-        best_s, best_i, n_best = ans_s, ans_i, n_ans
-    else:
-        best_s, best_i, n_best = res_s, res_i, n_res
-    order = np.argsort(-best_s[:n_best])
+    order = np.argsort(-res_s[:n_res])
     for t in range(k):
-        out_ids[t] = best_i[order[t]] if t < n_best else -1
+        out_ids[t] = res_i[order[t]] if t < n_res else -1
     visited[:] = False
     return scanned
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def scan_one(q, keys, k, out_ids, work):
+    """Every key scored, the best k kept: for a head whose budget is a large share of the keys (see GraphIndex.search).
+    q [D], keys [N, D]; fills out_ids [k] best first (-1 padded past N); returns N. The k-th best score is found by
+    partition (O(N)), and only the k keys above it are sorted."""
+    scores = work[1]  # the candidate heap's scores: N floats, free between searches
+    n_keys = keys.shape[0]
+    for v in range(n_keys):
+        scores[v] = key_dot(q, keys[v])
+    kept = min(k, n_keys)
+    threshold = np.partition(scores[:n_keys], n_keys - kept)[n_keys - kept]
+    ties = kept  # how many keys scoring exactly the threshold to keep: kept less those above it
+    for v in range(n_keys):
+        ties -= np.int64(scores[v] > threshold)
+    chosen = work[2]  # the candidate heap's ids: N slots, free between searches
+    t = 0
+    for v in range(n_keys):
+        s = scores[v]
+        if s > threshold or (s == threshold and ties > 0):
+            ties -= np.int64(s == threshold)
+            chosen[t] = v
+            t += 1
+    best = chosen[:kept]
+    order = np.argsort(-scores[best])
+    for t in range(k):
+        out_ids[t] = best[order[t]] if t < kept else -1
+    return n_keys
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _search_or_scan(q, keys, indptr, indices, entries, size, k, scan, out_ids, work):
+    if scan:
+        return scan_one(q, keys, k, out_ids, work)
+    return _search_one(q, keys, indptr, indices, entries, size, k, out_ids, work)
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, works):
+def search_parallel(queries, keys, kv_of, graph_of, indptr, indices, entries, sizes, ks, scan, works):
     """queries [H, m, D], keys [H_kv, N, D], kv_of [H], graph_of [H] (the graph each query head searches),
-    indptr [G, N+1], entries [G, E], works from engine.index.kernels.thread_search_workspaces (one row per numba
-    thread, reusable across calls) -> ids [H, m, k] int64, scanned [H, m] int64; one numba task per (head, query)."""
+    indptr [G, N+1], entries [G, E], per query head sizes [H] (queue), ks [H] (keys wanted, each at most its size) and
+    scan [H] (score every key instead of searching), works from engine.index.kernels.thread_search_workspaces (one
+    row per numba thread, reusable across calls, holding at least max(sizes)) -> ids [H, m, max(ks)] int64 (-1 past
+    a head's k), scanned [H, m] int64; one numba task per (head, query)."""
     n_heads, m, _ = queries.shape
-    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    ids = np.full((n_heads, m, ks.max()), -1, dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
-    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = works
+    visited, cand_s, cand_i, res_s, res_i, fresh = works
     for job in prange(n_heads * m):
         h = job // m
         i = job % m
         t = numba.get_thread_id()
-        work = (visited[t], cand_s[t], cand_i[t], res_s[t], res_i[t], ans_s[t], ans_i[t], fresh[t])
+        work = (visited[t], cand_s[t], cand_i[t], res_s[t], res_i[t], fresh[t])
         g = graph_of[h]
-        scanned[h, i] = _search_one(
-            queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
-        )
+        scanned[h, i] = _search_or_scan(queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], sizes[h],
+                                        ks[h], scan[h], ids[h, i, : ks[h]], work)
     return ids, scanned
 
 
 @njit(cache=True, nogil=True)
-def search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, size, k, work):
-    """As search_parallel, on the calling thread with the given workspace (from search_workspace(N, size, k,
+def search_serial(queries, keys, kv_of, graph_of, indptr, indices, entries, sizes, ks, scan, work):
+    """As search_parallel, on the calling thread with the given workspace (from search_workspace(N, max(sizes),
     max_degree), reusable across calls: no thread-pool wake-up and no fresh pages, best for decode)."""
     n_heads, m, _ = queries.shape
-    ids = np.empty((n_heads, m, k), dtype=np.int64)
+    ids = np.full((n_heads, m, ks.max()), -1, dtype=np.int64)
     scanned = np.zeros((n_heads, m), dtype=np.int64)
     for h in range(n_heads):
         g = graph_of[h]
         for i in range(m):
-            scanned[h, i] = _search_one(
-                queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], size, k, ids[h, i], work
-            )
+            scanned[h, i] = _search_or_scan(queries[h, i], keys[kv_of[h]], indptr[g], indices, entries[g], sizes[h],
+                                            ks[h], scan[h], ids[h, i, : ks[h]], work)
     return ids, scanned

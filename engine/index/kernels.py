@@ -115,25 +115,22 @@ def prefetch(typingctx, arr, i):
 
 
 @njit(cache=True, nogil=True)
-def search_workspace(n_keys, size, k, max_degree):
+def search_workspace(n_keys, size, max_degree):
     """Scratch for one graph search (engine.index.graph_search), reused across searches over n_keys keys: visited
     [N] bool (all False between searches), the candidate heap [N] (negated scores, ids: a min-heap with the best
-    candidate at 0), the result min-heap [size], the answer min-heap [k] and one node's unvisited neighbours
-    [max_degree + 1]."""
+    candidate at 0), the result min-heap [size] and one node's unvisited neighbours [max_degree + 1]."""
     return (
         np.zeros(n_keys, dtype=np.bool_),
         np.empty(n_keys, dtype=np.float32),
         np.empty(n_keys, dtype=np.int32),
         np.empty(size, dtype=np.float32),
         np.empty(size, dtype=np.int32),
-        np.empty(k, dtype=np.float32),
-        np.empty(k, dtype=np.int32),
         np.empty(max_degree + 1, dtype=np.int32),
     )
 
 
 @njit(cache=True, nogil=True)
-def thread_search_workspaces(n_threads, n_keys, size, k, max_degree):
+def thread_search_workspaces(n_threads, n_keys, size, max_degree):
     """search_workspace's arrays stacked for n_threads numba threads (each thread's row is its own workspace)."""
     return (
         np.zeros((n_threads, n_keys), dtype=np.bool_),
@@ -141,7 +138,5 @@ def thread_search_workspaces(n_threads, n_keys, size, k, max_degree):
         np.empty((n_threads, n_keys), dtype=np.int32),
         np.empty((n_threads, size), dtype=np.float32),
         np.empty((n_threads, size), dtype=np.int32),
-        np.empty((n_threads, k), dtype=np.float32),
-        np.empty((n_threads, k), dtype=np.int32),
         np.empty((n_threads, max_degree + 1), dtype=np.int32),
     )

@@ -8,7 +8,9 @@ EXACT_KEY_KNN_MAX keys on a CPU). Every function here returns (ids, scores), nea
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -55,6 +57,16 @@ def shares_one_accelerator(device: str) -> bool:
     return device != "cpu"
 
 
+@contextlib.contextmanager
+def device_turn(device: str) -> Iterator[None]:
+    """Hold `device` for one build search (on an accelerator, one at a time: see nearest_keys)."""
+    if not shares_one_accelerator(device):
+        yield
+        return
+    with _ONE_DEVICE_KNN:
+        yield
+
+
 def nearest_keys(
     keys: np.ndarray, queries: np.ndarray | None, k: int, metric: str = "ip", device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +79,7 @@ def nearest_keys(
     if not shares_one_accelerator(device):
         on_keys = torch.from_numpy(keys)
         return exact_knn(on_keys, on_keys if queries is None else torch.from_numpy(queries), k, metric)
-    with _ONE_DEVICE_KNN:
+    with device_turn(device):
         on_keys = torch.from_numpy(keys).to(device)
         on_queries = on_keys if queries is None else torch.from_numpy(queries).to(device)
         found = exact_knn(on_keys, on_queries, k, metric)

@@ -19,8 +19,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from engine.index.base import IndexParams, SearchResult, register_index
-from engine.index.graph import GraphIndex, build_graph_index, reused_workspace
+from engine.index.base import IndexParams, SearchResult, per_head_k, register_index
+from engine.index.graph import (
+    SCAN_SHARE,
+    GraphIndex,
+    build_graph_index,
+    next_power_of_two,
+    pad_ids,
+    queue_sizes,
+    reused_workspace,
+)
 from engine.index.kernels import search_workspace
 from engine.index.parallel import default_search_threads, over_heads
 from engine.index.qgraph_search import search_coded_serial
@@ -62,24 +70,30 @@ class CodedGraphIndex:
         self.threads = threads or graph.params.threads or default_search_threads()
         self.last_estimated = np.zeros((0, 0), dtype=np.int64)
 
-    def search(self, queries: np.ndarray, k: int, effort: int | None = None) -> SearchResult:
-        """queries [H, m, D] float32 -> ids [H, m, k] int64 best first (-1 padded), scanned [H, m] exact q·k."""
+    def search(self, queries: np.ndarray, k: int | np.ndarray, effort: int | None = None) -> SearchResult:
+        """queries [H, m, D] float32, k an int or [H] -> ids [H, m, max k] int64 best first (-1 padded, and past each
+        head's k), scanned [H, m] exact q·k. The graph's queue sizes and scan choice (GraphIndex.search)."""
         g = self.graph
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n_heads, m, _ = queries.shape
         if n_heads != self.n_heads:
             raise ValueError(f"expected queries for {self.n_heads} heads, got {n_heads}")
-        if self.n_keys == 0 or k <= 0 or m == 0:
-            return g.search(queries, k, effort)
-        size = max(effort or g.params.effort, 1)
+        ks = per_head_k(k, n_heads)
+        k_max = int(ks.max(initial=0))
+        if self.n_keys == 0 or k_max <= 0 or m == 0:
+            return g.search(queries, ks, effort)
+        sizes = queue_sizes(ks, effort or g.params.effort)
+        scan = sizes >= SCAN_SHARE * self.n_keys
         scaled = np.ascontiguousarray(queries * self.scales[g.graph_of][:, None, :])
         margins = (self.slack * BOUND_SAFETY * 0.5) * np.abs(scaled).sum(axis=2, dtype=np.float32)
-        degree_room = max(64, 1 << g.max_degree.bit_length())
+        room = (next_power_of_two(int(sizes.max())), max(64, next_power_of_two(g.max_degree + 1)))
 
         def search_heads(heads: np.ndarray):
-            work = reused_workspace((self.n_keys, size, k, degree_room), search_workspace)
-            return search_coded_serial(queries, scaled, margins, g.keys, g.kv_of, g.graph_of, g.indptr, g.indices,
-                                       self.codes, g.entries, size, k, work, heads)
+            work = reused_workspace((self.n_keys, *room), search_workspace)
+            part_ids, part_scanned, part_estimated = search_coded_serial(
+                queries, scaled, margins, g.keys, g.kv_of, g.graph_of, g.indptr, g.indices, self.codes, g.entries,
+                sizes, ks, scan, work, heads)
+            return pad_ids(part_ids, k_max), part_scanned, part_estimated
 
         parts = over_heads(search_heads, n_heads, self.threads)
         ids, scanned, estimated = (np.concatenate([p[i] for p in parts]) for i in range(3))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.index.graph_search import heap_pop, heap_push
+from engine.index.graph_search import heap_pop, heap_push, scan_one
 from engine.index.kernels import key_dot, prefetch
 
 
@@ -38,14 +38,13 @@ def _code_dot(q_scaled, code):
 def search_one_coded(q, q_scaled, margin, keys, indptr, indices, codes, entries, size, k, out_ids, work):
     """Best-first search by inner product with estimate-filtered scoring; returns (exact q·k, estimates).
 
-    work: engine.index.kernels.search_workspace's arrays. out_ids [k] int64 best first, -1 padded.
+    work: engine.index.kernels.search_workspace's arrays. size: the queue (at least k, as
+    engine.index.graph.queue_sizes makes it). out_ids [k] int64 best first, -1 padded.
     """
-    visited, cand_s, cand_i, res_s, res_i, ans_s, ans_i, fresh = work
+    visited, cand_s, cand_i, res_s, res_i, fresh = work
     n_keys = keys.shape[0]
-    separate_answer = k > size
     n_cand = 0
     n_res = 0
-    n_ans = 0
     scanned = 0
     estimated = 0
     for t in range(entries.shape[0]):
@@ -55,8 +54,6 @@ def search_one_coded(q, q_scaled, margin, keys, indptr, indices, codes, entries,
         visited[v] = True
         s = key_dot(q, keys[v])
         scanned += 1
-        if separate_answer:
-            n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
         if n_res < size or s > res_s[0]:
             n_res = heap_push(res_s, res_i, n_res, size, s, v)
             n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
@@ -68,13 +65,9 @@ def search_one_coded(q, q_scaled, margin, keys, indptr, indices, codes, entries,
             nxt = indptr[cand_i[0]]
             prefetch(indices, nxt)
             prefetch(codes, nxt)  # the first code row of the likely next node's block
-        # Who may still enter the results: every neighbour while the lists fill, else those whose estimate can beat
+        # Who may still enter the results: every neighbour while the list fills, else those whose estimate can beat
         # the worst kept score (the threshold at the start of this expansion: only lower than the exact search's).
-        open_res = n_res < size
-        open_ans = separate_answer and n_ans < k
-        threshold = res_s[0] if not open_res else -np.inf
-        if separate_answer:
-            threshold = min(threshold, ans_s[0] if not open_ans else -np.inf)
+        threshold = res_s[0] if n_res == size else -np.inf
         n_fresh = 0
         for e in range(indptr[node], indptr[node + 1]):
             v = indices[e]
@@ -92,38 +85,41 @@ def search_one_coded(q, q_scaled, margin, keys, indptr, indices, codes, entries,
         for j in range(n_fresh):
             v = fresh[j]
             s = key_dot(q, keys[v])
-            if separate_answer:
-                n_ans = heap_push(ans_s, ans_i, n_ans, k, s, v)
             if n_res < size or s > res_s[0]:
                 n_res = heap_push(res_s, res_i, n_res, size, s, v)
                 n_cand = heap_push(cand_s, cand_i, n_cand, n_keys, -s, v)
                 prefetch(indptr, v)
         scanned += n_fresh
-    if separate_answer:
-        best_s, best_i, n_best = ans_s, ans_i, n_ans
-    else:
-        best_s, best_i, n_best = res_s, res_i, n_res
-    order = np.argsort(-best_s[:n_best])
+    order = np.argsort(-res_s[:n_res])
     for t in range(k):
-        out_ids[t] = best_i[order[t]] if t < n_best else -1
+        out_ids[t] = res_i[order[t]] if t < n_res else -1
     visited[:] = False
     return scanned, estimated
 
 
 @njit(cache=True, nogil=True)
-def search_coded_serial(queries, scaled, margins, keys, kv_of, graph_of, indptr, indices, codes, entries, size, k,
-                        work, heads):
+def search_coded_serial(queries, scaled, margins, keys, kv_of, graph_of, indptr, indices, codes, entries, sizes, ks,
+                        scan, work, heads):
     """The searches of query heads `heads` [h] int64 for queries [H, m, D] (scaled [H, m, D]: each query times its
-    graph's scales; margins [H, m]) on the calling thread -> ids [h, m, k] int64, scanned [h, m], estimated [h, m]."""
+    graph's scales; margins [H, m]; per query head sizes [H] (queue), ks [H] and scan [H], as
+    engine.index.graph_search.search_serial takes them) on the calling thread -> ids [h, m, max ks[heads]] int64 (-1
+    past a head's k), scanned [h, m], estimated [h, m]. A scanning head scores every key exactly (scan_one)."""
     m = queries.shape[1]
-    ids = np.empty((heads.shape[0], m, k), dtype=np.int64)
+    width = 0
+    for j in range(heads.shape[0]):
+        width = max(width, ks[heads[j]])
+    ids = np.full((heads.shape[0], m, width), -1, dtype=np.int64)
     scanned = np.zeros((heads.shape[0], m), dtype=np.int64)
     estimated = np.zeros((heads.shape[0], m), dtype=np.int64)
     for j in range(heads.shape[0]):
         h = heads[j]
         g = graph_of[h]
         for i in range(m):
-            scanned[j, i], estimated[j, i] = search_one_coded(
-                queries[h, i], scaled[h, i], margins[h, i], keys[kv_of[h]], indptr[g], indices, codes,
-                entries[g], size, k, ids[j, i], work)
+            out = ids[j, i, : ks[h]]
+            if scan[h]:
+                scanned[j, i] = scan_one(queries[h, i], keys[kv_of[h]], ks[h], out, work)
+            else:
+                scanned[j, i], estimated[j, i] = search_one_coded(
+                    queries[h, i], scaled[h, i], margins[h, i], keys[kv_of[h]], indptr[g], indices, codes,
+                    entries[g], sizes[h], ks[h], out, work)
     return ids, scanned, estimated
