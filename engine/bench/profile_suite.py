@@ -36,7 +36,7 @@ GROUPS = (  # (group, substrings of "file:function" that put a profiled function
     ("index search", ("graph_search", "qgraph_search", "search_offloaded", "index/parallel", "over_heads")),
     ("attention", ("scaled_dot_product_attention", "cpu_decode.py", "retrieval.py", "partial_attention",
                    "sdpa_attention_forward", "merge_attention_states")),
-    ("weights' matmuls", ("built-in method torch._C._nn.linear", "method 'linear'")),
+    ("weights' matmuls", ("built-in method torch._C._nn.linear", "method 'linear'", "cpu_weights.py")),
     ("sampling", ("generate.py:sample", "argmax", "multinomial")),
     ("text decoding", ("IncrementalText", "tokenization", "tokenizers", "method 'decode'")),
     ("other torch ops", ("built-in method", "method '")),
