@@ -28,7 +28,8 @@ class EngineConfig:
         (engine.quantize), so a larger model fits a smaller card.
     cpu_weights: on a CPU with weights "full", "int8" (the linear layers' weights as 8-bit integers with a float32
         scale per output channel, activations in float32: a quarter of the bytes a decode step reads;
-        engine.cpu_weights) or "full" (the weights in `dtype`). Ignored on a GPU and with 8bit/4bit weights.
+        engine.cpu_weights) or "full" (the weights in `dtype`). Ignored on a GPU, with 8bit/4bit weights and for a
+        model split across devices.
         docs/design.md says why int8 is the default.
     attention: "auto" (full attention where it is faster and fits the device, else retrieval: chosen per document
         by engine.attention_mode), "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks +

@@ -124,8 +124,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     """Load model `spec` ("default", a catalog id, a folder or a hub id) ready for inference. Never runs remote code.
 
     weights: "full", or "8bit"/"4bit" (engine.quantize). cpu_weights: "int8" makes a CPU model's linear layers int8
-    with float32 scales (engine.cpu_weights) where weights is "full"; "full" keeps them in `dtype`. A catalog model
-    gets the RoPE scaling its entry names.
+    with float32 scales (engine.cpu_weights) where weights is "full" and the model is not split; "full" keeps them in
+    `dtype`. A catalog model gets the RoPE scaling its entry names.
     Placement: one device, except for device "auto" on a GPU whose free memory the weights do not fit beside room for
     a long document's cache: then accelerate's device_map spreads the layers over the GPUs and the CPU. max_memory
     (accelerate's {device: bytes}, with offload_folder for "disk") forces such a split.
@@ -159,7 +159,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         raise ModelError(f"The model in {path} does not fit in {torch_device} memory.",
                          "Choose a smaller model, 4-bit weights, a smaller dtype, or the CPU device.") from error
     model.eval()
-    cpu_weights = "int8" if cpu_weights == "int8" and weights == "full" and torch_device.type == "cpu" else "full"
+    whole_on_cpu = torch_device.type == "cpu" and max_memory is None  # not split by accelerate (layers on disk)
+    cpu_weights = "int8" if cpu_weights == "int8" and weights == "full" and whole_on_cpu else "full"
     if cpu_weights == "int8":
         quantize_linear_layers(model)
     devices = layer_devices(model)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from engine.bench.report import Report
+from engine.config import EngineConfig
 
 GROUPS = (  # (group, substrings of "file:function" that put a profiled function in it), first match wins
     ("index search", ("graph_search", "qgraph_search", "search_offloaded", "index/parallel", "over_heads")),
@@ -47,6 +48,7 @@ OTHER = "python around them"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=("decode", "reopen", "weights"), default="decode")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--cpu-weights", default=EngineConfig.cpu_weights, help="decode: EngineConfig.cpu_weights")
     parser.add_argument("--document", default="", help="decode: a document file (default: resources/sample.md)")
     parser.add_argument("--methods", default="full,retrieval", help="decode: attention modes")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -96,7 +98,7 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
     torch.set_num_threads(args.threads)
     path = Path(args.document) if args.document else Path(__file__).resolve().parents[2] / "resources" / "sample.md"
     document = text_document(path.read_text(encoding="utf-8"), path.stem)
-    loaded = load_model(args.model, "cpu", "float32")
+    loaded = load_model(args.model, "cpu", "float32", cpu_weights=args.cpu_weights)
     question = "Who was the first head keeper of the lighthouse, and when did he serve?"
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         config = EngineConfig(attention=method, max_new_tokens=args.max_new_tokens, decode_threads=args.threads)
