@@ -125,3 +125,20 @@ def test_ask_loads_the_weights_the_option_names(tiny_model_dir, tmp_path):
                         "--max-new-tokens", "3", "--cpu-weights", choice)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["cpu_weights"] == choice
+
+
+def test_a_chat_made_with_float32_weights_says_it_needs_them_under_int8(int8_loaded, float32_loaded):
+    """int8 weights compute other K/V than float32's, so a chat made with one is readable, not continuable, with the
+    other; the message names the weights, not 'another model' (the model's name is the same)."""
+    from engine.errors import ChatError
+    from engine.session import DocumentSession
+    from engine.store import Store
+    from tests.test_chat import EXACT, QUESTIONS, document, finished
+
+    store = Store()
+    chat = DocumentSession(float32_loaded, document(), EngineConfig(**EXACT), store=store).chat()
+    finished(chat.ask(QUESTIONS[0]))
+    reopened = DocumentSession(int8_loaded, document(), EngineConfig(**EXACT), store=store).chat(chat.id)
+    assert "other weights" in reopened.problem and reopened.turns
+    with pytest.raises(ChatError, match="other weights"):
+        next(reopened.ask(QUESTIONS[1]))
