@@ -283,7 +283,8 @@ class RealBackend:
         self.loaded = None
         started = time.perf_counter()
         self._open_store(library)
-        self.loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
+        self.loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights,
+                            cpu_weights=config.cpu_weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
                          self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights,
                          self.library_damaged)

@@ -96,6 +96,10 @@ class Chat:
         """Why a question at turn `position` cannot be answered in this chat, or None."""
         loaded = self.session.loaded
         if self.record.model_fingerprint != loaded.fingerprint:
+            if self.record.model_name == loaded.name:  # the same model with other weights computes other K/V
+                return (f"This chat was made with {loaded.name} in other weights (another weights or CPU "
+                        "weights setting). Its answers stay readable, but it can be continued only with the weights "
+                        "that made it.")
             return (f"This chat was made with the model {self.record.model_name}, and the current model is "
                     f"{loaded.name}. Its answers stay readable, but it cannot be continued on another model.")
         if position > 0 and self.session.prompt.to_question_ids is None:

@@ -8,11 +8,12 @@ ATTENTION_MODES = ("auto", "full", "retrieval", "window", "exact", "flat", "ivf"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WEIGHTS = ("full", "8bit", "4bit")  # the weights as stored, or quantized at load (engine.quantize)
+CPU_WEIGHTS = ("int8", "full")  # how a CPU holds full weights' linear layers (engine.cpu_weights)
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
 MAX_ANSWER_TOKENS = 32768
 # Which settings need what when they change (ConfigChange): the model reloaded, or each document's session made
 # again (its K/V reused from the library where it holds them).
-RELOAD_MODEL_FIELDS = ("model", "device", "dtype", "weights")
+RELOAD_MODEL_FIELDS = ("model", "device", "dtype", "weights", "cpu_weights")
 REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort", "kv_dtype",
                           "prefill_chunk")
 
@@ -26,6 +27,11 @@ class EngineConfig:
         folder, or a hub id.
     weights: "full" (the model's weights in `dtype`), or "8bit"/"4bit": its linear layers quantized at load
         (engine.quantize), so a larger model fits a smaller card.
+    cpu_weights: on a CPU with weights "full", "int8" (the linear layers' weights as 8-bit integers with a float32
+        scale per output channel, activations in float32: a quarter of the bytes a decode step reads;
+        engine.cpu_weights) or "full" (the weights in `dtype`). Ignored on a GPU, with 8bit/4bit weights and for a
+        model split across devices.
+        docs/design.md says why int8 is the default.
     attention: "auto" (full attention where it is faster and fits the device, else retrieval: chosen per document
         by engine.attention_mode), "full" (ordinary attention), "retrieval" (RetrievalAttention), "window" (sinks +
         last window only), or "exact"/"flat"/"ivf"/"hnsw" (retrieval with another key index, for comparison).
@@ -47,6 +53,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     weights: str = "full"
+    cpu_weights: str = "int8"
     attention: str = "auto"
     n_sink: int = 128
     n_window: int = 512
@@ -73,6 +80,8 @@ class EngineConfig:
             problems.append(f"kv_dtype must be float16 or float32, not {self.kv_dtype!r}")
         if self.weights not in WEIGHTS:
             problems.append(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
+        if self.cpu_weights not in CPU_WEIGHTS:
+            problems.append(f"cpu_weights must be one of {', '.join(CPU_WEIGHTS)}, not {self.cpu_weights!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         for name in ("n_sink", "n_window", "threads", "prefill_chunk", "decode_threads"):

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from engine import hub
 from engine.catalog import find_entry
 from engine.config import EngineConfig
+from engine.cpu_weights import quantize_linear_layers
 from engine.default_model import ensure_default_model
 from engine.errors import ModelError
 from engine.events import CancelToken, ProgressCallback, ProgressMeter
@@ -45,6 +46,7 @@ class LoadedModel:
     max_positions: int
     stop_token_ids: set[int] = field(default_factory=set)
     weights: str = "full"  # EngineConfig.weights: "full", "8bit" or "4bit"
+    cpu_weights: str = "full"  # "int8" where the linear layers were made int8 at load (EngineConfig.cpu_weights)
     layer_devices: list[torch.device] = field(default_factory=list)  # per decoder layer (see layer_devices)
 
     @property
@@ -117,10 +119,13 @@ def resolve_model_path(spec: str, progress: ProgressCallback | None = None, canc
 def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
                progress: ProgressCallback | None = None, attn_implementation: str = "sdpa",
                config_overrides: dict | None = None, weights: str = "full", max_memory: dict | None = None,
-               offload_folder: str | Path | None = None, cancel: CancelToken | None = None) -> LoadedModel:
+               offload_folder: str | Path | None = None, cancel: CancelToken | None = None,
+               cpu_weights: str = EngineConfig.cpu_weights) -> LoadedModel:
     """Load model `spec` ("default", a catalog id, a folder or a hub id) ready for inference. Never runs remote code.
 
-    weights: "full", or "8bit"/"4bit" (engine.quantize). A catalog model gets the RoPE scaling its entry names.
+    weights: "full", or "8bit"/"4bit" (engine.quantize). cpu_weights: "int8" makes a CPU model's linear layers int8
+    with float32 scales (engine.cpu_weights) where weights is "full" and the model is not split; "full" keeps them in
+    `dtype`. A catalog model gets the RoPE scaling its entry names.
     Placement: one device, except for device "auto" on a GPU whose free memory the weights do not fit beside room for
     a long document's cache: then accelerate's device_map spreads the layers over the GPUs and the CPU. max_memory
     (accelerate's {device: bytes}, with offload_folder for "disk") forces such a split.
@@ -154,6 +159,10 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         raise ModelError(f"The model in {path} does not fit in {torch_device} memory.",
                          "Choose a smaller model, 4-bit weights, a smaller dtype, or the CPU device.") from error
     model.eval()
+    whole_on_cpu = torch_device.type == "cpu" and max_memory is None  # not split by accelerate (layers on disk)
+    cpu_weights = "int8" if cpu_weights == "int8" and weights == "full" and whole_on_cpu else "full"
+    if cpu_weights == "int8":
+        quantize_linear_layers(model)
     devices = layer_devices(model)
     check_quantization(weights, torch_device, offloads_to_disk="disk" in (getattr(model, "hf_device_map", None)
                                                                           or {}).values())
@@ -161,7 +170,8 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     if tokenizer.chat_template is None:
         raise ModelError(f"The tokenizer in {path} has no chat template, so Folio cannot format questions.",
                          "Use an instruction-tuned (chat) model.")
-    variant = {k: v for k, v in (("weights", weights), ("config", overrides)) if v and v != "full"}
+    variant = {k: v for k, v in (("weights", weights), ("cpu_weights", cpu_weights), ("config", overrides))
+               if v and v != "full"}
     fingerprint = model_fingerprint(path)
     if variant:  # quantized weights or a changed config compute other K/V: caches made without them do not apply
         fingerprint = hashlib.sha256((fingerprint + json.dumps(variant, sort_keys=True)).encode()).hexdigest()
@@ -172,6 +182,7 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         max_positions=int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0),
         stop_token_ids=stop_token_ids(model, tokenizer), weights=weights, layer_devices=devices,
+        cpu_weights=cpu_weights,
     )
 
 

@@ -59,7 +59,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_loaded(tiny_model_dir):
     from engine.model import load_model
 
-    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    # float32 weights (not the CPU default, int8): the engine's features are tested against float32 references, and
+    # some tests scale or cast the weights; tests/test_cpu_weights.py holds int8 to float32
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32", cpu_weights="full")
 
 
 @pytest.fixture(autouse=True)

@@ -147,7 +147,7 @@ RELOAD = textwrap.dedent("""
     model_dir, text, chat_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
     import hashlib
     doc = Document(text=text, title="light", source=None, sha256=hashlib.sha256(text.encode()).hexdigest())
-    loaded = load_model(model_dir, device="cpu", dtype="float32")
+    loaded = load_model(model_dir, device="cpu", dtype="float32", cpu_weights="full")  # as tiny_loaded
     session = DocumentSession(loaded, doc, EngineConfig(**json.loads(sys.argv[4])), store=Store())
     chat = session.chat(chat_id)
     turns = [{"question": t.question, "answers": [list(v.token_ids) for v in t.versions], "selected": t.selected,
@@ -170,7 +170,7 @@ KILLED_MID_ANSWER = textwrap.dedent("""
     from engine.store import Store
     model_dir, text, chat_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
     doc = Document(text=text, title="light", source=None, sha256=hashlib.sha256(text.encode()).hexdigest())
-    loaded = load_model(model_dir, device="cpu", dtype="float32")
+    loaded = load_model(model_dir, device="cpu", dtype="float32", cpu_weights="full")  # as tiny_loaded
     chat = DocumentSession(loaded, doc, EngineConfig(**json.loads(sys.argv[4])), store=Store()).chat(chat_id)
     for event in getattr(chat, sys.argv[5])(*[int(a) if a.isdigit() else a for a in sys.argv[6:]]):
         if isinstance(event, TokenEvent):

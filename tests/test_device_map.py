@@ -28,7 +28,8 @@ def four_layer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole(four_layer_dir):
-    return load_model(str(four_layer_dir), device="cpu", dtype="float32")
+    """The split's reference: float32 weights, as a split model keeps them (int8 CPU weights are for whole models)."""
+    return load_model(str(four_layer_dir), device="cpu", dtype="float32", cpu_weights="full")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_max_memory_forces_a_split(split):
     placed = split.model.hf_device_map
     assert "cpu" in placed.values() and "disk" in placed.values()
     assert split.layer_devices == [torch.device("cpu")] * LAYERS == split.cache_devices
+    assert split.cpu_weights == "full"  # int8 CPU weights (the default) are for a whole model, not a split one
 
 
 def test_split_model_computes_what_the_whole_one_does(whole, split):

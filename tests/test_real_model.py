@@ -66,3 +66,22 @@ def test_three_turn_chat_on_the_sample_answers_in_retrieval_mode_as_full_attenti
     assert [f.token_ids for f in answers["retrieval"]] == [f.token_ids for f in answers["full"]]
     assert "Brekke" in answers["retrieval"][0].text and "1865" in answers["retrieval"][1].text
     assert "1865" in answers["retrieval"][2].text  # the previous answer's year, taken from the chat
+
+
+def test_int8_cpu_weights_answer_the_sample_question_with_the_float32_models_fact():
+    """EngineConfig.cpu_weights "int8" against "full" (float32) on the sample document: the same keeper and year."""
+    from pathlib import Path
+
+    from engine.ingest import read_document
+    from engine.model import load_model
+
+    document = read_document(Path(__file__).resolve().parents[1] / "resources" / "sample.md")
+    question = "Who was the first head keeper of the lighthouse, and when did he serve?"
+    answers = {}
+    for cpu_weights in ("full", "int8"):
+        loaded = load_model("default", "cpu", "float32", cpu_weights=cpu_weights)
+        assert loaded.cpu_weights == cpu_weights
+        session = DocumentSession(loaded, document, EngineConfig(attention="full", max_new_tokens=32))
+        answers[cpu_weights] = [e for e in session.ask(question) if isinstance(e, Finished)][-1].text
+    for text in answers.values():
+        assert "Brekke Lund" in text and "1865" in text

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from engine.bench.report import Report
+from engine.config import EngineConfig
 
 LLAMA = "llama.cpp"
 MISSING = ("llama-cpp-python is not installed: the llama.cpp rows are skipped. Install the bench extra "
@@ -39,6 +40,8 @@ MISSING = ("llama-cpp-python is not installed: the llama.cpp rows are skipped. I
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", default="1300,3500,7000", help="document lengths (tokens), comma list; '' none")
     parser.add_argument("--folio-modes", default="full,retrieval", help="Folio attention modes, comma list")
+    parser.add_argument("--cpu-weights", default=EngineConfig.cpu_weights,
+                        help="Folio's EngineConfig.cpu_weights, comma list (full,int8: each mode runs with both)")
     parser.add_argument("--long", default="", help="long-context rows: token counts (e.g. 32768,131072)")
     parser.add_argument("--long-modes", default="retrieval", help="Folio attention modes for the long rows")
     parser.add_argument("--runs", type=int, default=3, help="alternating runs per document and tool")
@@ -100,7 +103,7 @@ def document_prompt(tokens: int, long: bool) -> tuple[str, str, list[int], int]:
 
 def run_folio(spec: dict) -> dict:
     """One Folio answer in this process, through DocumentSession (the app's path, no library): spec {text, question,
-    ids, mode, threads, max_new_tokens, rope_scale}; the session's prompt must be `ids`."""
+    ids, mode, cpu_weights, threads, max_new_tokens, rope_scale}; the session's prompt must be `ids`."""
     import torch
 
     from engine.bench.needle_suite import text_document
@@ -120,7 +123,7 @@ def run_folio(spec: dict) -> dict:
         overrides = {"rope_parameters": dict(config.rope_parameters) | {"rope_type": "linear",
                                                                         "factor": float(spec["rope_scale"])},
                      "max_position_embeddings": config.max_position_embeddings * spec["rope_scale"]}
-    loaded = load_model("default", "cpu", "float32", config_overrides=overrides)
+    loaded = load_model("default", "cpu", "float32", config_overrides=overrides, cpu_weights=spec["cpu_weights"])
     config = EngineConfig(attention=spec["mode"], max_new_tokens=spec["max_new_tokens"],
                           decode_threads=spec["decode_threads"])
     session = DocumentSession(loaded, text_document(spec["text"], "peers"), config)
@@ -199,17 +202,20 @@ def run(args: argparse.Namespace, report: Report) -> None:
         report.note(MISSING)
     gguf = str(Path(args.gguf) if args.gguf else default_gguf()) if llama else ""
     trained = AutoConfig.from_pretrained(resolve_model_path("default")).max_position_embeddings
+    weights = [w for w in args.cpu_weights.split(",") if w]
     cases = [(int(t), [m for m in args.folio_modes.split(",") if m], False) for t in args.tokens.split(",") if t]
     cases += [(int(t), [m for m in args.long_modes.split(",") if m], True) for t in args.long.split(",") if t]
     with tempfile.TemporaryDirectory(prefix="folio-peers-") as work:
         for tokens, modes, long in cases:
             text, question, ids, doc_tokens = document_prompt(tokens, long)
             scale = rope_scale_for(len(ids) + args.max_new_tokens, trained)
-            tools = [*(f"folio {m}" for m in modes), *([LLAMA] if llama else [])]
+            tools = [*(f"folio {m} ({w})" for m in modes for w in weights), *([LLAMA] if llama else [])]
             results: dict[str, list[dict]] = {tool: [] for tool in tools}
             for run_number in range(args.runs):
                 for tool in tools:
-                    spec = {"tool": tool, "mode": tool.removeprefix("folio "), "ids": ids, "gguf": gguf,
+                    mode, _, cpu_weights = tool.removeprefix("folio ").partition(" (")
+                    spec = {"tool": tool, "mode": mode, "cpu_weights": cpu_weights.rstrip(")"), "ids": ids,
+                            "gguf": gguf,
                             "text": text, "question": question,
                             "threads": args.threads, "decode_threads": args.decode_threads,
                             "max_new_tokens": args.max_new_tokens, "rope_scale": scale}
@@ -248,6 +254,11 @@ def _add_rows(report: Report, results: dict[str, list[dict]], prompt_tokens: int
                                f"{max(r['decode_tokens_per_s'] for r in runs):.1f}",
                "peak_rss_gib": round(m["peak_rss_gib"], 3), "new_tokens": runs[-1]["new_tokens"],
                "answer": runs[-1]["answer"][:60].replace("\n", " ")}
+        full_weights = results.get(tool.rsplit(" (", 1)[0] + " (full)")
+        if full_weights and tool != LLAMA:  # the same mode with float32 weights: its speed and greedy tokens
+            reference = _median([r["decode_tokens_per_s"] for r in full_weights])
+            row["decode_vs_float32"] = round(m["decode_tokens_per_s"] / max(reference, 1e-9), 3)
+            row["same_tokens_as_float32"] = all(r["token_ids"] == full_weights[0]["token_ids"] for r in runs)
         if base and tool != LLAMA:
             row["decode_vs_llama"] = round(m["decode_tokens_per_s"] / max(base["decode_tokens_per_s"], 1e-9), 3)
             row["prefill_vs_llama"] = round(base["ttft_s"] / max(m["ttft_s"], 1e-9), 3)

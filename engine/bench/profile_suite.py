@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 from engine.bench.report import Report
+from engine.config import EngineConfig
 
 GROUPS = (  # (group, substrings of "file:function" that put a profiled function in it), first match wins
     ("index search", ("graph_search", "qgraph_search", "search_offloaded", "index/parallel", "over_heads")),
     ("attention", ("scaled_dot_product_attention", "cpu_decode.py", "retrieval.py", "partial_attention",
                    "sdpa_attention_forward", "merge_attention_states")),
-    ("weights' matmuls", ("built-in method torch._C._nn.linear", "method 'linear'")),
+    ("weights' matmuls", ("built-in method torch._C._nn.linear", "method 'linear'", "cpu_weights.py")),
     ("sampling", ("generate.py:sample", "argmax", "multinomial")),
     ("text decoding", ("IncrementalText", "tokenization", "tokenizers", "method 'decode'")),
     ("other torch ops", ("built-in method", "method '")),
@@ -47,6 +48,7 @@ OTHER = "python around them"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=("decode", "reopen", "weights"), default="decode")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--cpu-weights", default=EngineConfig.cpu_weights, help="decode: EngineConfig.cpu_weights")
     parser.add_argument("--document", default="", help="decode: a document file (default: resources/sample.md)")
     parser.add_argument("--methods", default="full,retrieval", help="decode: attention modes")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -58,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-threads", default="2/1,1/1,1/2",
                         help="decode: also time whole answers with these decode threads, torch/search (search: a "
                         "retrieval step's heads), alternating ('' none)")
-    parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count")
+    parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count; weights: per format")
+    parser.add_argument("--formats", default=",".join(WEIGHT_FORMATS), help="weights: float32 first, then others")
+    parser.add_argument("--profile-formats", default="", help="weights: also profile one answer of each of these "
+                        "formats (comma list): rows of ms per token per group, and the top functions")
 
 
 def group_of(key: tuple[str, int, str]) -> str:
@@ -93,7 +98,7 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
     torch.set_num_threads(args.threads)
     path = Path(args.document) if args.document else Path(__file__).resolve().parents[2] / "resources" / "sample.md"
     document = text_document(path.read_text(encoding="utf-8"), path.stem)
-    loaded = load_model(args.model, "cpu", "float32")
+    loaded = load_model(args.model, "cpu", "float32", cpu_weights=args.cpu_weights)
     question = "Who was the first head keeper of the lighthouse, and when did he serve?"
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         config = EngineConfig(attention=method, max_new_tokens=args.max_new_tokens, decode_threads=args.threads)
@@ -240,42 +245,57 @@ def _reopen_part(args: argparse.Namespace, report: Report) -> None:
                 "from ready to the first answer token (question prefill, first search)")
 
 
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8-dynamic")
+WEIGHT_FORMATS = ("float32", "int8-weights", "bfloat16", "int8-dynamic")
 
 
-def _weights_part(args: argparse.Namespace, report: Report) -> None:
-    """The same full-attention answer with the model's weights in float32, bfloat16 and int8 (torch's dynamic
-    quantization of the Linear layers, fbgemm), alternating; decode ms per token and whether the greedy tokens are
-    float32's."""
+def _load_weights_variant(model: str, name: str):
+    """The default model on the CPU with its weights as `name`: float32; int8-weights (EngineConfig.cpu_weights
+    "int8": int8 weights, float32 activations); bfloat16; int8-dynamic (torch's dynamic quantization of the Linear
+    layers, fbgemm: int8 weights and per-token int8 activations)."""
     import torch
     from torch.ao.quantization import quantize_dynamic
 
+    from engine.model import load_model
+
+    loaded = load_model(model, "cpu", "bfloat16" if name == "bfloat16" else "float32",
+                        cpu_weights="int8" if name == "int8-weights" else "full")
+    if name == "int8-dynamic":
+        loaded.model = quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return loaded
+
+
+def _weights_part(args: argparse.Namespace, report: Report) -> None:
+    """The same full-attention answer with the model's weights in each of --formats (WEIGHT_FORMATS), alternating;
+    decode ms per token and whether the greedy tokens are float32's. --profile-formats also profiles one answer of
+    each format named: where a format's time goes, by group (GROUPS) and by function."""
+    import torch
+
     from engine.bench.needle_suite import text_document
     from engine.config import EngineConfig
-    from engine.model import load_model
     from engine.session import DocumentSession
 
     torch.set_num_threads(args.threads)
+    formats = [f for f in args.formats.split(",") if f]
+    if formats[0] != "float32" or any(f not in WEIGHT_FORMATS for f in formats):
+        raise SystemExit(f"--formats: float32 first, then any of {', '.join(WEIGHT_FORMATS)}")
     path = Path(args.document) if args.document else Path(__file__).resolve().parents[2] / "resources" / "sample.md"
     document = text_document(path.read_text(encoding="utf-8"), path.stem)
     question = "Who was the first head keeper of the lighthouse, and when did he serve?"
     config = EngineConfig(attention="full", max_new_tokens=args.max_new_tokens)
     sessions = {}
-    for name in WEIGHT_FORMATS:
-        loaded = load_model(args.model, "cpu", "bfloat16" if name == "bfloat16" else "float32")
-        if name == "int8-dynamic":
-            loaded.model = quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
-        sessions[name] = DocumentSession(loaded, document, config)
+    for name in formats:
+        sessions[name] = DocumentSession(_load_weights_variant(args.model, name), document, config)
         list(sessions[name].prepare())
         _answer(sessions[name], question)  # warm
-    times: dict[str, list[float]] = {name: [] for name in WEIGHT_FORMATS}
+    times: dict[str, list[float]] = {name: [] for name in formats}
     tokens: dict[str, list[int]] = {}
+    texts: dict[str, str] = {}
     for _ in range(args.repeats):
-        for name in WEIGHT_FORMATS:
+        for name in formats:
             finished = _answer(sessions[name], question)
             times[name].append(finished.stats.decode_s / max(finished.stats.new_tokens - 1, 1))
-            tokens[name] = finished.token_ids
-    for name in WEIGHT_FORMATS:
+            tokens[name], texts[name] = finished.token_ids, finished.text
+    for name in formats:
         ordered = sorted(times[name])
         same = sum(a == b for a, b in zip(tokens[name], tokens["float32"], strict=False))
         report.add(weights=name, decode_ms_per_token=round(ordered[len(ordered) // 2] * 1e3, 2),
@@ -284,7 +304,17 @@ def _weights_part(args: argparse.Namespace, report: Report) -> None:
                    same_tokens_as_float32=tokens[name] == tokens["float32"],
                    tokens_equal_before_first_difference=next(
                        (i for i, (a, b) in enumerate(zip(tokens[name], tokens["float32"], strict=False)) if a != b),
-                       same))
+                       same), answer=texts[name])
+    for name in [f for f in args.profile_formats.split(",") if f in sessions]:
+        profile = cProfile.Profile()
+        profiled = _answer(sessions[name], question, profile)
+        steps = max(profiled.stats.new_tokens - 1, 1)
+        groups, top = grouped_times(profile)
+        for group in [g for g, _ in GROUPS] + [OTHER]:
+            report.add(weights=name, group=group, profiled_ms_per_token=round(groups.get(group, 0.0) * 1e3 / steps, 2))
+        print(f"top functions by own time ({name} weights, {steps} decode steps):")
+        for own, function in top[: args.top]:
+            print(f"  {own * 1e3 / steps:8.3f} ms/token  {function}")
     report.note(f"full attention, {args.threads} torch threads for the prefill, decode_threads 1; {args.repeats} "
                 "answers each, alternating; median per decode step")
 

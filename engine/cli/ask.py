@@ -60,7 +60,8 @@ def ask_command(args: argparse.Namespace) -> int:
     for warning in document.warnings:  # e.g. a damaged PDF repaired with pages lost
         print(f"warning: {warning}", file=sys.stderr)
     load_started = time.perf_counter()
-    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
+    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights,
+                            cpu_weights=config.cpu_weights)
     load_s = time.perf_counter() - load_started
     session = DocumentSession(loaded, document, config, store)
     if library_notice:
@@ -82,6 +83,7 @@ def ask_command(args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": finished.text, "model": loaded.name, "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,
+            "cpu_weights": loaded.cpu_weights,
             "attention": session.attention.mode, "attention_reason": session.attention.reason,
             "document": str(document.source), "pages": document.pages, "document_warnings": list(document.warnings),
             "chat_id": chat.id, "turn": len(chat.turns), "chat_tokens": chat.tokens_used,

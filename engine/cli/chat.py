@@ -60,7 +60,8 @@ def chat_command(args: argparse.Namespace) -> int:
     store = None if args.no_cache else Store()
     document = open_document(args, store)
     progress = ProgressPrinter()
-    loaded = load_model(config.model, config.device, config.dtype, progress)
+    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights,
+                        cpu_weights=config.cpu_weights)
     session = DocumentSession(loaded, document, config, store)
     chat = session.chat(args.chat)
     print(f"Chat about {document.title} ({session.document_tokens:,} tokens) with {loaded.name}. {HELP}",

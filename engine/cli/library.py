@@ -118,7 +118,8 @@ def _add(store: Store, args: argparse.Namespace) -> int:
     config = config_from_args(args)
     document = read_document(args.document)
     progress = ProgressPrinter()
-    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights)
+    loaded = load_model(config.model, config.device, config.dtype, progress, weights=config.weights,
+                            cpu_weights=config.cpu_weights)
     session = DocumentSession(loaded, document, config)  # raises ContextTooLongError before storing anything
     if not session.uses_retrieval:
         doc_id = store.add_document(document, session.prompt.doc_token_end - session.prompt.doc_token_start)

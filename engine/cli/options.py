@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.config import ATTENTION_MODES, WEIGHTS, EngineConfig
+from engine.config import ATTENTION_MODES, CPU_WEIGHTS, WEIGHTS, EngineConfig
 
 
 def add_model_arguments(ask: argparse.ArgumentParser) -> None:
@@ -16,6 +16,9 @@ def add_model_arguments(ask: argparse.ArgumentParser) -> None:
     ask.add_argument("--dtype", default=defaults.dtype, help="auto, float32, bfloat16 or float16")
     ask.add_argument("--weights", default=defaults.weights, choices=WEIGHTS,
                      help="full, or the linear layers quantized to 8bit or 4bit at load (needs bitsandbytes)")
+    ask.add_argument("--cpu-weights", default=defaults.cpu_weights, choices=CPU_WEIGHTS,
+                     help=f"on a CPU: int8 linear weights with float32 scales, or full (in --dtype); default "
+                     f"{defaults.cpu_weights}")
     ask.add_argument("--attention", default=defaults.attention, choices=ATTENTION_MODES,
                      help="retrieval (default), full, window-only, or retrieval with another key index")
     ask.add_argument("--top-k", type=int, default=defaults.top_k,
@@ -31,7 +34,7 @@ def add_model_arguments(ask: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=args.model, device=args.device, dtype=args.dtype, weights=args.weights,
-                        attention=args.attention,
+                        cpu_weights=args.cpu_weights, attention=args.attention,
                         n_sink=args.n_sink, n_window=args.n_window, top_k=args.top_k,
                         attention_share=args.attention_share,
                         search_effort=args.search_effort, max_new_tokens=args.max_new_tokens,
