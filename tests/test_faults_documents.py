@@ -156,7 +156,9 @@ def test_ask_json_on_a_repaired_pdf_prints_valid_json_with_the_warning(tiny_mode
 
     whole = text_pdf(["The light was first lit in 1865 by Anders Brekke. " * 5, "Second page text", "Third"])
     path = tmp_path / "half.pdf"
-    path.write_bytes(whole[: len(whole) // 2])
+    # Cut after the last whole object in the first half: MuPDF's bytes differ from run to run (ids, dates), and a
+    # cut inside an object header ("9 0 obj" and no more) is one it cannot repair, once in about 200 PDFs.
+    path.write_bytes(whole[: whole.rindex(b"endobj\n", 0, len(whole) // 2) + len(b"endobj\n")])
     capfd.readouterr()
     assert main(["ask", str(path), "When was it lit?", "--model", str(tiny_model_dir), *ASK_OPTIONS, "--json"]) == 0
     out, err = capfd.readouterr()  # the file descriptors themselves: MuPDF's C-level output would show here

@@ -83,8 +83,8 @@ def test_quantized_linears_compute_like_loading_with_bitsandbytes_config(tiny_mo
     pytest.importorskip("bitsandbytes")
     from engine.model import load_model
 
-    reference = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model
-    plain = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model
+    reference = load_model(str(tiny_model_dir), device="cpu", dtype="float32", cpu_weights="full").model
+    plain = load_model(str(tiny_model_dir), device="cpu", dtype="float32", cpu_weights="full").model
     loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32", weights="4bit").model
     gpu_suite.quantize_linears(plain, "4bit", torch.float32)
     ids = torch.randint(3, 390, (1, 32), generator=torch.Generator().manual_seed(0))

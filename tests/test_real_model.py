@@ -18,6 +18,14 @@ def real_model():
     return load_model("default")
 
 
+@pytest.fixture(scope="module")
+def real_model_float32():
+    """The default model with float32 linear layers: the reference that int8 CPU weights are measured against."""
+    from engine.model import load_model
+
+    return load_model("default", cpu_weights="full")
+
+
 def test_default_model_is_the_converted_smollm2(real_model):
     config = real_model.model.config
     assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (30, 9, 3)
@@ -44,9 +52,10 @@ def test_needle_at_half_depth_survives_retrieval_attention(real_model):
     assert 0 < session.cache.stats.scanned_fraction < 0.5
 
 
-def test_three_turn_chat_on_the_sample_answers_in_retrieval_mode_as_full_attention_does(real_model):
+def test_three_turn_chat_on_the_sample_answers_in_retrieval_mode_as_full_attention_does(real_model_float32):
     """The third question points at the second answer; retrieval attention (the paper's defaults) gives the same
-    tokens as full attention at every turn, and each follow-up prefills only its own tokens."""
+    tokens as full attention at every turn, and each follow-up prefills only its own tokens. On float32 weights:
+    with int8 ones this 135M model loses the third turn's year in both modes alike (docs/benchmarks.md, freerun)."""
     from pathlib import Path
 
     from engine.ingest import read_document
@@ -56,7 +65,8 @@ def test_three_turn_chat_on_the_sample_answers_in_retrieval_mode_as_full_attenti
     document = read_document(Path(__file__).resolve().parents[1] / "resources" / "sample.md")
     answers = {}
     for attention in ("retrieval", "full"):
-        chat = DocumentSession(real_model, document, EngineConfig(attention=attention, max_new_tokens=48)).chat()
+        chat = DocumentSession(real_model_float32, document,
+                               EngineConfig(attention=attention, max_new_tokens=48)).chat()
         answers[attention] = []
         for question in questions:
             finished = [e for e in chat.ask(question) if isinstance(e, Finished)][-1]
@@ -84,4 +94,4 @@ def test_int8_cpu_weights_answer_the_sample_question_with_the_float32_models_fac
         session = DocumentSession(loaded, document, EngineConfig(attention="full", max_new_tokens=32))
         answers[cpu_weights] = [e for e in session.ask(question) if isinstance(e, Finished)][-1].text
     for text in answers.values():
-        assert "Brekke Lund" in text and "1865" in text
+        assert "Anders Brekke" in text and "1865" in text
