@@ -87,6 +87,19 @@ def test_freerun_suite_on_the_tiny_model(tmp_path, tiny_model_dir, tiny_cases):
     assert any("written for this test" in note for note in data["notes"])
 
 
+def test_freerun_compares_int8_linear_layers_with_the_float32_reference(tmp_path, tiny_model_dir, tiny_cases):
+    """--compare-cpu-weights int8: a row per question for full attention on the int8 copy, compared with the float32
+    model's full attention; comparing full with full gives identical answers (the comparison is the one above)."""
+    args = ("--model", str(tiny_model_dir), "--cases", str(tiny_cases), "--methods", "exact@all", "--n-sink", "8",
+            "--n-window", "32", "--kv-dtype", "float32", "--max-new-tokens", "6", "--threads", "1")
+    data = run_suite(tmp_path, "freerun", *args, "--compare-cpu-weights", "int8")
+    summary = {row["method"]: row for row in data["rows"] if row["document"] == "all"}
+    assert summary["full@int8"]["cases"] == 2 and summary["full@int8"]["identical_share"] is not None
+    assert any("linear layers: full" in note for note in data["notes"])
+    same = run_suite(tmp_path / "same", "freerun", *args, "--compare-cpu-weights", "full")
+    assert {row["method"]: row for row in same["rows"] if row["document"] == "all"}["full@full"]["identical_share"] == 1
+
+
 def test_budget_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
     data = run_suite(tmp_path, "budget", "--model", str(tiny_model_dir), "--tokens", "1000", "--test", "8",
                      "--methods", "topk=10,share=0.9,all", "--top-k", "10", "--repeats", "1", "--threads", "1",

@@ -39,7 +39,7 @@ from engine.bench.fidelity_suite import prefilled_document, with_settings
 from engine.bench.freerun_cases import CASES_FILE, CaseDocument, Question, load_cases
 from engine.bench.report import Report
 from engine.cache import RetrievalCache, RetrievalSettings, SearchStats
-from engine.config import EngineConfig
+from engine.config import CPU_WEIGHTS, EngineConfig
 from engine.generate import Finished, SamplingOptions, generate, prefill
 from engine.model import LoadedModel, set_threads
 from engine.prompt import DocumentPrompt, build_document_prompt
@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-dtype", choices=("float16", "float32"), default=EngineConfig.kv_dtype)
     parser.add_argument("--prefill-chunk", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = all cores)")
+    parser.add_argument("--cpu-weights", choices=CPU_WEIGHTS, default="full",
+                        help="the linear layers of the model every method runs on (default full: float32, the "
+                        "reference; the app's CPU default is int8)")
+    parser.add_argument("--compare-cpu-weights", choices=CPU_WEIGHTS, default=None,
+                        help="also answer with full attention on a copy of the model with these linear layers (row "
+                        "'full@<weights>'): what the weights alone change")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: documents {QUICK['documents']}, {QUICK['questions']} questions each, "
                         f"{QUICK['max_new_tokens']} new tokens (unless given)")
@@ -172,7 +178,9 @@ def ms_per_token(finished: Finished) -> float | None:
 
 
 def run_document(loaded: LoadedModel, document: CaseDocument, methods: list[Method], args: argparse.Namespace,
-                 report: Report, results: dict[str, list[dict]]) -> None:
+                 report: Report, results: dict[str, list[dict]], other: LoadedModel | None = None) -> None:
+    """Answer `document`'s questions with full attention (the reference), each method, and full attention on
+    `other` (the same model with other linear layers) where given."""
     tokenizer = loaded.tokenizer
     prompt = build_document_prompt(tokenizer, document.text)
     questions = document.questions[: args.questions] if args.questions else document.questions
@@ -184,6 +192,7 @@ def run_document(loaded: LoadedModel, document: CaseDocument, methods: list[Meth
     print(f"{document.name}: {len(prompt.prefix_ids)} tokens, {len(questions)} questions", flush=True)
     full_cache, full_s = full_prefill(loaded, prompt, args.prefill_chunk)
     caches, prefill_s, build_s = method_caches(loaded, prompt, methods, args)
+    other_cache = full_prefill(other, prompt, args.prefill_chunk)[0] if other is not None else None
     print(f"  prefill: full {full_s:.1f} s, layer by layer {prefill_s:.1f} s; builds "
           + ", ".join(f"{mode} {s:.1f} s" for mode, s in build_s.items()), flush=True)
     for question in questions:
@@ -194,22 +203,31 @@ def run_document(loaded: LoadedModel, document: CaseDocument, methods: list[Meth
         results["full"].append(base | {"method": "full", "passed": full_passed, "identical": True,
                                        "ms_token": ms_per_token(reference)})
         print(f"  {question.text}\n    full: {' '.join(reference.text.split())[:100]!r}", flush=True)
+        if other is not None:
+            finished = answer(other, prompt, question, other_cache, args.max_new_tokens, args.prefill_chunk, False)
+            _record(f"full@{other.cpu_weights}", finished, reference, question, base, report, results)
         for method in methods:
             cache = caches[method.mode]
             cache.use_search_settings(method.settings(args))
             cache.stats = SearchStats()
             finished = answer(loaded, prompt, question, cache, args.max_new_tokens, args.prefill_chunk, True)
-            diff = first_difference(finished.token_ids, reference.token_ids)
-            stats = cache.stats
-            row = base | {"method": method.name, "identical": diff is None, "first_diff": diff,
-                          "passed": question.passed(finished.text),
-                          "scanned": stats.scanned_fraction if stats.searches else None,
-                          "keys": stats.retrieved_per_search if stats.searches else None,
-                          "ms_token": ms_per_token(finished), "answer": " ".join(finished.text.split())[:60]}
-            results[method.name].append(row)
-            report.add(echo=False, **row)
-            if diff is not None:
-                print(f"    {method.name}: differs at token {diff}: {row['answer']!r}", flush=True)
+            _record(method.name, finished, reference, question, base, report, results, cache.stats)
+
+
+def _record(name: str, finished: Finished, reference: Finished, question: Question, base: dict, report: Report,
+            results: dict[str, list[dict]], stats: SearchStats | None = None) -> None:
+    """One method's answer to one question, compared with full attention's, as a row."""
+    diff = first_difference(finished.token_ids, reference.token_ids)
+    searched = stats is not None and stats.searches
+    row = base | {"method": name, "identical": diff is None, "first_diff": diff,
+                  "passed": question.passed(finished.text),
+                  "scanned": stats.scanned_fraction if searched else None,
+                  "keys": stats.retrieved_per_search if searched else None,
+                  "ms_token": ms_per_token(finished), "answer": " ".join(finished.text.split())[:60]}
+    results[name].append(row)
+    report.add(echo=False, **row)
+    if diff is not None:
+        print(f"    {name}: differs at token {diff}: {row['answer']!r}", flush=True)
 
 
 def summarize(results: dict[str, list[dict]], report: Report, first: str) -> None:
@@ -249,13 +267,19 @@ def run(args: argparse.Namespace, report: Report) -> None:
         raise SystemExit("--methods: give at least one method")
     names = [name.strip() for name in args.documents.split(",") if name.strip()] or None
     documents = load_cases(Path(args.cases), names)
-    loaded = load_model(resolve_bench_model(args.model), device="cpu", dtype="float32")
+    model = resolve_bench_model(args.model)
+    loaded = load_model(model, device="cpu", dtype="float32", cpu_weights=args.cpu_weights)
+    other = (load_model(model, device="cpu", dtype="float32", cpu_weights=args.compare_cpu_weights)
+             if args.compare_cpu_weights else None)
     results: dict[str, list[dict]] = defaultdict(list)
     try:
         for document in documents:
-            run_document(loaded, document, methods, args, report, results)
+            run_document(loaded, document, methods, args, report, results, other)
     finally:  # an interrupted run still sums up the questions it answered
         summarize(results, report, methods[0].name)
+    report.note(f"linear layers: {loaded.cpu_weights}"
+                + (f"; full@{other.cpu_weights}: full attention on a copy with {other.cpu_weights} linear layers"
+                   if other is not None else ""))
     report.note(f"greedy, <= {args.max_new_tokens} new tokens; static {args.n_sink} + {args.n_window}; search effort "
                 f"{args.effort}; K/V {args.kv_dtype}; full attention: transformers' cache (sdpa); identical = same "
                 "tokens as full attention's answer; ms_ratio against the first method (methods in turn per question)")
