@@ -46,6 +46,7 @@ from app.widgets.model_picker import ModelPicker
 from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.source_view import SourceView
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
 from app.worker import (
@@ -166,11 +167,14 @@ class MainWindow(QMainWindow):
         left.addWidget(self.chat_list)
         left.setChildrenCollapsible(False)
         left.setSizes([480, 320])
+        self.source_view = SourceView()  # a clicked source on its page, beside the chat
+        self.source_view.hide()
         splitter = QSplitter()
         splitter.addWidget(left)
         splitter.addWidget(right)
+        splitter.addWidget(self.source_view)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([380, 900])
+        splitter.setSizes([380, 900, 0])
         splitter.setChildrenCollapsible(False)
         self.splitter = splitter
         central = QWidget()
@@ -507,6 +511,7 @@ class MainWindow(QMainWindow):
         if doc_id != self.current_doc:  # another document: its own chats replace these
             self.cancel_edit()
             self._drop_chat_views()
+            self.source_view.close_source()
         self.current_doc = doc_id
         if doc_id not in self.open_in_engine and self.model_info is not None:
             self.open_in_engine.add(doc_id)
@@ -772,6 +777,15 @@ class MainWindow(QMainWindow):
     def _passage_clicked(self, passage: Passage) -> None:
         self.statusBar().showMessage(f"Passage on page {passage.page} ({passage.score:.0%} of the answer's "
                                      "attention on the document)", 6000)
+        entry = self.library.get(self.current_doc or "")
+        if entry is None:
+            return
+        opening = self.source_view.isHidden()
+        self.source_view.show_passage(entry.source, entry.title, passage)
+        if opening:  # the chat and the source side by side
+            left, right, _ = self.splitter.sizes()
+            rest = left + right - min(left, 300)
+            self.splitter.setSizes([min(left, 300), rest - rest * 9 // 20, rest * 9 // 20])
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.runtime is not None:

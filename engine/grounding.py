@@ -69,21 +69,22 @@ def normalise(text: str) -> str:
 def answer_facts(answer: str) -> list[Fact]:
     """The numbers, codes and capitalised names of `answer` (Markdown), each once, in order."""
     text = _MARKUP.sub(" ", answer)
-    facts: dict[tuple[str, str], Fact] = {}
+    found: list[tuple[int, str, str, str]] = []  # (where, text, kind, key)
     taken: list[tuple[int, int]] = []
     for match in _CODE.finditer(text):
-        if _ORDINAL.match(match.group()):  # "1860s", "20th": a number
-            continue
-        taken.append(match.span())
-        _add(facts, Fact(match.group(), CODE, "-".join(_code_parts(match.group())), _sentence_at(text, match.start())))
+        if not _ORDINAL.match(match.group()):  # "1860s", "20th": a number, below
+            taken.append(match.span())
+            found.append((match.start(), match.group(), CODE, "-".join(_code_parts(match.group()))))
     list_markers = {m.start(1) for m in _LIST_MARKER.finditer(text)}
     for match in _NUMBER.finditer(text):
         start = match.start()
-        if any(s <= start < e for s, e in taken) or start in list_markers or _PAGE_REFERENCE.search(text, 0, start):
-            continue
-        _add(facts, Fact(match.group(), NUMBER, normalise(match.group()), _sentence_at(text, start)))
-    for name, start in _names(text):
-        _add(facts, Fact(name, NAME, normalise(name), _sentence_at(text, start)))
+        if not (any(s <= start < e for s, e in taken) or start in list_markers
+                or _PAGE_REFERENCE.search(text, 0, start)):
+            found.append((start, match.group(), NUMBER, normalise(match.group())))
+    found += [(start, name, NAME, normalise(name)) for name, start in _names(text)]
+    facts: dict[tuple[str, str], Fact] = {}
+    for start, written, kind, key in sorted(found):
+        facts.setdefault((kind, key), Fact(written, kind, key, _sentence_at(text, start)))
     return list(facts.values())
 
 
@@ -103,10 +104,6 @@ def unsupported_facts(answer: str, passages: Sequence[str]) -> list[UnsupportedF
                                   default=(-1, 0, 0))
         result.append(UnsupportedFact(fact.text, fact.kind, passage, start, end))
     return result
-
-
-def _add(facts: dict[tuple[str, str], Fact], fact: Fact) -> None:
-    facts.setdefault((fact.kind, fact.key), fact)
 
 
 def _present(fact: Fact, cited: str) -> bool:
