@@ -63,6 +63,9 @@ from app.worker import (
     ModelController,
 )
 
+MIN_CHAT_WIDTH = 560  # opening the source viewer narrows the library panel, down to its minimum, to keep this
+MIN_LIBRARY_WIDTH = 300
+
 
 class MainWindow(QMainWindow):
     def __init__(self, backend: EngineBackend, settings: AppSettings, settings_path: Path | None = None,
@@ -780,12 +783,14 @@ class MainWindow(QMainWindow):
         entry = self.library.get(self.current_doc or "")
         if entry is None:
             return
-        opening = self.source_view.isHidden()
-        self.source_view.show_passage(entry.source, entry.title, passage)
-        if opening:  # the chat and the source side by side
-            left, right, _ = self.splitter.sizes()
-            rest = left + right - min(left, 300)
-            self.splitter.setSizes([min(left, 300), rest - rest * 9 // 20, rest * 9 // 20])
+        if self.source_view.isHidden():  # the chat and the source side by side; the library gives way first where
+            left, right, _ = self.splitter.sizes()  # the chat would be narrow
+            source = max(self.source_view.minimumWidth(), right * 9 // 20)
+            chat = right - source
+            give = max(0, min(MIN_CHAT_WIDTH - chat, left - MIN_LIBRARY_WIDTH))
+            self.source_view.show()
+            self.splitter.setSizes([left - give, chat + give, source])
+        self.source_view.show_passage(entry.source, entry.title, passage)  # sized first: the page fits its width
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.runtime is not None:

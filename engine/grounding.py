@@ -24,7 +24,8 @@ _CODE = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[^\W\d_])[^\W_]+(?:-[^\W_]+)
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _LIST_MARKER = re.compile(r"(?m)^\s*(\d+)[.)]\s")
 _PAGE_REFERENCE = re.compile(r"(?:\bpages?|\bp\.|\bpp\.|\bsection|§)\s*$", re.IGNORECASE)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # in an answer: a line (a list item) ends a sentence too
+_PASSAGE_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n")  # a passage's single line ends are the page's
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*(?:[-+•]\s+)?)$")
 _CONNECTORS = {"of", "de", "da", "del", "der", "van", "von", "la", "le", "du", "den", "al", "bin", "y"}
 _COMMON = frozenset(re.findall(r"\w+", """
@@ -95,7 +96,7 @@ def unsupported_facts(answer: str, passages: Sequence[str]) -> list[UnsupportedF
         return []
     cited = [normalise(p) for p in passages]
     whole = "\n".join(cited)
-    sentences = [(i, s, e) for i, p in enumerate(passages) for s, e in _sentences(p)]
+    sentences = [(i, s, e) for i, p in enumerate(passages) for s, e in _sentences(p, _PASSAGE_SENTENCE_BREAK)]
     result = []
     for fact in answer_facts(answer):
         if _present(fact, whole):
@@ -176,9 +177,9 @@ def _sentence_at(text: str, position: int) -> str:
     return ""
 
 
-def _sentences(text: str) -> list[tuple[int, int]]:
+def _sentences(text: str, breaks: re.Pattern = _SENTENCE_BREAK) -> list[tuple[int, int]]:
     spans, start = [], 0
-    for match in [*_SENTENCE_BREAK.finditer(text), None]:
+    for match in [*breaks.finditer(text), None]:
         end = match.start() if match else len(text)
         if text[start:end].strip():
             spans.append((start, end))

@@ -91,15 +91,13 @@ def intersects(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def yellow_pixels(view, rect) -> int:
-    """How many pixels inside `rect` (PDF points) of the shown page are highlighter-yellow."""
+def yellow(view, rect) -> float:
+    """The share of the pixels inside `rect` (PDF points) of the page as shown that are highlighter-yellow."""
     zoom = view.image.width() / view.pdf.page_size(view.page)[0]
-    count = 0
-    for x in range(int(rect[0] * zoom) + 1, int(rect[2] * zoom) - 1, 3):
-        for y in range(int(rect[1] * zoom) + 1, int(rect[3] * zoom) - 1, 3):
-            color = view.image.pixelColor(x, y)
-            count += color.red() > 200 and color.green() > 160 and color.blue() < 90
-    return count
+    pixels = [view.image.pixelColor(x, y) for x in range(int(rect[0] * zoom) + 1, int(rect[2] * zoom) - 1)
+              for y in range(int(rect[1] * zoom) + 1, int(rect[3] * zoom) - 1)]
+    assert pixels
+    return sum(c.red() > 200 and c.green() > 160 and c.blue() < 90 for c in pixels) / len(pixels)
 
 
 def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtbot, make_window, pdf_path):
@@ -118,8 +116,8 @@ def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtb
     assert cited and elsewhere
     assert all(any(intersects(h, c) for h in view.highlights) for c in cited)
     assert not any(intersects(h, e) for h in view.highlights for e in elsewhere)
-    assert all(yellow_pixels(view, c) > 10 for c in cited)  # painted on the page as shown
-    assert yellow_pixels(view, elsewhere[0]) == 0
+    assert all(yellow(view, c) > 0.3 for c in cited)  # painted on the page as shown
+    assert yellow(view, elsewhere[0]) == 0
     assert view.title.text() == "varnholm"  # the document's title
 
 
@@ -128,6 +126,7 @@ def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_window, pdf_path):
     click_source(qtbot, window, answered(qtbot, window, pdf_path))
     view = window.source_view
     fitted = view.image.width()
+    assert fitted <= view.page_area.viewport().width() - 2 * 16  # fits the panel's width
     view.zoom_in_button.click()
     assert view.image.width() > fitted * 1.2 and not view.fit
     qtbot.keyClick(view.page_area, Qt.Key.Key_Minus, Qt.KeyboardModifier.ControlModifier)
@@ -142,9 +141,9 @@ def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_window, pdf_path):
     assert abs(view.image.width() - fitted) <= 2 and view.fit
     view.next_button.click()
     assert view.page == 3 and not view.next_button.isEnabled() and view.cited_button.isVisible()
-    assert all(yellow_pixels(view, h) == 0 for h in view.highlights)  # the highlight belongs to page 2
+    assert all(yellow(view, h) == 0 for h in view.highlights)  # the highlight belongs to page 2
     view.cited_button.click()
-    assert view.page == 2 and all(yellow_pixels(view, h) > 10 for h in view.highlights)
+    assert view.page == 2 and all(yellow(view, h) > 0.3 for h in view.highlights)
 
 
 def test_a_text_file_shows_the_passage_highlighted_in_its_context(qtbot, make_window, text_path):
@@ -177,7 +176,7 @@ def test_a_vanished_file_says_so_and_still_shows_the_cited_text(qtbot, make_wind
 def test_an_answer_with_a_year_its_sources_lack_shows_the_cited_text_to_compare(qtbot, make_window, text_path):
     window = make_window(answer="Anders Brekke first lit the lamp in 1863.")
     card = answered(qtbot, window, text_path)
-    assert card.grounding is not None and card.grounding.isVisible()
+    qtbot.waitUntil(lambda: card.grounding is not None and card.grounding.isVisible(), timeout=2000)
     assert "1863" in card.grounding.heading.text() and "does not appear in the cited passages" in \
         card.grounding.heading.text()
     [quote] = card.grounding.quotes

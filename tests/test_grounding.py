@@ -46,3 +46,9 @@ def test_common_sentence_starters_page_references_and_list_numbers_are_not_facts
 def test_small_numbers_may_be_written_as_words_and_nothing_is_checked_without_sources():
     assert texts("It is 1 island.", ["It is one island."]) == []
     assert texts("The light was first lit in 1863.", []) == []
+
+
+def test_the_nearest_sentence_of_a_pdf_passage_runs_over_its_line_ends():
+    passage = "The keepers lived there.\nThe first head keeper was Anders Brekke, a former\nmate from Bergen. He left."
+    [fact] = unsupported_facts("The first head keeper was Anders Holm.", [passage])
+    assert passage[fact.start:fact.end] == "The first head keeper was Anders Brekke, a former\nmate from Bergen."

@@ -62,6 +62,10 @@ def _marked(text: str, spans: list[tuple[int, int]]) -> str:
     """`text` escaped, the `spans` (the nearest sentences) marked, long stretches around them shortened with …"""
     spans = sorted(spans)
     first, last = max(0, spans[0][0] - MAX_CONTEXT), min(len(text), spans[-1][1] + MAX_CONTEXT)
+    while 0 < first < spans[0][0] and not text[first - 1].isspace():  # whole words only
+        first += 1
+    while spans[-1][1] < last < len(text) and not text[last].isspace():
+        last -= 1
     parts, position = ["…" if first else ""], first
     for start, end in spans:
         if start < position:

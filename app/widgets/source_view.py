@@ -9,6 +9,8 @@ that has moved, vanished or changed gives a message naming the problem and the f
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import QEvent, QObject, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QPixmap, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
@@ -34,6 +36,8 @@ PAGE_MARGIN = 16  # pixels around the page in its scroll area
 HIGHLIGHT = QColor(255, 212, 0)  # multiplied over the page, so the text under it stays dark
 MARKER = QColor(232, 120, 0)  # the bar in the margin beside the highlighted lines
 TEXT_HIGHLIGHT = QColor(255, 226, 92)
+# a line end inside a paragraph: after a line of 40+ characters, before one that starts with a word
+_SOFT_BREAK = re.compile(r"(?<=[^\n]{40})\n(?!\d+[.)]\s)(?=[^\W_]|[(\"'“‘])")
 
 
 class SourceView(QFrame):
@@ -116,6 +120,7 @@ class SourceView(QFrame):
         self.text_view = QPlainTextEdit()  # plain text: a document's text never becomes markup
         self.text_view.setObjectName("sourceText")
         self.text_view.setReadOnly(True)
+        self.text_view.document().setDocumentMargin(10)
         self.text_view.viewport().installEventFilter(self)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.page_area)
@@ -150,8 +155,9 @@ class SourceView(QFrame):
         self.title.setText(title or path)
         self.title.setToolTip(path)
         self.problem.hide()
-        self.caption.setText(f"Highlighted: the passage the answer cites (page {passage.page}, "
-                             f"{passage.score:.0%} of its attention on the document).")
+        where = f"page {passage.page}, " if is_pdf(path) else ""
+        self.caption.setText(f"Highlighted: the passage the answer cites ({where}{passage.score:.0%} of its "
+                             "attention on the document).")
         if is_pdf(path):
             self._show_pdf()
         else:
@@ -186,7 +192,7 @@ class SourceView(QFrame):
             self._show_problem(str(error))
             return
         lead = "…\n" if excerpt.cut_before else ""
-        text = lead + excerpt.text + ("\n…" if excerpt.cut_after else "")
+        text = lead + reflow(excerpt.text) + ("\n…" if excerpt.cut_after else "")
         self._show_plain(text, len(lead) + excerpt.start, len(lead) + excerpt.end)
 
     def _show_problem(self, message: str) -> None:
@@ -204,19 +210,30 @@ class SourceView(QFrame):
         self.stack.setCurrentWidget(self.text_view)
         self.text_view.setPlainText(text)
         cursor = QTextCursor(self.text_view.document())
-        cursor.setPosition(_utf16(text, end))
-        self.text_view.setTextCursor(cursor)
-        self.text_view.ensureCursorVisible()  # the end first, then the start: the whole span in view where it fits
         cursor.setPosition(_utf16(text, start))
-        self.text_view.setTextCursor(cursor)
-        self.text_view.centerCursor()
         cursor.setPosition(_utf16(text, end), QTextCursor.MoveMode.KeepAnchor)
         selection = QTextEdit.ExtraSelection()
         selection.cursor = cursor
         selection.format.setBackground(TEXT_HIGHLIGHT)
         selection.format.setForeground(QColor("black"))
         self.text_view.setExtraSelections([selection])
+        self._scroll_to_span()
+        QTimer.singleShot(0, self._scroll_to_span)  # again once the panel has its width (the text wraps to it)
         self.text_view.setFocus()
+
+    def _scroll_to_span(self) -> None:
+        """The highlighted span in view: its start a little above the middle, its end too where it fits."""
+        selections = self.text_view.extraSelections()
+        if not selections:
+            return
+        span = selections[0].cursor
+        cursor = QTextCursor(span)
+        cursor.setPosition(span.selectionEnd())
+        self.text_view.setTextCursor(cursor)
+        self.text_view.ensureCursorVisible()
+        cursor.setPosition(span.selectionStart())
+        self.text_view.setTextCursor(cursor)
+        self.text_view.ensureCursorVisible()
 
     def _set_tools(self, pdf: bool) -> None:
         for widget in (self.previous_button, self.page_label, self.next_button):
@@ -224,6 +241,9 @@ class SourceView(QFrame):
         for widget in (self.zoom_out_button, self.zoom_label, self.zoom_in_button, self.fit_button):
             widget.setEnabled(True)
         self.cited_button.hide()
+        self.fit_button.setText("Fit width" if pdf else "Reset")
+        self.fit_button.setToolTip("Fit the page to the panel's width (Ctrl+0)" if pdf else
+                                   "Show the text at its normal size (Ctrl+0)")
         if not pdf:
             self.zoom_label.setText("")
 
@@ -298,6 +318,7 @@ class SourceView(QFrame):
 
     def _fit_zoom(self) -> float:
         width, _ = self.pdf.page_size(self.page)
+        self.layout().activate()  # the panel may have just been shown or resized
         scroll_bar = self.page_area.verticalScrollBar().sizeHint().width()
         room = self.page_area.viewport().width() - 2 * PAGE_MARGIN - scroll_bar
         return min(MAX_ZOOM, max(MIN_ZOOM, room / max(width, 1.0)))
@@ -379,6 +400,12 @@ def _paint_highlights(image: QImage, rects: list[tuple[float, float, float, floa
     top, bottom = min(r[1] for r in rects) * zoom, max(r[3] for r in rects) * zoom
     painter.fillRect(QRectF(max(0.0, left - 8 * zoom), top, 2.5 * zoom, bottom - top), MARKER)
     painter.end()
+
+
+def reflow(text: str) -> str:
+    """`text` with the line ends inside its paragraphs turned into spaces (hard-wrapped text reads badly when the
+    panel wraps it again); lists, headings, indented and short lines keep theirs. Same length, so offsets hold."""
+    return _SOFT_BREAK.sub(" ", text)
 
 
 def _utf16(text: str, index: int) -> int:
