@@ -26,6 +26,7 @@ _LIST_MARKER = re.compile(r"(?m)^\s*(\d+)[.)]\s")
 _PAGE_REFERENCE = re.compile(r"(?:\bpages?|\bp\.|\bpp\.|\bsection|§)\s*$", re.IGNORECASE)
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # in an answer: a line (a list item) ends a sentence too
 _PASSAGE_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n")  # a passage's single line ends are the page's
+MAX_HEADING = 40  # characters
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*(?:[-+•]\s+)?)$")
 _CONNECTORS = {"of", "de", "da", "del", "der", "van", "von", "la", "le", "du", "den", "al", "bin", "y"}
 _COMMON = frozenset(re.findall(r"\w+", """
@@ -182,9 +183,19 @@ def _sentences(text: str, breaks: re.Pattern = _SENTENCE_BREAK) -> list[tuple[in
     for match in [*breaks.finditer(text), None]:
         end = match.start() if match else len(text)
         if text[start:end].strip():
-            spans.append((start, end))
+            spans += _heading_apart(text, start, end)
         start = match.end() if match else end
     return spans
+
+
+def _heading_apart(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """A sentence that starts with a line of its own, short and without punctuation (a PDF's heading, which its text
+    layer gives without a blank line), as two: the heading and the sentence."""
+    newline = text.find("\n", start, end)
+    whole_line = start == 0 or text[start - 1] == "\n"
+    if whole_line and 0 < newline - start <= MAX_HEADING and not re.search(r"[.!?,;:]", text[start:newline]):
+        return [(start, newline), (newline + 1, end)]
+    return [(start, end)]
 
 
 def _likeness(fact: Fact, sentence: str) -> float:

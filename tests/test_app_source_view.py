@@ -196,3 +196,12 @@ def test_the_cited_text_in_the_notice_is_escaped(qtbot, make_window, tmp_path):
     card = answered(qtbot, window, path)
     [quote] = card.grounding.quotes
     assert "&lt;b&gt;Anders Brekke&lt;/b&gt;" in quote.text() and "<img" not in quote.text()
+
+
+def test_the_sample_typeset_as_a_pdf_reads_back_with_its_title_and_text(tmp_path):
+    from app.backend import read_document
+    from app.sample.sample_pdf import write_sample_pdf
+
+    document = read_document(write_sample_pdf(tmp_path / "sample.pdf"))
+    assert document.title == "The Lighthouse at Varnholm" and document.pages >= 2
+    assert "The first head keeper of Varnholm was Anders Brekke" in " ".join(document.text.split())

@@ -49,6 +49,7 @@ def test_small_numbers_may_be_written_as_words_and_nothing_is_checked_without_so
 
 
 def test_the_nearest_sentence_of_a_pdf_passage_runs_over_its_line_ends():
-    passage = "The keepers lived there.\nThe first head keeper was Anders Brekke, a former\nmate from Bergen. He left."
+    passage = ("The keepers lived there. They\nkept a log.\nThe keepers\nThe first head keeper was Anders Brekke, a "
+               "former\nmate from Bergen. He left.")
     [fact] = unsupported_facts("The first head keeper was Anders Holm.", [passage])
     assert passage[fact.start:fact.end] == "The first head keeper was Anders Brekke, a former\nmate from Bergen."

@@ -1,49 +1,62 @@
-"""The sample document as a PDF (A4, typeset by MuPDF from resources/sample.md), for the screenshot of a source shown
-on its page. Made when needed, so the repository holds one sample, in one format."""
+"""The sample document as a PDF (A4, set in Times by MuPDF from resources/sample.md), for the screenshot of a source
+shown on its page. Made when needed, so the repository holds one sample, in one format.
+
+The base-14 Times font has no ligature glyphs, so the text layer reads "first", not "ﬁrst", as the sample does."""
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
 from app.resources import resource_path
 from app.sample.run import SAMPLE_DOCUMENT
 
-PAGE = (0, 0, 595, 842)  # A4, in points
-MARGINS = (72, 64, 72, 64)  # left, top, right, bottom
-STYLE = ("body { font-family: serif; font-size: 11pt; line-height: 1.35; } h1 { font-size: 20pt; } "
-         "h2 { font-size: 14pt; }")
+A4 = (595, 842)  # points
+LEFT, TOP, RIGHT, BOTTOM = 72, 72, 523, 770
+STYLES = {  # kind -> (base-14 font, size in points, space before, space after)
+    "h1": ("tibo", 20, 0, 10), "h2": ("tibo", 13.5, 10, 4), "em": ("tiit", 11, 0, 8), "p": ("tiro", 11, 0, 8)}
+LINE_HEIGHT = 1.3
 
 
-def markdown_to_html(markdown: str) -> str:
-    """The sample's Markdown (headings, paragraphs, *emphasis*) as HTML; anything else is kept as text."""
+def blocks_of(markdown: str) -> list[tuple[str, str]]:
+    """(kind, text) for each block of the sample's Markdown: headings, a whole-line *emphasis*, paragraphs (inline
+    emphasis marks dropped)."""
     blocks = []
     for block in re.split(r"\n\s*\n", markdown.strip()):
-        text = html.escape(" ".join(block.split()), quote=False)
-        text = re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
-        heading = re.match(r"(#{1,3}) (.*)", text)
-        blocks.append(f"<h{len(heading[1])}>{heading[2]}</h{len(heading[1])}>" if heading else f"<p>{text}</p>")
-    return "\n".join(blocks)
+        text = " ".join(block.split())
+        heading = re.match(r"(#{1,2}) (.*)", text)
+        if heading:
+            blocks.append((f"h{len(heading[1])}", heading[2]))
+        elif re.fullmatch(r"\*[^*]+\*", text):
+            blocks.append(("em", text[1:-1]))
+        else:
+            blocks.append(("p", text.replace("*", "")))
+    return blocks
 
 
 def write_sample_pdf(path: str | Path, source: str | Path | None = None) -> Path:
-    """Typeset `source` (the sample document by default) into the PDF `path`; returns `path`."""
+    """Set `source` (the sample document by default) as the PDF `path`; returns `path`."""
     import pymupdf
 
     source = Path(source) if source else resource_path(SAMPLE_DOCUMENT)
-    story = pymupdf.Story(markdown_to_html(source.read_text(encoding="utf-8")), user_css=STYLE)
-    page, (left, top, right, bottom) = pymupdf.Rect(PAGE), MARGINS
-    where = pymupdf.Rect(page.x0 + left, page.y0 + top, page.x1 - right, page.y1 - bottom)
-    writer = pymupdf.DocumentWriter(str(path))
-    more = True
-    while more:
-        device = writer.begin_page(page)
-        more, _ = story.place(where)
-        story.draw(device)
-        writer.end_page()
-    writer.close()
-    with pymupdf.open(path) as pdf:  # the title a reader shows (and Folio's library lists)
-        pdf.set_metadata({**pdf.metadata, "title": source.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")})
-        pdf.saveIncr()
+    blocks = blocks_of(source.read_text(encoding="utf-8"))
+    pdf = pymupdf.open()
+    page, y = None, BOTTOM
+    for kind, text in blocks:
+        font_name, size, before, after = STYLES[kind]
+        font = pymupdf.Font(font_name)
+        y += before
+        while text:
+            if page is None or y + 2 * size * LINE_HEIGHT > BOTTOM:  # no heading or first line alone at a page's foot
+                page, y = pdf.new_page(width=A4[0], height=A4[1]), TOP
+            writer = pymupdf.TextWriter(page.rect)
+            rest = writer.fill_textbox(pymupdf.Rect(LEFT, y, RIGHT, BOTTOM), text, font=font, fontsize=size,
+                                       lineheight=LINE_HEIGHT)
+            writer.write_text(page)
+            y = writer.last_point.y + size * (LINE_HEIGHT - 1) + after
+            text = " ".join(line.strip() for line, _ in rest)
+            if text:
+                page = None
+    pdf.set_metadata({"title": blocks[0][1]})  # what a reader shows, and what Folio's library lists
+    pdf.save(path)
     return Path(path)
