@@ -38,12 +38,16 @@ from engine import (
     ModelError,
     ModelFit,
     ModelShape,
+    PageImage,
     Passage,
+    PdfPages,
     Progress,
     ProgressCallback,
     ProgressMeter,
     SpanMap,
     StoreError,
+    TextExcerpt,
+    UnsupportedFact,
     card,
     check_text_length,
     default_model_gguf,
@@ -51,12 +55,15 @@ from engine import (
     find_entry,
     format_bytes,
     gated_error,
+    is_pdf,
     memory_in_use,
     model_choices,
     read_document,
     reset_damaged_library,
     supported_suffixes,
+    text_excerpt,
     top_passages,
+    unsupported_facts,
     use_bundled_default_model,
 )
 
@@ -66,9 +73,10 @@ if TYPE_CHECKING:
 __all__ = [  # the engine names the app may use, besides this module's own
     "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError", "ConfigChange",
     "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError",
-    "ModelFit", "ModelShape", "Passage", "Progress", "ProgressCallback", "ProgressMeter", "SpanMap", "card",
-    "default_model_gguf", "estimate_fit", "find_entry", "format_bytes", "gated_error", "model_choices",
-    "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
+    "ModelFit", "ModelShape", "PageImage", "Passage", "PdfPages", "Progress", "ProgressCallback", "ProgressMeter",
+    "SpanMap", "TextExcerpt", "UnsupportedFact", "card", "default_model_gguf", "estimate_fit", "find_entry",
+    "format_bytes", "gated_error", "is_pdf", "model_choices", "read_document", "supported_suffixes", "text_excerpt",
+    "top_passages", "unsupported_facts", "use_bundled_default_model",
 ]
 
 TokenCallback = Callable[[str], None]

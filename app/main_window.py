@@ -46,6 +46,7 @@ from app.widgets.model_picker import ModelPicker
 from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.source_view import SourceView
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
 from app.worker import (
@@ -61,6 +62,9 @@ from app.worker import (
     EngineController,
     ModelController,
 )
+
+MIN_CHAT_WIDTH = 560  # opening the source viewer narrows the library panel, down to its minimum, to keep this
+MIN_LIBRARY_WIDTH = 300
 
 
 class MainWindow(QMainWindow):
@@ -166,11 +170,14 @@ class MainWindow(QMainWindow):
         left.addWidget(self.chat_list)
         left.setChildrenCollapsible(False)
         left.setSizes([480, 320])
+        self.source_view = SourceView()  # a clicked source on its page, beside the chat
+        self.source_view.hide()
         splitter = QSplitter()
         splitter.addWidget(left)
         splitter.addWidget(right)
+        splitter.addWidget(self.source_view)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([380, 900])
+        splitter.setSizes([380, 900, 0])
         splitter.setChildrenCollapsible(False)
         self.splitter = splitter
         central = QWidget()
@@ -507,6 +514,7 @@ class MainWindow(QMainWindow):
         if doc_id != self.current_doc:  # another document: its own chats replace these
             self.cancel_edit()
             self._drop_chat_views()
+            self.source_view.close_source()
         self.current_doc = doc_id
         if doc_id not in self.open_in_engine and self.model_info is not None:
             self.open_in_engine.add(doc_id)
@@ -772,6 +780,17 @@ class MainWindow(QMainWindow):
     def _passage_clicked(self, passage: Passage) -> None:
         self.statusBar().showMessage(f"Passage on page {passage.page} ({passage.score:.0%} of the answer's "
                                      "attention on the document)", 6000)
+        entry = self.library.get(self.current_doc or "")
+        if entry is None:
+            return
+        if self.source_view.isHidden():  # the chat and the source side by side; the library gives way first where
+            left, right, _ = self.splitter.sizes()  # the chat would be narrow
+            source = max(self.source_view.minimumWidth(), right * 9 // 20)
+            chat = right - source
+            give = max(0, min(MIN_CHAT_WIDTH - chat, left - MIN_LIBRARY_WIDTH))
+            self.source_view.show()
+            self.splitter.setSizes([left - give, chat + give, source])
+        self.source_view.show_passage(entry.source, entry.title, passage)  # sized first: the page fits its width
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.runtime is not None:

@@ -97,6 +97,14 @@ _EXPORTS = {
     "Passage": "engine.citations",
     "SpanMap": "engine.citations",
     "top_passages": "engine.citations",
+    "UnsupportedFact": "engine.grounding",
+    "unsupported_facts": "engine.grounding",
+    # a cited passage in its file
+    "PdfPages": "engine.page_render",
+    "PageImage": "engine.page_render",
+    "TextExcerpt": "engine.page_render",
+    "is_pdf": "engine.page_render",
+    "text_excerpt": "engine.page_render",
     # sizing and units
     "ModelShape": "engine.sizing",
     "FitReport": "engine.sizing",

@@ -166,16 +166,16 @@ def _binary_error(name: str, evidence: str) -> DocumentError:
                          "Open the document in the program that made it and export it as PDF or text.")
 
 
-def _pymupdf():
+def pymupdf_quiet():
     """pymupdf, set up once so that MuPDF's messages never reach stdout: they are collected (and become the
     document's warnings), and pymupdf's own messages go to the `pymupdf` logger."""
     import pymupdf
 
-    if not getattr(_pymupdf, "configured", False):
+    if not getattr(pymupdf_quiet, "configured", False):
         pymupdf.TOOLS.mupdf_display_errors(False)
         pymupdf.TOOLS.mupdf_display_warnings(False)
         pymupdf.set_messages(pylogging=True)
-        _pymupdf.configured = True
+        pymupdf_quiet.configured = True
     return pymupdf
 
 
@@ -204,7 +204,7 @@ def _open_pdf(pymupdf, data: bytes, name: str):
 
 def _read_pdf(data: bytes, name: str) -> tuple[str, tuple[int, ...], str, tuple[str, ...]]:
     """(text, page_starts, title, warnings) of a PDF."""
-    pymupdf = _pymupdf()
+    pymupdf = pymupdf_quiet()
     pymupdf.TOOLS.reset_mupdf_warnings()
     pdf = _open_pdf(pymupdf, data, name)
     parts: list[str] = []

@@ -31,6 +31,15 @@ def test_split_passages_paragraphs_and_long_ones_at_sentences():
     assert "".join(long[s:e] for s, e in pieces).replace(" ", "") == long.replace(" ", "")
 
 
+def test_a_long_paragraph_after_the_first_is_cut_at_its_own_sentence_ends():
+    long = " ".join(f"Sentence number {i} is here." for i in range(40))
+    text = f"Short intro.\n\n{long}\n\nEnd."
+    pieces = [text[s:e] for s, e in split_passages(text, max_chars=120)]
+    assert pieces[0] == "Short intro." and pieces[-1] == "End."
+    assert all(p.startswith("Sentence number ") and p.endswith(" is here.") for p in pieces[1:-1])
+    assert " ".join(pieces[1:-1]) == long
+
+
 def test_token_mass_normalises_each_step():
     mass = token_mass([[(1, 2.0), (2, 2.0)], [(1, 10.0)], [(3, 0.0)]])
     assert mass == pytest.approx({1: 1.5, 2: 0.5})

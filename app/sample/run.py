@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PySide6.QtCore import QTimer
 
@@ -33,8 +34,11 @@ class SampleRunResult:
 class SampleRun:
     """Steps the window through load → open → ask → done on a Qt timer; calls `on_done(result)` once."""
 
-    def __init__(self, window: MainWindow, on_done: Callable[[SampleRunResult], None], timeout_s: float) -> None:
+    def __init__(self, window: MainWindow, on_done: Callable[[SampleRunResult], None], timeout_s: float,
+                 document: Path | None = None) -> None:
+        """document: what to open instead of the sample document (e.g. the sample typeset as a PDF)."""
         self.window = window
+        self.document = document or resource_path(SAMPLE_DOCUMENT)
         self.on_done = on_done
         self.deadline = time.monotonic() + timeout_s
         self.result = SampleRunResult()
@@ -64,7 +68,7 @@ class SampleRun:
         busy = window.controller.busy
         if self.step == "load" and window.model_info and not busy:
             self._advance("open")
-            window.open_files([str(resource_path(SAMPLE_DOCUMENT))])
+            window.open_files([str(self.document)])
         elif self.step == "open" and window.current_doc and not busy:
             self._advance("ask")
             window.prompt.setPlainText(SAMPLE_QUESTION)

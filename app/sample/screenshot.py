@@ -1,6 +1,7 @@
-"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]...` opens the sample
-document in the real window, asks the sample question (then each follow-up in the same chat), waits for the answers
-and their citations, expands the last answer's first citation (unless --collapsed), and saves a PNG."""
+"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]... [--pdf] [--source]`
+opens the sample document in the real window (with --pdf: the sample typeset as a PDF), asks the sample question (then
+each follow-up in the same chat), waits for the answers and their citations, expands the last answer's first citation
+(unless --collapsed; with --source it opens on its page in the source viewer), and saves a PNG."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--follow-up", action="append", default=[], help="a follow-up question (repeatable)")
     parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT")
     parser.add_argument("--collapsed", action="store_true", help="leave the citations folded")
+    parser.add_argument("--pdf", action="store_true", help="open the sample typeset as a PDF")
+    parser.add_argument("--source", action="store_true", help="open the first citation on its page, beside the chat")
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QTimer
@@ -41,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         from app.backend import RealBackend
 
         backend = RealBackend()
-    settings = AppSettings().with_changes(attention=args.attention, max_new_tokens=80,
-                                          folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
+    folder = tempfile.mkdtemp(prefix="folio-screenshot-")
+    settings = AppSettings().with_changes(attention=args.attention, max_new_tokens=80, folder=folder,
                                           gpu_runtime_auto_download=False)
+    document = None
+    if args.pdf:
+        from pathlib import Path
+
+        from app.sample.sample_pdf import write_sample_pdf
+
+        document = write_sample_pdf(Path(folder) / "The Lighthouse at Varnholm.pdf")
     window = MainWindow(backend, settings, settings_path=None)
     window.resize(*(int(n) for n in args.size.split("x")))
     window.show()
@@ -71,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             QTimer.singleShot(500, ask_next)
             return
         items = window.chat_view.last_card.findChildren(CitationItem)
-        if items and not args.collapsed:
-            items[0].button.setChecked(True)
+        if items and (args.source or not args.collapsed):
+            items[0].button.setChecked(True)  # with --source this opens the source viewer too
+        if args.source and not window.source_view.isVisible():
+            print("the answer has no citation to open", file=sys.stderr)
+            app.exit(1)
+            return
         QTimer.singleShot(800, shoot)
 
     def shoot() -> None:
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print("saved" if ok else "failed", args.output, file=sys.stderr)
         app.exit(0 if ok else 1)
 
-    run = SampleRun(window, answered, timeout_s=args.timeout)
+    run = SampleRun(window, answered, timeout_s=args.timeout, document=document)
     run.start()
     code = app.exec()
     window.close()  # stops the engine thread

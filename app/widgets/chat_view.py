@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backend import Answer, ChatState, Passage
+from app.widgets.grounding_notice import GroundingNotice, grounding_notice
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second
@@ -155,6 +156,7 @@ class AnswerCard(QFrame):
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render)
         self.citations: tuple[Passage, ...] = ()
+        self.grounding: GroundingNotice | None = None  # the answer's numbers/names its sources lack, if any
         self.question_holder: QWidget | None = None
 
     def append(self, text: str) -> None:
@@ -209,6 +211,9 @@ class AnswerCard(QFrame):
             item.clicked.connect(self.passage_clicked)
             self.sources_layout.addWidget(item)
         self.sources.show()
+        self.grounding = grounding_notice(self.text, self.citations)
+        if self.grounding is not None:  # right under the answer, before its sources
+            self.layout().insertWidget(self.layout().indexOf(self.view) + 1, self.grounding)
 
     def copy(self) -> None:
         QGuiApplication.clipboard().setText(self.text)

@@ -33,6 +33,16 @@ STYLE_SHEET = """
 #welcomeText { font-size: 11pt; }
 #dropHint { border: 2px dashed palette(mid); border-radius: 16px; padding: 24px; color: palette(placeholder-text);
             font-size: 12pt; }
+#groundingNotice { background: rgba(230, 160, 0, 0.14); border-left: 3px solid #e6a100; border-radius: 4px; }
+#groundingQuote { padding-left: 8px; }
+#sourceView { background: palette(base); border: 1px solid palette(mid); border-radius: 10px; }
+#sourceTitle { font-weight: 600; font-size: 11pt; }
+#sourceClose { border: none; background: transparent; font-size: 14pt; color: palette(placeholder-text); }
+#sourceClose:hover { color: palette(text); }
+#sourceProblem { background: rgba(230, 160, 0, 0.16); border-left: 3px solid #e6a100; border-radius: 4px;
+                 padding: 6px 8px; }
+#sourcePageArea { background: #d5d8de; border: none; border-radius: 6px; }
+#sourceCaption, #sourcePage, #sourceZoom { color: palette(placeholder-text); }
 #dropOverlay { background: rgba(33, 150, 243, 0.18); border: 3px dashed #2196f3; border-radius: 18px;
                font-size: 18pt; color: #1976d2; }
 """
