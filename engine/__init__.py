@@ -35,6 +35,9 @@ _EXPORTS = {
     "DEVICES": "engine.config",
     "DTYPES": "engine.config",
     "MAX_ANSWER_TOKENS": "engine.config",
+    "CPU_WEIGHTS": "engine.config",
+    "SettingsCost": "engine.settings_cost",
+    "settings_cost": "engine.settings_cost",
     # models
     "LoadedModel": "engine.model",
     "load_model": "engine.model",

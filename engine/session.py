@@ -10,7 +10,7 @@ import torch
 from transformers import Cache
 
 import engine.chat_store as chat_store
-from engine.attention_mode import AttentionChoice, choose_attention
+from engine.attention_mode import FULL, AttentionChoice, choose_attention
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.chat import Chat
@@ -46,6 +46,13 @@ def retrieval_settings(config: EngineConfig, device: torch.device | None = None,
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
                              effort=config.search_effort, attention_share=config.attention_share,
                              index_params=params, kv_dtype=getattr(torch, config.kv_dtype))
+
+
+def cache_settings(config: EngineConfig, device: torch.device | None, mode: str) -> RetrievalSettings:
+    """The settings of a document's RetrievalCache under the attention `mode` that answers it (resolved, not "auto"):
+    the retrieval mode's, or for full attention the K/V alone (no index; engine.shared_kv)."""
+    settings = retrieval_settings(config, device, mode)
+    return settings if mode != FULL else kv_only_settings(settings)
 
 
 class DocumentSession:
@@ -116,7 +123,7 @@ class DocumentSession:
 
     @property
     def uses_retrieval(self) -> bool:
-        return self.attention.mode != "full"
+        return self.attention.mode != FULL
 
     def _choose_attention(self) -> AttentionChoice:
         """config.attention, or for "auto" the mode that suits this document on this device (engine.attention_mode)."""
@@ -126,9 +133,7 @@ class DocumentSession:
                                 self.prefix_tokens + self.config.max_new_tokens, self.loaded.shape)
 
     def _cache_settings(self) -> RetrievalSettings:
-        """The settings of the document's RetrievalCache: the retrieval mode's, or for full attention the K/V alone."""
-        settings = retrieval_settings(self.config, self.loaded.device, self.attention.mode)
-        return settings if self.uses_retrieval else kv_only_settings(settings)
+        return cache_settings(self.config, self.loaded.device, self.attention.mode)
 
     def _decoding_cache(self) -> Cache:
         """The cache to decode with: the RetrievalCache, or for full attention a DynamicCache of its whole prefix."""
