@@ -77,25 +77,15 @@ class CacheIdentity:
 
     def change_from(self, row: dict) -> str:
         """Why a stored cache `row` cannot serve this identity, in a few words ("model changed")."""
-        return next(iter(self.changes_from(row)), "cache entry replaced")
-
-    def changes_from(self, row: dict) -> tuple[str, ...]:
-        """Every reason (IDENTITY_CHANGES, in its order, each once) why `row` (a stored cache, or another identity's
-        fields) cannot serve this identity; () when it can."""
-        reasons = [reason for name, reason in IDENTITY_CHANGES if row[name] != getattr(self, name)]
-        return tuple(dict.fromkeys(reasons))
-
-
-# Why a cache of another identity does not serve, per CacheIdentity field (model_name is not part of the id).
-IDENTITY_CHANGES = (("layout_version", "cache layout version changed"), ("model_fingerprint", "model changed"),
-                    ("template_sha256", "chat template changed"), ("tokenizer_fingerprint", "tokenizer changed"),
-                    ("compute_dtype", "dtype changed"), ("kv_dtype", "dtype changed"),
-                    ("max_train_queries", "index training settings changed"),
-                    ("prefix_sha256", "document prompt changed"), ("prefix_tokens", "document prompt changed"))
-# Why an index of another key does not serve, per entry of `index_key`.
-INDEX_CHANGES = (("cache", "the K/V changed"), ("version", "index version changed"),
-                 ("method", "index method changed"), ("n_sink", "sink tokens changed"),
-                 ("n_window", "window size changed"), ("params", "index build settings changed"))
+        checks = (("layout_version", "cache layout version changed"), ("model_fingerprint", "model changed"),
+                  ("template_sha256", "chat template changed"), ("tokenizer_fingerprint", "tokenizer changed"),
+                  ("compute_dtype", "dtype changed"), ("kv_dtype", "dtype changed"),
+                  ("max_train_queries", "index training settings changed"),
+                  ("prefix_sha256", "document prompt changed"))
+        for name, reason in checks:
+            if row[name] != getattr(self, name):
+                return reason
+        return "cache entry replaced"
 
 
 def index_key(cache_id: str, settings: RetrievalSettings) -> dict:
@@ -113,11 +103,6 @@ def index_identity(cache_id: str, settings: RetrievalSettings) -> tuple[str, dic
     """(index id, params): the hash of `index_key` and its build params."""
     key = index_key(cache_id, settings)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), key["params"]
-
-
-def index_changes(old_key: dict, new_key: dict) -> tuple[str, ...]:
-    """Why an index of `old_key` does not serve `new_key` (INDEX_CHANGES, in its order); () when it does."""
-    return tuple(reason for name, reason in INDEX_CHANGES if old_key[name] != new_key[name])
 
 
 @dataclass

@@ -12,7 +12,6 @@ import pytest
 from engine.config import RELOAD_MODEL_FIELDS, EngineConfig
 from engine.ingest import read_document
 from engine.model import load_model
-from engine.persist import IDENTITY_CHANGES, INDEX_CHANGES, CacheIdentity, index_key
 from engine.session import DocumentSession
 from engine.settings_cost import FROM_KV, KEPT, NOT_NEEDED, REBUILT, RELOADED, settings_cost
 from engine.store import Store
@@ -180,15 +179,6 @@ def test_a_reload_that_keeps_the_kv_says_so(models, document, base, tmp_path):
     assert (cost.model.verdict, *stated(base, new)) == (RELOADED, KEPT, KEPT)
     assert cost.model.causes == ("device",) and "stored K/V are kept" in cost.message()
     assert observed_cost(models, document, base, new, tmp_path) == (KEPT, KEPT)
-
-
-def test_every_identity_field_has_a_reason_so_no_part_can_drift_out_of_the_cost(base):
-    """settings_cost compares CacheIdentity and index_key themselves; each of their fields has a reason to give."""
-    identity_fields = {f.name for f in dataclasses.fields(CacheIdentity)} - {"model_name"}
-    assert {name for name, _ in IDENTITY_CHANGES} == identity_fields
-    from engine.session import retrieval_settings
-
-    assert {name for name, _ in INDEX_CHANGES} == set(index_key("cache", retrieval_settings(base)))
 
 
 def test_no_change_says_nothing(base):
