@@ -36,8 +36,8 @@ _EXPORTS = {
     "DTYPES": "engine.config",
     "MAX_ANSWER_TOKENS": "engine.config",
     "CPU_WEIGHTS": "engine.config",
-    "SettingsCost": "engine.settings_cost",
-    "settings_cost": "engine.settings_cost",
+    "SettingsCost": "engine.change_cost",
+    "settings_cost": "engine.change_cost",
     # models
     "LoadedModel": "engine.model",
     "load_model": "engine.model",

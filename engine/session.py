@@ -132,6 +132,22 @@ class DocumentSession:
         return choose_attention(self.config.attention, device.type, free,
                                 self.prefix_tokens + self.config.max_new_tokens, self.loaded.shape)
 
+    def use_config(self, config: EngineConfig) -> bool:
+        """Answer with `config` from now on where it keeps this session's attention mode, K/V and index (another top_k,
+        search effort, attention share, answer length, temperature...): True. False where a new session is needed
+        (its K/V and index then come from the library where it holds them; engine.change_cost says which)."""
+        if config.attention != self.config.attention:
+            return False
+        settings, current = cache_settings(config, self.loaded.device, self.attention.mode), self._cache_settings()
+        if not self.uses_retrieval:  # full attention decodes with every key: the static set's size does not matter
+            current = dataclasses.replace(current, n_sink=settings.n_sink, n_window=settings.n_window)
+        if not current.search_only_change(settings):
+            return False
+        if isinstance(self._cache, RetrievalCache):
+            self._cache.use_search_settings(settings)
+        self.config = config
+        return True
+
     def _cache_settings(self) -> RetrievalSettings:
         return cache_settings(self.config, self.loaded.device, self.attention.mode)
 

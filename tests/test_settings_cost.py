@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.change_cost import FROM_KV, KEPT, NOT_NEEDED, REBUILT, RELOADED, settings_cost
 from engine.config import RELOAD_MODEL_FIELDS, EngineConfig
 from engine.ingest import read_document
 from engine.model import load_model
 from engine.session import DocumentSession
-from engine.settings_cost import FROM_KV, KEPT, NOT_NEEDED, REBUILT, RELOADED, settings_cost
 from engine.store import Store
 from tests.conftest import make_tiny_model_dir
 
@@ -184,3 +184,22 @@ def test_a_reload_that_keeps_the_kv_says_so(models, document, base, tmp_path):
 def test_no_change_says_nothing(base):
     cost = settings_cost(base, base)
     assert cost.changed == () and cost.describe() == "" and not cost.heavy
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "full"])
+def test_an_open_session_takes_a_change_that_keeps_everything_without_opening_again(models, document, base, mode):
+    """What the app does on such a change (RealBackend.apply_settings): the session answers with the new search
+    settings from its cache in memory; a change that needs another index or K/V asks for a new session."""
+    config = dataclasses.replace(base, attention=mode)
+    session = DocumentSession(models(config), document, config)
+    list(session.prepare())
+    cache = session.cache
+    searched = dataclasses.replace(config, top_k=9, search_effort=7, temperature=0.5)
+    assert settings_cost(config, searched).describe().startswith("Applies at once")
+    assert session.use_config(searched) and session.cache is cache and session.config == searched
+    if mode == "retrieval":
+        assert (cache.settings.top_k, cache.settings.effort) == (9, 7)
+    window = dataclasses.replace(searched, n_window=32)
+    assert session.use_config(window) == (mode == "full")  # full attention has no static set to change
+    for other in ({"attention": "window"}, {"kv_dtype": "float32"}):
+        assert not session.use_config(dataclasses.replace(searched, **other))

@@ -56,6 +56,15 @@ class SettingsCost:
     automatic: bool = False
 
     @property
+    def reloads_model(self) -> bool:
+        return self.model.verdict == RELOADED
+
+    @property
+    def reads_again(self) -> bool:
+        """The stored K/V are rebuilt: each open document is read again at its next question."""
+        return self.kv.verdict == REBUILT
+
+    @property
     def heavy(self) -> bool:
         """Something is loaded or built again (worth a confirmation)."""
         return (self.model.verdict == RELOADED or self.kv.verdict == REBUILT
@@ -92,9 +101,9 @@ class SettingsCost:
                       "a CPU, or where the whole K/V do not fit).")
         return " ".join((model, kv, index))
 
-    def message(self) -> str:
+    def message(self, labels: Mapping[str, str] | None = None) -> str:
         """describe() where something is loaded or built again, else ""."""
-        return self.describe() if self.heavy else ""
+        return self.describe(labels) if self.heavy else ""
 
 
 @dataclass(frozen=True)
