@@ -1,4 +1,6 @@
-"""The settings panel (Ctrl+,): edit AppSettings, validate with clear messages, warn before rebuilds."""
+"""The settings panel (Ctrl+,): edit AppSettings, validate with clear messages, say what a change costs (live, under
+the form, and in the confirmation box: engine.change_cost through app.settings.change_impact), and explain each
+setting in a line (app.settings.SETTING_HELP: a help line under the field and its tooltip)."""
 
 from __future__ import annotations
 
@@ -21,12 +23,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import DTYPES, GIB, MAX_ANSWER_TOKENS, WEIGHTS
-from app.settings import ATTENTION_CHOICES, AppSettings, change_impact
+from app.backend import CPU_WEIGHTS, DTYPES, GIB, MAX_ANSWER_TOKENS, WEIGHTS
+from app.settings import (
+    ATTENTION_CHOICES,
+    CPU_WEIGHT_NAMES,
+    SETTING_HELP,
+    SETTING_LABELS,
+    AppSettings,
+    change_impact,
+)
 
 DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
 WEIGHT_NAMES = {"full": "Full", "8bit": "8-bit (quantized at load)", "4bit": "4-bit (quantized at load)"}
 WEIGHT_CHOICES = tuple((w, WEIGHT_NAMES[w]) for w in WEIGHTS)
+CPU_WEIGHT_CHOICES = tuple((w, CPU_WEIGHT_NAMES[w]) for w in CPU_WEIGHTS)
 
 
 def _combo(choices: tuple[tuple[str, str], ...], editable: bool = False) -> QComboBox:
@@ -43,6 +53,27 @@ def _set_combo(combo: QComboBox, value: str) -> None:
         combo.addItem(value, value)
         index = combo.count() - 1
     combo.setCurrentIndex(index)
+
+
+def _label(name: str) -> str:
+    return SETTING_LABELS[name] + ":"
+
+
+def _with_help(name: str, field: QWidget | QHBoxLayout) -> QVBoxLayout:
+    """The field with its one-line explanation under it (SETTING_HELP), which is also the field's tooltip."""
+    text = SETTING_HELP[name]
+    help_line = QLabel(text)
+    help_line.setObjectName("settingHelp")
+    help_line.setWordWrap(True)
+    column = QVBoxLayout()
+    column.setSpacing(2)
+    if isinstance(field, QWidget):
+        field.setToolTip(text)
+        column.addWidget(field)
+    else:
+        column.addLayout(field)
+    column.addWidget(help_line)
+    return column
 
 
 def _spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
@@ -84,7 +115,7 @@ class SettingsDialog(QDialog):
         self.device = _combo(DEVICE_CHOICES, editable=True)
         self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
         self.weights = _combo(WEIGHT_CHOICES)
-        self.weights.setToolTip("4-bit and 8-bit weights let a larger model fit a smaller GPU (bitsandbytes)")
+        self.cpu_weights = _combo(CPU_WEIGHT_CHOICES)
         self.gpu_runtime = QCheckBox("Download the GPU runtime when an NVIDIA GPU is found")
         self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.6 GiB), fetched once in the background; "
                                     "Folio runs on the CPU until it is ready")
@@ -98,11 +129,6 @@ class SettingsDialog(QDialog):
         self.attention_share.setSingleStep(1.0)
         self.attention_share.setSuffix(" %")
         self.attention_share.setSpecialValueText("0 (fixed top-k)")
-        share_note = QLabel("Each head retrieves keys until they hold this share of its attention (at least top-k).")
-        share_note.setWordWrap(True)
-        share_column = QVBoxLayout()
-        share_column.addWidget(self.attention_share)
-        share_column.addWidget(share_note)
         self.search_effort = _spin(1, 100000, 10)
         self.max_new_tokens = _spin(1, MAX_ANSWER_TOKENS, 64)
         self.temperature = QDoubleSpinBox()
@@ -123,25 +149,25 @@ class SettingsDialog(QDialog):
 
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
-        model_form.addRow("Model:", model_row)
-        model_form.addRow("Device:", self.device)
-        model_form.addRow("Precision:", self.dtype)
-        model_form.addRow("Weights:", self.weights)
+        model_form.addRow(_label("model"), model_row)
+        model_form.addRow(_label("device"), self.device)
+        model_form.addRow(_label("dtype"), self.dtype)
+        model_form.addRow(_label("weights"), _with_help("weights", self.weights))
+        model_form.addRow(_label("cpu_weights"), _with_help("cpu_weights", self.cpu_weights))
         model_form.addRow("", self.gpu_runtime)
         attention_box = QGroupBox("Attention")
         attention_form = QFormLayout(attention_box)
-        attention_form.addRow("Mode:", self.attention)
-        attention_form.addRow("Sink tokens:", self.n_sink)
-        attention_form.addRow("Window size:", self.n_window)
-        attention_form.addRow("Top-k retrieved:", self.top_k)
-        attention_form.addRow("Attention to retrieve:", share_column)
-        attention_form.addRow("Index search effort:", self.search_effort)
+        for name in ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort"):
+            attention_form.addRow(_label(name), _with_help(name, getattr(self, name)))
         answer_box = QGroupBox("Answers and storage")
         answer_form = QFormLayout(answer_box)
-        answer_form.addRow("Max new tokens:", self.max_new_tokens)
-        answer_form.addRow("Temperature:", self.temperature)
+        answer_form.addRow(_label("max_new_tokens"), self.max_new_tokens)
+        answer_form.addRow(_label("temperature"), self.temperature)
         answer_form.addRow("Data folder:", data_row)
         answer_form.addRow("Disk budget:", self.disk_budget)
+        self.cost = QLabel()  # what the edited settings cost, kept up to date as fields change
+        self.cost.setObjectName("settingsCost")
+        self.cost.setWordWrap(True)
         self.error = QLabel()
         self.error.setObjectName("settingsError")
         self.error.setWordWrap(True)
@@ -153,9 +179,19 @@ class SettingsDialog(QDialog):
         buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
             lambda: self.show_settings(AppSettings()))
         layout = QVBoxLayout(self)
-        for widget in (model_box, attention_box, answer_box, self.error, buttons):
+        for widget in (model_box, attention_box, answer_box, self.cost, self.error, buttons):
             layout.addWidget(widget)
         self.show_settings(settings)
+        for line in (self.model, self.data_folder):
+            line.textChanged.connect(self._show_cost)
+        for combo in (self.device, self.dtype, self.weights, self.cpu_weights, self.attention):
+            combo.currentIndexChanged.connect(self._show_cost)
+        self.device.editTextChanged.connect(self._show_cost)
+        for spin in (self.n_sink, self.n_window, self.top_k, self.attention_share, self.search_effort,
+                     self.max_new_tokens, self.temperature, self.disk_budget):
+            spin.valueChanged.connect(self._show_cost)
+        self.gpu_runtime.toggled.connect(self._show_cost)
+        self._show_cost()
 
     def show_settings(self, settings: AppSettings) -> None:
         engine, library = settings.engine, settings.library
@@ -163,6 +199,7 @@ class SettingsDialog(QDialog):
         _set_combo(self.device, engine.device)
         _set_combo(self.dtype, engine.dtype)
         _set_combo(self.weights, engine.weights)
+        _set_combo(self.cpu_weights, engine.cpu_weights)
         _set_combo(self.attention, engine.attention)
         self.n_sink.setValue(engine.n_sink)
         self.n_window.setValue(engine.n_window)
@@ -182,6 +219,7 @@ class SettingsDialog(QDialog):
         return self.original.with_changes(
             model=self.model.text().strip(), device=device or "auto",
             dtype=self.dtype.currentData(), weights=self.weights.currentData(),
+            cpu_weights=self.cpu_weights.currentData(),
             attention=self.attention.currentData(), n_sink=self.n_sink.value(),
             n_window=self.n_window.value(), top_k=self.top_k.value(),
             attention_share=round(self.attention_share.value() / 100, 4), search_effort=self.search_effort.value(),
@@ -190,6 +228,16 @@ class SettingsDialog(QDialog):
             budget_bytes=round(self.disk_budget.value() * GIB),
             gpu_runtime_auto_download=self.gpu_runtime.isChecked(),
         )
+
+    def _show_cost(self) -> None:
+        """What applying the form's settings would cost, under the form ("" while a value is invalid or nothing
+        that costs anything changed)."""
+        try:
+            text = change_impact(self.original, self.edited_settings()).describe()
+        except ValueError:
+            text = ""
+        self.cost.setText(text)
+        self.cost.setVisible(bool(text))
 
     def accept(self) -> None:
         try:
