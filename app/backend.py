@@ -26,7 +26,6 @@ from engine import (
     CancelledError,
     CancelToken,
     ChatError,
-    ConfigChange,
     Document,
     DocumentError,
     EngineConfig,
@@ -66,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # the engine names the app may use, besides this module's own
     "CPU_WEIGHTS", "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError",
-    "ConfigChange", "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice",
+    "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice",
     "ModelError", "ModelFit", "ModelShape", "Passage", "Progress", "ProgressCallback", "ProgressMeter", "SpanMap",
     "card", "default_model_gguf", "estimate_fit", "find_entry", "format_bytes", "gated_error", "model_choices",
     "read_document", "supported_suffixes", "top_passages", "use_bundled_default_model",
@@ -197,7 +196,8 @@ class EngineBackend(Protocol):
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo: ...
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
-        """New generation settings; the caller reloads the model where needed (ConfigChange.reload_model)."""
+        """New settings; the caller reloads the model where needed (`settings_cost(...).reloads_model`). Open
+        documents take what keeps their K/V and index in place; the others are opened again."""
 
     def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:
         """Read, tokenise and fit-check `path` (stages "extract", "tokenize"); raise FolioError if unusable."""
