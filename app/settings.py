@@ -36,17 +36,15 @@ SETTING_LABELS = {
 # One line each for people who do not know the method: the settings panel's help lines and tooltips.
 SETTING_HELP = {
     "weights": "4-bit and 8-bit weights let a larger model fit a smaller GPU (bitsandbytes).",
-    "cpu_weights": "int8 makes answers about 2–4× faster on a CPU; they may differ slightly from float32's. "
-                   "Ignored on a GPU.",
-    "attention": "How the model looks at the document while it answers: all of it (full attention), or only the "
-                 "parts that matter most (RetrievalAttention, faster on long documents). Automatic picks the faster.",
-    "n_sink": "The document's first tokens, which the model always sees: models lean on them. The default suits "
-              "almost every model.",
-    "n_window": "The last tokens before the question, which the model always sees besides the parts it looks up.",
-    "top_k": "How many of the document's most relevant tokens each attention head looks up for every word it writes: "
-             "more is closer to full attention, and slower.",
-    "attention_share": "Each head keeps looking up tokens until they hold this share of its attention (at least "
-                       "top-k): higher is closer to full attention, and slower. 0 looks up exactly top-k.",
+    "cpu_weights": "int8: about 2–4× faster answers on a CPU, which may differ slightly from float32's. Not used "
+                   "on a GPU.",
+    "attention": "Full reads the whole document for every word; retrieval only the parts that matter (faster on "
+                 "long documents). Automatic picks.",
+    "n_sink": "The document's first tokens, always in view: models lean on them. The default suits most models.",
+    "n_window": "The last tokens before the question, always in view besides the parts looked up.",
+    "top_k": "Tokens each attention head looks up per word it writes: more is closer to full attention, and slower.",
+    "attention_share": "Heads look up tokens until these hold this share of their attention (at least top-k): "
+                       "higher is closer to full attention, and slower.",
     "search_effort": "How thoroughly the index searches for those tokens: higher finds them more surely, and is "
                      "slower.",
 }

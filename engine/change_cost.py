@@ -96,7 +96,7 @@ class SettingsCost:
                       "still holds one built with these settings."),
             NOT_NEEDED: no_index.capitalize() + ".",
         }[self.index.verdict]
-        if self.automatic and self.index.verdict != NOT_NEEDED:
+        if self.automatic and self.index.verdict == FROM_KV:
             index += (" Automatic attention needs one only for the documents it answers with retrieval (long ones on "
                       "a CPU, or where the whole K/V do not fit).")
         return " ".join((model, kv, index))

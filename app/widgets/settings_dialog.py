@@ -4,6 +4,7 @@ setting in a line (app.settings.SETTING_HELP: a help line under the field and it
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -37,6 +38,8 @@ DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cu
 WEIGHT_NAMES = {"full": "Full", "8bit": "8-bit (quantized at load)", "4bit": "4-bit (quantized at load)"}
 WEIGHT_CHOICES = tuple((w, WEIGHT_NAMES[w]) for w in WEIGHTS)
 CPU_WEIGHT_CHOICES = tuple((w, CPU_WEIGHT_NAMES[w]) for w in CPU_WEIGHTS)
+NO_CHANGE = "What a change costs shows here: what is kept, what is rebuilt, and whether documents are read again."
+COST_LINES = 3  # the room kept for it
 
 
 def _combo(choices: tuple[tuple[str, str], ...], editable: bool = False) -> QComboBox:
@@ -59,21 +62,16 @@ def _label(name: str) -> str:
     return SETTING_LABELS[name] + ":"
 
 
-def _with_help(name: str, field: QWidget | QHBoxLayout) -> QVBoxLayout:
-    """The field with its one-line explanation under it (SETTING_HELP), which is also the field's tooltip."""
+def _add_with_help(form: QFormLayout, name: str, field: QWidget) -> None:
+    """A form row for setting `name`, with its one-line explanation (SETTING_HELP) under it across the form, which
+    is also the field's tooltip."""
     text = SETTING_HELP[name]
+    field.setToolTip(text)
     help_line = QLabel(text)
     help_line.setObjectName("settingHelp")
     help_line.setWordWrap(True)
-    column = QVBoxLayout()
-    column.setSpacing(2)
-    if isinstance(field, QWidget):
-        field.setToolTip(text)
-        column.addWidget(field)
-    else:
-        column.addLayout(field)
-    column.addWidget(help_line)
-    return column
+    form.addRow(_label(name), field)
+    form.addRow(help_line)
 
 
 def _spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
@@ -152,13 +150,13 @@ class SettingsDialog(QDialog):
         model_form.addRow(_label("model"), model_row)
         model_form.addRow(_label("device"), self.device)
         model_form.addRow(_label("dtype"), self.dtype)
-        model_form.addRow(_label("weights"), _with_help("weights", self.weights))
-        model_form.addRow(_label("cpu_weights"), _with_help("cpu_weights", self.cpu_weights))
+        _add_with_help(model_form, "weights", self.weights)
+        _add_with_help(model_form, "cpu_weights", self.cpu_weights)
         model_form.addRow("", self.gpu_runtime)
         attention_box = QGroupBox("Attention")
         attention_form = QFormLayout(attention_box)
         for name in ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort"):
-            attention_form.addRow(_label(name), _with_help(name, getattr(self, name)))
+            _add_with_help(attention_form, name, getattr(self, name))
         answer_box = QGroupBox("Answers and storage")
         answer_form = QFormLayout(answer_box)
         answer_form.addRow(_label("max_new_tokens"), self.max_new_tokens)
@@ -168,6 +166,8 @@ class SettingsDialog(QDialog):
         self.cost = QLabel()  # what the edited settings cost, kept up to date as fields change
         self.cost.setObjectName("settingsCost")
         self.cost.setWordWrap(True)
+        self.cost.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.cost.setMinimumHeight(self.cost.fontMetrics().lineSpacing() * COST_LINES + 8)  # room kept: no jumps
         self.error = QLabel()
         self.error.setObjectName("settingsError")
         self.error.setWordWrap(True)
@@ -178,8 +178,16 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
             lambda: self.show_settings(AppSettings()))
+        left = QVBoxLayout()
+        left.addWidget(model_box)
+        left.addWidget(answer_box)
+        left.addStretch(1)
+        columns = QHBoxLayout()
+        columns.addLayout(left, 1)
+        columns.addWidget(attention_box, 1, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
-        for widget in (model_box, attention_box, answer_box, self.cost, self.error, buttons):
+        layout.addLayout(columns)
+        for widget in (self.cost, self.error, buttons):
             layout.addWidget(widget)
         self.show_settings(settings)
         for line in (self.model, self.data_folder):
@@ -230,14 +238,13 @@ class SettingsDialog(QDialog):
         )
 
     def _show_cost(self) -> None:
-        """What applying the form's settings would cost, under the form ("" while a value is invalid or nothing
-        that costs anything changed)."""
+        """What applying the form's settings would cost, under the form (NO_CHANGE while no engine setting changed
+        or a value is invalid: OK then says what is wrong)."""
         try:
             text = change_impact(self.original, self.edited_settings()).describe()
         except ValueError:
             text = ""
-        self.cost.setText(text)
-        self.cost.setVisible(bool(text))
+        self.cost.setText(text or NO_CHANGE)
 
     def accept(self) -> None:
         try:
