@@ -143,7 +143,7 @@ class DocumentSession:
             current = dataclasses.replace(current, n_sink=settings.n_sink, n_window=settings.n_window)
         if not current.search_only_change(settings):
             return False
-        if isinstance(self._cache, RetrievalCache):
+        if self.uses_retrieval and isinstance(self._cache, RetrievalCache):
             self._cache.use_search_settings(settings)
         self.config = config
         return True

@@ -11,6 +11,8 @@ import pytest
 
 from engine.change_cost import FROM_KV, KEPT, NOT_NEEDED, REBUILT, RELOADED, settings_cost
 from engine.config import RELOAD_MODEL_FIELDS, EngineConfig
+from engine.errors import CancelledError
+from engine.events import CancelToken
 from engine.ingest import read_document
 from engine.model import load_model
 from engine.session import DocumentSession
@@ -187,10 +189,19 @@ def test_no_change_says_nothing(base):
 
 
 @pytest.mark.parametrize("mode", ["retrieval", "full"])
-def test_an_open_session_takes_a_change_that_keeps_everything_without_opening_again(models, document, base, mode):
+def test_an_open_session_takes_a_change_that_keeps_everything_without_opening_again(models, document, base, mode,
+                                                                                    tmp_path):
     """What the app does on such a change (RealBackend.apply_settings): the session answers with the new search
     settings from its cache in memory; a change that needs another index or K/V asks for a new session."""
-    config = dataclasses.replace(base, attention=mode)
+    config = dataclasses.replace(base, attention=mode, prefill_chunk=32)
+    with Store(tmp_path / "library") as store:  # with a library, full attention prefills into a RetrievalCache
+        stopped = DocumentSession(models(config), document, config, store=store)
+        cancel = CancelToken()
+        with pytest.raises(CancelledError):
+            for _ in stopped.prepare(cancel):
+                cancel.cancel()
+        assert stopped.cache is not None  # half prefilled
+        assert stopped.use_config(dataclasses.replace(config, top_k=9, n_window=32)) == (mode == "full")
     session = DocumentSession(models(config), document, config)
     list(session.prepare())
     cache = session.cache
