@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 # Only names that do not import torch at module level: app/runtime/startup.py and app/frozen.py run before torch is
 # imported (a downloaded CUDA build must come first). The model, the session and the store are imported where used.
 from engine import (
+    CPU_WEIGHTS,
     DTYPES,
     GIB,
     MAX_ANSWER_TOKENS,
@@ -25,7 +26,6 @@ from engine import (
     CancelledError,
     CancelToken,
     ChatError,
-    ConfigChange,
     Document,
     DocumentError,
     EngineConfig,
@@ -68,10 +68,10 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import AnswerVersion, Chat, ChatRecord, DocumentSession, LoadedModel, Store
+    from engine import AnswerVersion, Chat, ChatRecord, DocumentSession, LoadedModel, SettingsCost, Store
 
 __all__ = [  # the engine names the app may use, besides this module's own
-    "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError", "ConfigChange",
+    "CPU_WEIGHTS", "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError",
     "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError",
     "ModelFit", "ModelShape", "PageImage", "Passage", "PdfPages", "Progress", "ProgressCallback", "ProgressMeter",
     "SpanMap", "TextExcerpt", "UnsupportedFact", "card", "default_model_gguf", "estimate_fit", "find_entry",
@@ -190,13 +190,22 @@ class ChatListing:
     stored: bool = True
 
 
+def settings_cost(old: EngineConfig, new: EngineConfig) -> SettingsCost:
+    """What changing the engine's settings costs the model and each open document (engine.change_cost): the app's
+    one source for what a change rebuilds. Imports torch on first use."""
+    from engine import settings_cost as cost
+
+    return cost(old, new)
+
+
 class EngineBackend(Protocol):
     """The engine as the worker sees it. Every method runs on the worker thread."""
 
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo: ...
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
-        """New generation settings; the caller reloads the model where needed (ConfigChange.reload_model)."""
+        """New settings; the caller reloads the model where needed (`settings_cost(...).reloads_model`). Open
+        documents take what keeps their K/V and index in place; the others are opened again."""
 
     def open_document(self, path: str, progress: ProgressCallback, cancel: CancelToken) -> OpenedDocument:
         """Read, tokenise and fit-check `path` (stages "extract", "tokenize"); raise FolioError if unusable."""
@@ -334,15 +343,12 @@ class RealBackend:
                              d.source_path or "") for d in self.store.list_documents()]
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
-        change = ConfigChange.between(self.config, config)
         self.config = config
         self._open_store(library)
         for doc_id, session in list(self.sessions.items()):
-            if change.reopen_documents:  # a new session: its K/V come from the library where it holds them
+            if not session.use_config(config):  # a new session: its K/V come from the library where it holds them
                 self._drop_sessions(doc_id)
                 self._session(doc_id)
-            else:
-                session.config = config
 
     def _session(self, doc_id: str) -> DocumentSession:
         """The document's session, made again (cache empty) after a model or attention change."""

@@ -22,6 +22,7 @@ from app.backend import (
     Document,
     EngineConfig,
     LibraryConfig,
+    LibraryEntry,
     Machine,
     ModelChoice,
     ModelError,
@@ -41,6 +42,7 @@ from app.backend import (
     gated_error,
     model_choices,
     read_document,
+    settings_cost,
     top_passages,
 )
 
@@ -75,14 +77,14 @@ class FakeBackend:
         self.library = LibraryConfig()
         self.documents: dict[str, Document] = {}
         self.spans: dict[str, SpanMap] = {}
-        self.prepared: set[str] = set()
+        self.prepared: set[str] = set()  # documents whose cache is in memory under the current settings
+        self.stored: dict[str, LibraryEntry] = {}  # the library: what was stored last, as the side panel lists it
         self.chat_store: dict[str, FakeChat] = {}  # every chat, as a library would keep them
         self.loaded = False
 
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
         self.config, self.library = config, library
-        self.documents.clear()
-        self.prepared.clear()
+        self.prepared.clear()  # the documents stay, as the engine's do (RealBackend.documents)
         meter = ProgressMeter("load", 4, progress, "parts")
         for done in range(5):
             time.sleep(self.step_s)
@@ -95,7 +97,15 @@ class FakeBackend:
         return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged)
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
+        cost = settings_cost(self.config, config)
+        if cost.heavy:  # the K/V or the index are built again at the next question
+            self.prepared.clear()
         self.config, self.library = config, library
+
+    def _cache_bytes(self, tokens: int) -> int:
+        """The K/V (4 KiB a token in float16) and an index that grows with the static set: settings change the size."""
+        per_token = 4096 if self.config.kv_dtype == "float16" else 8192
+        return tokens * per_token + 64 * (self.config.n_sink + self.config.n_window)
 
     def _shape(self) -> ModelShape:
         return ModelShape(layers=16, kv_heads=4, query_heads=16, head_dim=64, max_positions=self.context)
@@ -122,7 +132,7 @@ class FakeBackend:
         started = time.perf_counter()
         tokens = len(self.spans[doc_id]) + 40
         if doc_id in self.prepared:
-            return PreparedDocument(doc_id, tokens * 4096, time.perf_counter() - started, True)
+            return PreparedDocument(doc_id, self.stored[doc_id].cache_bytes, time.perf_counter() - started, True)
         for stage, total, unit in (("prefill", tokens, "tokens"), ("index", 16, "layers"), ("saving", 4, "files")):
             meter = ProgressMeter(stage, total, progress, unit)
             steps = 10
@@ -132,7 +142,10 @@ class FakeBackend:
                 time.sleep(self.step_s)
                 meter.update(total * step // steps)
         self.prepared.add(doc_id)
-        return PreparedDocument(doc_id, tokens * 4096, time.perf_counter() - started, False)
+        document = self.documents[doc_id]
+        self.stored[doc_id] = LibraryEntry(doc_id, document.title, document.pages, tokens, True,
+                                           self._cache_bytes(tokens), time.time(), str(document.source))
+        return PreparedDocument(doc_id, self.stored[doc_id].cache_bytes, time.perf_counter() - started, False)
 
     def ask(self, doc_id: str, key: str, question: str, on_token: TokenCallback, progress: ProgressCallback,
             cancel: CancelToken) -> Answer:
@@ -262,6 +275,7 @@ class FakeBackend:
     def forget(self, doc_id: str) -> None:
         self.documents.pop(doc_id, None)
         self.prepared.discard(doc_id)
+        self.stored.pop(doc_id, None)
         for key in [c.key for c in self.chat_store.values() if c.doc_id == doc_id]:
             del self.chat_store[key]
 
@@ -269,8 +283,8 @@ class FakeBackend:
         self.library_damaged, self.library_resets = "", self.library_resets + 1
         return f"Started a new library in {self.library.root}."
 
-    def library_entries(self) -> list:
-        return []
+    def library_entries(self) -> list[LibraryEntry]:
+        return sorted(self.stored.values(), key=lambda e: e.last_used, reverse=True)
 
     def memory_in_use(self) -> str:
         return "1.2 GiB RAM"

@@ -502,7 +502,7 @@ class MainWindow(QMainWindow):
             self.controller.load_model(settings)
         else:
             self.controller.apply_settings(settings)
-        if impact.reload_model or impact.rebuild_caches:
+        if impact.rebuild_caches:  # the K/V are rebuilt: each document is read again at its next question
             for entry in self.library.entries():
                 self.library.update(entry.id, cached=False, cache_bytes=0)
             self.library_panel.refresh()

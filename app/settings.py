@@ -8,10 +8,14 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
-from app.backend import ConfigChange, EngineConfig, LibraryConfig
+from app.backend import EngineConfig, LibraryConfig, settings_cost
+
+if TYPE_CHECKING:
+    from app.backend import SettingsCost
 
 SETTINGS_FILE = "settings.json"
 ATTENTION_CHOICES = (
@@ -20,6 +24,30 @@ ATTENTION_CHOICES = (
     ("full", "Full attention"),
     ("window", "Sinks + window only (comparison)"),
 )
+CPU_WEIGHT_NAMES = {"int8": "int8 (default: faster on a CPU)", "full": "Full (in the precision above)"}
+# The settings' names as the settings panel shows them (also in what a change costs), by field.
+SETTING_LABELS = {
+    "model": "Model", "device": "Device", "dtype": "Precision", "weights": "Weights",
+    "cpu_weights": "Weights on the CPU", "attention": "Attention mode", "n_sink": "Sink tokens",
+    "n_window": "Window size", "top_k": "Top-k retrieved", "attention_share": "Attention to retrieve",
+    "search_effort": "Index search effort", "kv_dtype": "K/V precision", "max_new_tokens": "Max new tokens",
+    "temperature": "Temperature",
+}
+# One line each for people who do not know the method: the settings panel's help lines and tooltips.
+SETTING_HELP = {
+    "weights": "4-bit and 8-bit weights let a larger model fit a smaller GPU (bitsandbytes).",
+    "cpu_weights": "int8: about 2–4× faster answers on a CPU, which may differ slightly from float32's. Not used "
+                   "on a GPU.",
+    "attention": "Full reads the whole document for every word; retrieval only the parts that matter (faster on "
+                 "long documents). Automatic picks.",
+    "n_sink": "The document's first tokens, always in view: models lean on them. The default suits most models.",
+    "n_window": "The last tokens before the question, always in view besides the parts looked up.",
+    "top_k": "Tokens each attention head looks up per word it writes: more is closer to full attention, and slower.",
+    "attention_share": "Heads look up tokens until these hold this share of their attention (at least top-k): "
+                       "higher is closer to full attention, and slower.",
+    "search_effort": "How thoroughly the index searches for those tokens: higher finds them more surely, and is "
+                     "slower.",
+}
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 LIBRARY_FIELDS = frozenset(f.name for f in fields(LibraryConfig))
 
@@ -125,27 +153,32 @@ def save_settings(settings: AppSettings, path: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ChangeImpact:
-    """What applying new settings costs."""
+    """What applying new settings costs: the engine's part by part (SettingsCost), and every field changed."""
 
-    reload_model: bool
-    rebuild_caches: bool
+    cost: SettingsCost
     changed: tuple[str, ...]
 
+    @property
+    def reload_model(self) -> bool:
+        return self.cost.reloads_model
+
+    @property
+    def rebuild_caches(self) -> bool:
+        """The documents' stored K/V are rebuilt: each is read again at its next question."""
+        return self.cost.reads_again
+
+    def describe(self) -> str:
+        """What the engine's change costs, in sentences ("" when no engine setting changed)."""
+        return self.cost.describe(SETTING_LABELS)
+
     def message(self) -> str:
-        """A sentence for the confirmation box; empty when nothing heavy happens."""
-        if self.reload_model:
-            return ("Changing the model, device, dtype or weights reloads the model and rebuilds the cache of every "
-                    "open document (each document is read again at its next question).")
-        if self.rebuild_caches:
-            return ("Changing the attention mode, sink tokens, window, top-k, attention share or search effort "
-                    "rebuilds the cache of every open document (each document is read again at its next question).")
-        return ""
+        """describe() for the confirmation box where something is loaded or built again; else ""."""
+        return self.cost.message(SETTING_LABELS)
 
 
 def change_impact(old: AppSettings, new: AppSettings) -> ChangeImpact:
-    engine = ConfigChange.between(old.engine, new.engine)
+    cost = settings_cost(old.engine, new.engine)
     own = tuple(f.name for f in fields(LibraryConfig) if getattr(old.library, f.name) != getattr(new.library, f.name))
     if old.gpu_runtime_auto_download != new.gpu_runtime_auto_download:
         own += ("gpu_runtime_auto_download",)
-    return ChangeImpact(reload_model=engine.reload_model, rebuild_caches=engine.reopen_documents,
-                        changed=engine.changed + own)
+    return ChangeImpact(cost, cost.changed + own)

@@ -144,7 +144,7 @@ class EngineWorker(QObject):
 
     def _answer(self, job: str, doc_id: str, key: str, run: Callable) -> None:
         """Stream an answer into chat `key`; afterwards, however it ended, the chat's state (a stopped answer is
-        kept) and the library (cache state, last use)."""
+        kept) and the library (cache state and size: the answer may have rebuilt the cache; last use)."""
         def work() -> None:
             try:
                 self.finished.emit(key, run(lambda text: self.token.emit(key, text)))
@@ -154,6 +154,7 @@ class EngineWorker(QObject):
                     self.chats_listed.emit(doc_id, self.backend.chats(doc_id))
                 except Exception:
                     log.exception("reading the chat after an answer failed")
+                self._list_library()
 
         self._run(job, work)
 

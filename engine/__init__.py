@@ -35,6 +35,9 @@ _EXPORTS = {
     "DEVICES": "engine.config",
     "DTYPES": "engine.config",
     "MAX_ANSWER_TOKENS": "engine.config",
+    "CPU_WEIGHTS": "engine.config",
+    "SettingsCost": "engine.change_cost",
+    "settings_cost": "engine.change_cost",
     # models
     "LoadedModel": "engine.model",
     "load_model": "engine.model",

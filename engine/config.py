@@ -11,11 +11,9 @@ WEIGHTS = ("full", "8bit", "4bit")  # the weights as stored, or quantized at loa
 CPU_WEIGHTS = ("int8", "full")  # how a CPU holds full weights' linear layers (engine.cpu_weights)
 CPU_PREFILL_CHUNK, GPU_PREFILL_CHUNK = 512, 4096
 MAX_ANSWER_TOKENS = 32768
-# Which settings need what when they change (ConfigChange): the model reloaded, or each document's session made
-# again (its K/V reused from the library where it holds them).
+# The settings whose change reloads the model (ConfigChange). What a change costs each document (its K/V, its index)
+# follows from their identities: engine.change_cost.
 RELOAD_MODEL_FIELDS = ("model", "device", "dtype", "weights", "cpu_weights")
-REOPEN_DOCUMENT_FIELDS = ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort", "kv_dtype",
-                          "prefill_chunk")
 
 
 @dataclass(frozen=True)
@@ -114,15 +112,14 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ConfigChange:
-    """What applying a new EngineConfig costs: reload_model (model, device, dtype or weights changed), reopen_documents
-    (attention settings changed: each open document's session is made again), changed (the field names)."""
+    """Which fields a new EngineConfig changes (`changed`) and whether the model must be reloaded (`reload_model`:
+    model, device, dtype, weights or cpu_weights changed). What the change costs each document: engine.change_cost.
+    """
 
     reload_model: bool
-    reopen_documents: bool
     changed: tuple[str, ...]
 
     @classmethod
     def between(cls, old: EngineConfig, new: EngineConfig) -> ConfigChange:
         changed = tuple(f.name for f in fields(EngineConfig) if getattr(old, f.name) != getattr(new, f.name))
-        return cls(reload_model=any(name in RELOAD_MODEL_FIELDS for name in changed),
-                   reopen_documents=any(name in REOPEN_DOCUMENT_FIELDS for name in changed), changed=changed)
+        return cls(reload_model=any(name in RELOAD_MODEL_FIELDS for name in changed), changed=changed)

@@ -160,7 +160,7 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
                          "Choose a smaller model, 4-bit weights, a smaller dtype, or the CPU device.") from error
     model.eval()
     whole_on_cpu = torch_device.type == "cpu" and max_memory is None  # not split by accelerate (layers on disk)
-    cpu_weights = "int8" if cpu_weights == "int8" and weights == "full" and whole_on_cpu else "full"
+    cpu_weights = cpu_weights_used(cpu_weights, weights, whole_on_cpu)
     if cpu_weights == "int8":
         quantize_linear_layers(model)
     devices = layer_devices(model)
@@ -170,11 +170,7 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
     if tokenizer.chat_template is None:
         raise ModelError(f"The tokenizer in {path} has no chat template, so Folio cannot format questions.",
                          "Use an instruction-tuned (chat) model.")
-    variant = {k: v for k, v in (("weights", weights), ("cpu_weights", cpu_weights), ("config", overrides))
-               if v and v != "full"}
-    fingerprint = model_fingerprint(path)
-    if variant:  # quantized weights or a changed config compute other K/V: caches made without them do not apply
-        fingerprint = hashlib.sha256((fingerprint + json.dumps(variant, sort_keys=True)).encode()).hexdigest()
+    fingerprint = variant_fingerprint(model_fingerprint(path), weights, cpu_weights, overrides)
     return LoadedModel(
         model=model, tokenizer=tokenizer, path=path,
         name=entry.hub_id if entry is not None and not entry.bundled else _display_name(spec, path),
@@ -184,6 +180,22 @@ def load_model(spec: str = "default", device: str = "auto", dtype: str = "auto",
         stop_token_ids=stop_token_ids(model, tokenizer), weights=weights, layer_devices=devices,
         cpu_weights=cpu_weights,
     )
+
+
+def cpu_weights_used(cpu_weights: str, weights: str, whole_on_cpu: bool) -> str:
+    """The cpu_weights a model is loaded with: "int8" only where asked, for full weights on a CPU that holds the whole
+    model (not split by accelerate); else "full"."""
+    return "int8" if cpu_weights == "int8" and weights == "full" and whole_on_cpu else "full"
+
+
+def variant_fingerprint(fingerprint: str, weights: str, cpu_weights: str, overrides: dict | None) -> str:
+    """The model's fingerprint with what changes its computed K/V besides its files: quantized weights (`weights`,
+    the `cpu_weights` used) and config overrides. Caches made without them do not apply."""
+    variant = {k: v for k, v in (("weights", weights), ("cpu_weights", cpu_weights), ("config", overrides))
+               if v and v != "full"}
+    if not variant:
+        return fingerprint
+    return hashlib.sha256((fingerprint + json.dumps(variant, sort_keys=True)).encode()).hexdigest()
 
 
 def _placement(config, weights: str, device: torch.device, dtype: torch.dtype, device_spec: str,

@@ -88,15 +88,21 @@ class CacheIdentity:
         return "cache entry replaced"
 
 
-def index_identity(cache_id: str, settings: RetrievalSettings) -> tuple[str, dict]:
-    """(index id, params): the build-time settings of an index; search-time ones (top_k, effort, the budget's
-    share, quantile and cap) excluded. INDEX_VERSION counts changes to what an index's files hold."""
+def index_key(cache_id: str, settings: RetrievalSettings) -> dict:
+    """What decides an index (`index_identity` hashes it): the cache it indexes and the build-time settings; search-time
+    ones (top_k, effort, the budget's share, quantile and cap) excluded. INDEX_VERSION counts changes to what an index's
+    files hold."""
     params = dataclasses.asdict(settings.index_params)
     for search_only in ("effort", "threads", "knn_device"):  # do not change what the index is
         params.pop(search_only)
-    key = {"cache": cache_id, "method": settings.method, "n_sink": settings.n_sink,
-           "n_window": settings.n_window, "params": params, "version": INDEX_VERSION}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), params
+    return {"cache": cache_id, "method": settings.method, "n_sink": settings.n_sink,
+            "n_window": settings.n_window, "params": params, "version": INDEX_VERSION}
+
+
+def index_identity(cache_id: str, settings: RetrievalSettings) -> tuple[str, dict]:
+    """(index id, params): the hash of `index_key` and its build params."""
+    key = index_key(cache_id, settings)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest(), key["params"]
 
 
 @dataclass

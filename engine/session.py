@@ -10,7 +10,7 @@ import torch
 from transformers import Cache
 
 import engine.chat_store as chat_store
-from engine.attention_mode import AttentionChoice, choose_attention
+from engine.attention_mode import FULL, AttentionChoice, choose_attention
 from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.chat import Chat
@@ -46,6 +46,13 @@ def retrieval_settings(config: EngineConfig, device: torch.device | None = None,
     return RetrievalSettings(method=method, n_sink=config.n_sink, n_window=config.n_window, top_k=config.top_k,
                              effort=config.search_effort, attention_share=config.attention_share,
                              index_params=params, kv_dtype=getattr(torch, config.kv_dtype))
+
+
+def cache_settings(config: EngineConfig, device: torch.device | None, mode: str) -> RetrievalSettings:
+    """The settings of a document's RetrievalCache under the attention `mode` that answers it (resolved, not "auto"):
+    the retrieval mode's, or for full attention the K/V alone (no index; engine.shared_kv)."""
+    settings = retrieval_settings(config, device, mode)
+    return settings if mode != FULL else kv_only_settings(settings)
 
 
 class DocumentSession:
@@ -116,7 +123,7 @@ class DocumentSession:
 
     @property
     def uses_retrieval(self) -> bool:
-        return self.attention.mode != "full"
+        return self.attention.mode != FULL
 
     def _choose_attention(self) -> AttentionChoice:
         """config.attention, or for "auto" the mode that suits this document on this device (engine.attention_mode)."""
@@ -125,10 +132,24 @@ class DocumentSession:
         return choose_attention(self.config.attention, device.type, free,
                                 self.prefix_tokens + self.config.max_new_tokens, self.loaded.shape)
 
+    def use_config(self, config: EngineConfig) -> bool:
+        """Answer with `config` from now on where it keeps this session's attention mode, K/V and index (another top_k,
+        search effort, attention share, answer length, temperature...): True. False where a new session is needed
+        (its K/V and index then come from the library where it holds them; engine.change_cost says which)."""
+        if config.attention != self.config.attention:
+            return False
+        settings, current = cache_settings(config, self.loaded.device, self.attention.mode), self._cache_settings()
+        if not self.uses_retrieval:  # full attention decodes with every key: the static set's size does not matter
+            current = dataclasses.replace(current, n_sink=settings.n_sink, n_window=settings.n_window)
+        if not current.search_only_change(settings):
+            return False
+        if self.uses_retrieval and isinstance(self._cache, RetrievalCache):
+            self._cache.use_search_settings(settings)
+        self.config = config
+        return True
+
     def _cache_settings(self) -> RetrievalSettings:
-        """The settings of the document's RetrievalCache: the retrieval mode's, or for full attention the K/V alone."""
-        settings = retrieval_settings(self.config, self.loaded.device, self.attention.mode)
-        return settings if self.uses_retrieval else kv_only_settings(settings)
+        return cache_settings(self.config, self.loaded.device, self.attention.mode)
 
     def _decoding_cache(self) -> Cache:
         """The cache to decode with: the RetrievalCache, or for full attention a DynamicCache of its whole prefix."""

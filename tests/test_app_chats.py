@@ -221,7 +221,10 @@ def test_the_real_backend_keeps_chats_across_settings_changes_and_model_reloads(
     backend.store = backend.sessions[doc_id].store = None  # as if the library had failed: a chat in memory only
     memory_only = backend.open_chat(doc_id, None).key
     ask_in(memory_only, "When?")
-    backend.apply_settings(replace(config, top_k=8), library)  # the library is back; sessions are made again
+    session = backend.sessions[doc_id]
+    backend.apply_settings(replace(config, top_k=8), library)  # a search setting: the session answers on with it
+    assert backend.sessions[doc_id] is session and session.config.top_k == 8
+    backend.apply_settings(replace(config, top_k=8, n_window=32), library)  # another index: sessions made again
     assert not backend.live_chats  # no chat holds on to the old session (and its cache)
     assert [t.question for t in backend.open_chat(doc_id, memory_only).turns] == ["When?"]
     ask_in(stored, "And then?")

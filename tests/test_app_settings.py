@@ -63,12 +63,19 @@ def test_the_default_disk_budget_is_the_engine_store_default_in_binary_units():
     assert AppSettings().library.budget_bytes == 50 * GIB
 
 
-def test_change_impact():
+def test_change_impact_says_what_each_change_costs_in_the_panel_s_words():
     base = AppSettings()
-    assert change_impact(base, base.with_changes(temperature=0.5)).message() == ""
-    assert change_impact(base, base.with_changes(model="/models/x")).reload_model
-    impact = change_impact(base, base.with_changes(n_window=1024))
-    assert impact.rebuild_caches and not impact.reload_model and "rebuilds the cache" in impact.message()
+    for quick in ({"temperature": 0.5}, {"top_k": 250}, {"search_effort": 50}, {"attention_share": 0.5}):
+        impact = change_impact(base, base.with_changes(**quick))
+        assert impact.message() == "" and "nothing is rebuilt" in impact.describe()
+    model = change_impact(base, base.with_changes(model="/models/x"))
+    assert model.reload_model and model.rebuild_caches
+    assert "The model is reloaded (Model)" in model.message() and "read again" in model.message()
+    window = change_impact(base, base.with_changes(n_window=1024))
+    assert not window.rebuild_caches and not window.reload_model
+    assert "rebuilt from the stored K/V (Window size)" in window.message()
+    assert "no document is read again" in window.message()
+    assert change_impact(base, base.with_changes(folder="/elsewhere")).describe() == ""
 
 
 def test_without_a_screen_the_app_says_so_instead_of_aborting(monkeypatch, capsys):

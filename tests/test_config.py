@@ -22,11 +22,11 @@ def test_a_config_change_says_what_it_costs():
     from engine.config import ConfigChange
 
     base = EngineConfig()
-    assert ConfigChange.between(base, base) == ConfigChange(False, False, ())
+    assert ConfigChange.between(base, base) == ConfigChange(False, ())
     assert ConfigChange.between(base, EngineConfig(temperature=0.5)).changed == ("temperature",)
     assert ConfigChange.between(base, EngineConfig(model="/m")).reload_model
     window = ConfigChange.between(base, EngineConfig(n_window=1024))
-    assert window.reopen_documents and not window.reload_model
+    assert window.changed == ("n_window",) and not window.reload_model
 
 
 def test_the_command_line_takes_its_defaults_from_the_config():

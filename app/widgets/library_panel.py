@@ -63,23 +63,28 @@ class LibraryPanel(QWidget):
         return items[0].data(0, Qt.ItemDataRole.UserRole) if items else None
 
     def refresh(self, select: str | None = None) -> None:
-        """Rebuild the rows from the library (keeps or sets the selection)."""
+        """Show the library's rows (keeps or sets the selection). Rows stay where they are while the window is open,
+        so that a row never moves under the pointer (opening a document makes it the most recently used): a new
+        document comes in at the top, most recently used first; each row's cells are updated in place."""
         select = select or self.current_id()
+        entries = {entry.id: entry for entry in self.library.entries()}  # most recently used first
         self._updating = True
         try:
-            self.tree.clear()
-            for entry in self.library.entries():
-                item = QTreeWidgetItem([entry.title, f"{entry.pages:,}", f"{entry.tokens:,}",
-                                        "cached" if entry.cached else "not cached",
-                                        format_bytes(entry.cache_bytes) if entry.cache_bytes else "—",
-                                        format_ago(entry.last_used)])
-                item.setData(0, Qt.ItemDataRole.UserRole, entry.id)
-                item.setToolTip(0, f"{entry.title}\n{entry.source}")
-                for column in range(1, len(COLUMNS)):
-                    item.setTextAlignment(column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.tree.addTopLevelItem(item)
-                if entry.id == select:
-                    item.setSelected(True)
+            items = {}
+            for index in reversed(range(self.tree.topLevelItemCount())):
+                item = self.tree.topLevelItem(index)
+                if item.data(0, Qt.ItemDataRole.UserRole) in entries:
+                    items[item.data(0, Qt.ItemDataRole.UserRole)] = item
+                else:
+                    self.tree.takeTopLevelItem(index)
+            new = [doc_id for doc_id in entries if doc_id not in items]
+            for position, doc_id in enumerate(new):
+                items[doc_id] = QTreeWidgetItem()
+                items[doc_id].setData(0, Qt.ItemDataRole.UserRole, doc_id)
+                self.tree.insertTopLevelItem(position, items[doc_id])
+            for doc_id, item in items.items():
+                _show_entry(item, entries[doc_id])
+                item.setSelected(doc_id == select)
         finally:
             self._updating = False
         has_entries = len(self.library) > 0
@@ -89,8 +94,10 @@ class LibraryPanel(QWidget):
         self.footer.setText(f"{len(self.library)} document{'s' if len(self.library) != 1 else ''}"
                             + (f" · caches {format_bytes(total)}" if total else ""))
 
-    def entry_rows(self) -> list[LibraryEntry]:
-        return self.library.entries()
+    def rows(self) -> list[str]:
+        """The document ids in the order the rows show them."""
+        tree = self.tree
+        return [tree.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole) for i in range(tree.topLevelItemCount())]
 
     def _selection_changed(self) -> None:
         if not self._updating and (doc_id := self.current_id()):
@@ -99,3 +106,14 @@ class LibraryPanel(QWidget):
     def _delete_current(self) -> None:
         if doc_id := self.current_id():
             self.delete_requested.emit(doc_id)
+
+
+def _show_entry(item: QTreeWidgetItem, entry: LibraryEntry) -> None:
+    """Fill a row's cells from its entry."""
+    cells = (entry.title, f"{entry.pages:,}", f"{entry.tokens:,}", "cached" if entry.cached else "not cached",
+             format_bytes(entry.cache_bytes) if entry.cache_bytes else "—", format_ago(entry.last_used))
+    for column, text in enumerate(cells):
+        item.setText(column, text)
+        if column:
+            item.setTextAlignment(column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    item.setToolTip(0, f"{entry.title}\n{entry.source}")

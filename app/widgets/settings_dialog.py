@@ -1,7 +1,10 @@
-"""The settings panel (Ctrl+,): edit AppSettings, validate with clear messages, warn before rebuilds."""
+"""The settings panel (Ctrl+,): edit AppSettings, validate with clear messages, say what a change costs (live, under
+the form, and in the confirmation box: engine.change_cost through app.settings.change_impact), and explain each
+setting in a line (app.settings.SETTING_HELP: a help line under the field and its tooltip)."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,12 +24,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.backend import DTYPES, GIB, MAX_ANSWER_TOKENS, WEIGHTS
-from app.settings import ATTENTION_CHOICES, AppSettings, change_impact
+from app.backend import CPU_WEIGHTS, DTYPES, GIB, MAX_ANSWER_TOKENS, WEIGHTS
+from app.settings import (
+    ATTENTION_CHOICES,
+    CPU_WEIGHT_NAMES,
+    SETTING_HELP,
+    SETTING_LABELS,
+    AppSettings,
+    change_impact,
+)
 
 DEVICE_CHOICES = (("auto", "Automatic (GPU when present)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"))
 WEIGHT_NAMES = {"full": "Full", "8bit": "8-bit (quantized at load)", "4bit": "4-bit (quantized at load)"}
 WEIGHT_CHOICES = tuple((w, WEIGHT_NAMES[w]) for w in WEIGHTS)
+CPU_WEIGHT_CHOICES = tuple((w, CPU_WEIGHT_NAMES[w]) for w in CPU_WEIGHTS)
+NO_CHANGE = "What a change costs shows here: what is kept, what is rebuilt, and whether documents are read again."
+COST_LINES = 3  # the room kept for it
 
 
 def _combo(choices: tuple[tuple[str, str], ...], editable: bool = False) -> QComboBox:
@@ -43,6 +56,22 @@ def _set_combo(combo: QComboBox, value: str) -> None:
         combo.addItem(value, value)
         index = combo.count() - 1
     combo.setCurrentIndex(index)
+
+
+def _label(name: str) -> str:
+    return SETTING_LABELS[name] + ":"
+
+
+def _add_with_help(form: QFormLayout, name: str, field: QWidget) -> None:
+    """A form row for setting `name`, with its one-line explanation (SETTING_HELP) under it across the form, which
+    is also the field's tooltip."""
+    text = SETTING_HELP[name]
+    field.setToolTip(text)
+    help_line = QLabel(text)
+    help_line.setObjectName("settingHelp")
+    help_line.setWordWrap(True)
+    form.addRow(_label(name), field)
+    form.addRow(help_line)
 
 
 def _spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
@@ -84,7 +113,7 @@ class SettingsDialog(QDialog):
         self.device = _combo(DEVICE_CHOICES, editable=True)
         self.dtype = _combo(tuple((d, "Automatic" if d == "auto" else d) for d in DTYPES))
         self.weights = _combo(WEIGHT_CHOICES)
-        self.weights.setToolTip("4-bit and 8-bit weights let a larger model fit a smaller GPU (bitsandbytes)")
+        self.cpu_weights = _combo(CPU_WEIGHT_CHOICES)
         self.gpu_runtime = QCheckBox("Download the GPU runtime when an NVIDIA GPU is found")
         self.gpu_runtime.setToolTip("A CUDA build of torch (about 2.6 GiB), fetched once in the background; "
                                     "Folio runs on the CPU until it is ready")
@@ -98,11 +127,6 @@ class SettingsDialog(QDialog):
         self.attention_share.setSingleStep(1.0)
         self.attention_share.setSuffix(" %")
         self.attention_share.setSpecialValueText("0 (fixed top-k)")
-        share_note = QLabel("Each head retrieves keys until they hold this share of its attention (at least top-k).")
-        share_note.setWordWrap(True)
-        share_column = QVBoxLayout()
-        share_column.addWidget(self.attention_share)
-        share_column.addWidget(share_note)
         self.search_effort = _spin(1, 100000, 10)
         self.max_new_tokens = _spin(1, MAX_ANSWER_TOKENS, 64)
         self.temperature = QDoubleSpinBox()
@@ -123,25 +147,27 @@ class SettingsDialog(QDialog):
 
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
-        model_form.addRow("Model:", model_row)
-        model_form.addRow("Device:", self.device)
-        model_form.addRow("Precision:", self.dtype)
-        model_form.addRow("Weights:", self.weights)
+        model_form.addRow(_label("model"), model_row)
+        model_form.addRow(_label("device"), self.device)
+        model_form.addRow(_label("dtype"), self.dtype)
+        _add_with_help(model_form, "weights", self.weights)
+        _add_with_help(model_form, "cpu_weights", self.cpu_weights)
         model_form.addRow("", self.gpu_runtime)
         attention_box = QGroupBox("Attention")
         attention_form = QFormLayout(attention_box)
-        attention_form.addRow("Mode:", self.attention)
-        attention_form.addRow("Sink tokens:", self.n_sink)
-        attention_form.addRow("Window size:", self.n_window)
-        attention_form.addRow("Top-k retrieved:", self.top_k)
-        attention_form.addRow("Attention to retrieve:", share_column)
-        attention_form.addRow("Index search effort:", self.search_effort)
+        for name in ("attention", "n_sink", "n_window", "top_k", "attention_share", "search_effort"):
+            _add_with_help(attention_form, name, getattr(self, name))
         answer_box = QGroupBox("Answers and storage")
         answer_form = QFormLayout(answer_box)
-        answer_form.addRow("Max new tokens:", self.max_new_tokens)
-        answer_form.addRow("Temperature:", self.temperature)
+        answer_form.addRow(_label("max_new_tokens"), self.max_new_tokens)
+        answer_form.addRow(_label("temperature"), self.temperature)
         answer_form.addRow("Data folder:", data_row)
         answer_form.addRow("Disk budget:", self.disk_budget)
+        self.cost = QLabel()  # what the edited settings cost, kept up to date as fields change
+        self.cost.setObjectName("settingsCost")
+        self.cost.setWordWrap(True)
+        self.cost.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.cost.setMinimumHeight(self.cost.fontMetrics().lineSpacing() * COST_LINES + 8)  # room kept: no jumps
         self.error = QLabel()
         self.error.setObjectName("settingsError")
         self.error.setWordWrap(True)
@@ -152,10 +178,28 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
             lambda: self.show_settings(AppSettings()))
+        left = QVBoxLayout()
+        left.addWidget(model_box)
+        left.addWidget(answer_box)
+        left.addStretch(1)
+        columns = QHBoxLayout()
+        columns.addLayout(left, 1)
+        columns.addWidget(attention_box, 1, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
-        for widget in (model_box, attention_box, answer_box, self.error, buttons):
+        layout.addLayout(columns)
+        for widget in (self.cost, self.error, buttons):
             layout.addWidget(widget)
         self.show_settings(settings)
+        for line in (self.model, self.data_folder):
+            line.textChanged.connect(self._show_cost)
+        for combo in (self.device, self.dtype, self.weights, self.cpu_weights, self.attention):
+            combo.currentIndexChanged.connect(self._show_cost)
+        self.device.editTextChanged.connect(self._show_cost)
+        for spin in (self.n_sink, self.n_window, self.top_k, self.attention_share, self.search_effort,
+                     self.max_new_tokens, self.temperature, self.disk_budget):
+            spin.valueChanged.connect(self._show_cost)
+        self.gpu_runtime.toggled.connect(self._show_cost)
+        self._show_cost()
 
     def show_settings(self, settings: AppSettings) -> None:
         engine, library = settings.engine, settings.library
@@ -163,6 +207,7 @@ class SettingsDialog(QDialog):
         _set_combo(self.device, engine.device)
         _set_combo(self.dtype, engine.dtype)
         _set_combo(self.weights, engine.weights)
+        _set_combo(self.cpu_weights, engine.cpu_weights)
         _set_combo(self.attention, engine.attention)
         self.n_sink.setValue(engine.n_sink)
         self.n_window.setValue(engine.n_window)
@@ -182,6 +227,7 @@ class SettingsDialog(QDialog):
         return self.original.with_changes(
             model=self.model.text().strip(), device=device or "auto",
             dtype=self.dtype.currentData(), weights=self.weights.currentData(),
+            cpu_weights=self.cpu_weights.currentData(),
             attention=self.attention.currentData(), n_sink=self.n_sink.value(),
             n_window=self.n_window.value(), top_k=self.top_k.value(),
             attention_share=round(self.attention_share.value() / 100, 4), search_effort=self.search_effort.value(),
@@ -190,6 +236,15 @@ class SettingsDialog(QDialog):
             budget_bytes=round(self.disk_budget.value() * GIB),
             gpu_runtime_auto_download=self.gpu_runtime.isChecked(),
         )
+
+    def _show_cost(self) -> None:
+        """What applying the form's settings would cost, under the form (NO_CHANGE while no engine setting changed
+        or a value is invalid: OK then says what is wrong)."""
+        try:
+            text = change_impact(self.original, self.edited_settings()).describe()
+        except ValueError:
+            text = ""
+        self.cost.setText(text or NO_CHANGE)
 
     def accept(self) -> None:
         try:

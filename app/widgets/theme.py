@@ -12,7 +12,8 @@ STYLE_SHEET = """
 #questionBubble { background: palette(highlight); color: palette(highlighted-text); border-radius: 12px;
                   padding: 8px 12px; }
 #answerCard { background: palette(base); border: 1px solid palette(mid); border-radius: 12px; }
-#answerInfo, #libraryFooter, #progressDetail { color: palette(placeholder-text); }
+#answerInfo, #libraryFooter, #progressDetail, #settingHelp { color: palette(placeholder-text); }
+#settingsCost { border-left: 3px solid palette(highlight); padding: 4px 8px; }
 #citationButton { text-align: left; padding: 4px 8px; border: none; border-radius: 6px; color: palette(link); }
 #citationButton:hover, #citationButton:checked { background: palette(alternate-base); }
 #citationText { background: palette(alternate-base); border-left: 3px solid palette(highlight);
