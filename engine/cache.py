@@ -110,7 +110,8 @@ class SearchStats:
 
 
 class AttentionTrace:
-    """Per decode step, the document positions retrieved and the share of attention they got.
+    """Per decode step, the prefix positions attended (the static set's prefix keys and the retrieved keys) and the
+    share of attention they got (engine.retrieval.trace_step).
 
     Summed over layers and heads; each step keeps its `top` heaviest positions. Feeds citations.
     """
@@ -362,6 +363,13 @@ class RetrievalLayer(CacheLayerMixin):
         sinks = self.off_start
         keys = torch.cat([self.static_prefix_k[:, :sinks], self.off_keys, self.static_prefix_k[:, sinks:]], dim=1)
         return PrefixArrays(keys, self.prefix_values, self.train_queries)
+
+    def static_positions(self) -> np.ndarray:
+        """The prefix positions [n_static_prefix] (int64) of the static set's prefix keys, in the static set's order:
+        the sinks, then the window after the offloaded set."""
+        window_start = self.off_start + self.n_offloaded
+        sinks = np.arange(self.off_start)
+        return np.concatenate([sinks, np.arange(window_start, window_start + self.n_static_prefix - self.off_start)])
 
     @property
     def n_offloaded(self) -> int:

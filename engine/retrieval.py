@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention
-from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
+from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalLayer
 from engine.cpu_decode import SUPPORTED_KV_DTYPES, decode_attention_cpu, retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
@@ -50,11 +51,33 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
         o_static, lse_static = static or partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
         o_off, lse_off, weights = offloaded_attention(layer, q, scale, ids)
         o, lse = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
-    if ids is not None and folio_cache.trace is not None:
+    if folio_cache.trace is not None and q.shape[1] == 1:
+        trace_step(folio_cache.trace, module.layer_idx, layer, q, key[0], scale, lse, ids, lse_off, weights)
+    return o.to(query.dtype).transpose(0, 1).unsqueeze(0), None
+
+
+def trace_step(trace: AttentionTrace, layer_idx: int, layer: RetrievalLayer, q: torch.Tensor,
+               static_k: torch.Tensor, scale: float, lse: torch.Tensor, ids: torch.Tensor | None,
+               lse_off: torch.Tensor, weights: torch.Tensor | None) -> None:
+    """Record where a decode query q [H, 1, D] looked in the document prefix (for citations): each prefix key's
+    share of the head's whole attention (exp(score - lse), lse [H, 1] over static + retrieved keys), for the
+    static prefix keys (first n_sink, last n_window: static_k [H_kv, S, D], its first n_static_prefix rows) and the
+    retrieved ones (ids [H, 1, k] into the offloaded set, weights their softmax among themselves, lse_off theirs).
+    Summed over heads; the question and answer tokens that follow the prefix are left out."""
+    n_prefix = layer.n_static_prefix
+    keys = static_k[:, :n_prefix]
+    n_kv = keys.shape[0]
+    group = q.shape[0] // n_kv
+    scores = torch.bmm(q.float().reshape(n_kv, group, -1), keys.float().transpose(1, 2)) * scale  # [H_kv, G, S]
+    shares = torch.exp(scores.reshape(q.shape[0], n_prefix) - lse.to(scores.device).float().reshape(-1, 1))
+    positions = [layer.static_positions()]
+    masses = [shares.sum(0).cpu().numpy()]
+    if ids is not None:
         share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)  # weights: shares of the retrieved part
         valid = ids >= 0
-        folio_cache.trace.add(module.layer_idx, (ids[valid] + layer.off_start).numpy(), share[valid].numpy())
-    return o.to(query.dtype).transpose(0, 1).unsqueeze(0), None
+        positions.append((ids[valid] + layer.off_start).numpy())
+        masses.append(share[valid].numpy())
+    trace.add(layer_idx, np.concatenate(positions), np.concatenate(masses))
 
 
 def search_offloaded(layer: RetrievalLayer, q: torch.Tensor, cache: RetrievalCache) -> torch.Tensor | None:
