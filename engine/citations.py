@@ -86,7 +86,7 @@ def _split_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[i
         return [(start, end)]
     pieces: list[tuple[int, int]] = []
     piece_start = start
-    cuts = [start + m.end() for m in SENTENCE_END.finditer(text, start, end)] + [end]
+    cuts = [m.end() for m in SENTENCE_END.finditer(text, start, end)] + [end]  # positions in text
     last_cut = start
     for cut in cuts:
         if cut - piece_start > max_chars and last_cut > piece_start:

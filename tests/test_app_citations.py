@@ -31,6 +31,15 @@ def test_split_passages_paragraphs_and_long_ones_at_sentences():
     assert "".join(long[s:e] for s, e in pieces).replace(" ", "") == long.replace(" ", "")
 
 
+def test_split_passages_cuts_a_later_long_paragraph_at_its_sentence_ends():
+    long = " ".join(f"Sentence number {i} is here." for i in range(40))
+    text = f"A short first paragraph.\n\n{long}\n\nThe end."
+    pieces = [text[s:e] for s, e in split_passages(text, max_chars=120)]
+    assert pieces[0] == "A short first paragraph." and pieces[-1] == "The end."
+    assert all(len(p) <= 120 and p.startswith("Sentence") and p.endswith("here.") for p in pieces[1:-1])
+    assert " ".join(pieces[1:-1]) == long
+
+
 def test_token_mass_normalises_each_step():
     mass = token_mass([[(1, 2.0), (2, 2.0)], [(1, 10.0)], [(3, 0.0)]])
     assert mass == pytest.approx({1: 1.5, 2: 0.5})
