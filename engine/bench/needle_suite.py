@@ -7,11 +7,13 @@ A case passes when the needle's answer is in the answer text. step_ms = decode_s
 from Finished.stats; prefill_s = document + question prefill; build_s = index build. Each mode
 prefills the document itself (no reuse: correctness first).
 
---sources also ranks each answer's sources as the app does (DocumentSession.rank_passages, top 5 shown) twice:
-before, by plain shares of the answer's attention, and after, against the document's citation baseline
+--sources also ranks each answer's sources as the app does (DocumentSession.rank_passages, top 5 shown): before,
+by plain shares of the answer's attention, and after, against the document's citation baseline
 (engine.citation_baseline; baseline_s: computing it). src_before/src_after: the rank (1 = first) of the source
-holding the needle's sentence, empty when none does. The "all" rows give the fraction of answers whose top-1 / top-3
-sources hold it, over the correct answers and over all.
+holding the needle's sentence, empty when none does; src_retrieved: the same by plain shares of the keys beyond the
+static set alone (first --n-sink, last --n-window prefix tokens: what retrieval's sources were built from before its
+trace held the static keys). The "all" rows give the fraction of answers whose top-1 / top-3 sources hold it, over
+the correct answers and over all.
 
     python -m engine.bench needle [--tokens 3500] [--depths 10,30,50,70,90] [--methods full,retrieval,...]
                                   [--sources]
@@ -99,15 +101,19 @@ def needle_rank(passages: list[Passage], needle: Needle) -> int | None:
 
 def source_columns(answer: Answer, needle: Needle) -> dict:
     """The needle's rank among the answer's sources before (plain shares) and after (against the citation baseline,
-    computed here: baseline_s)."""
+    computed here: baseline_s), and by plain shares of the keys beyond the static set alone (src_retrieved: what
+    retrieval's sources were built from before its trace held the static sinks and window)."""
     session = answer.session
     steps = session.attention_steps(answer.finished)
     before = session.rank_passages(steps, question_specific=False)
+    first, end = session.config.n_sink, session.prefix_tokens - session.config.n_window
+    beyond = [[(p, w) for p, w in step if first <= p < end] for step in steps]
+    retrieved = session.rank_passages(beyond, question_specific=False)
     started = time.perf_counter()
     run_steps(session.citation_baseline())
     baseline_s = time.perf_counter() - started
-    return {"src_before": needle_rank(before, needle), "src_after": needle_rank(session.rank_passages(steps), needle),
-            "baseline_s": baseline_s}
+    return {"src_retrieved": needle_rank(retrieved, needle), "src_before": needle_rank(before, needle),
+            "src_after": needle_rank(session.rank_passages(steps), needle), "baseline_s": baseline_s}
 
 
 def source_summary(method: str, rows: list[dict]) -> list[dict]:
@@ -116,7 +122,7 @@ def source_summary(method: str, rows: list[dict]) -> list[dict]:
     summary = []
     for over, chosen in (("correct", [r for r in rows if r["passed"]]), ("all", rows)):
         row = {"method": method, "param": rows[0]["param"], "depth": "all", "over": over, "answers": len(chosen)}
-        for when in ("before", "after"):
+        for when in ("retrieved", "before", "after"):
             ranks = [r[f"src_{when}"] for r in chosen]
             for top in (1, 3):
                 hits = sum(rank is not None and rank <= top for rank in ranks)
@@ -169,7 +175,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
             for row in source_summary(method, rows):
                 report.add(**row)
         report.note("sources: src_before/src_after = rank of the needle's passage among the top-5 sources by plain "
-                    "attention share / by excess share over the citation baseline; top1/top3 = fraction of answers "
-                    "whose first / first three sources hold it")
+                    "attention share / by excess share over the citation baseline; src_retrieved: by plain shares of "
+                    "the keys beyond the static set (n_sink, n_window) alone; top1/top3 = fraction of answers whose "
+                    "first / first three sources hold it")
     report.note(f"needle {needle.fact!r}; pass = {needle.answer!r} in the answer; device cpu float32, "
                 f"torch threads={args.threads}; max_new_tokens={args.max_new_tokens}")
