@@ -64,19 +64,18 @@ def trace_step(trace: AttentionTrace, layer_idx: int, layer: RetrievalLayer, q: 
     static prefix keys (first n_sink, last n_window: static_k [H_kv, S, D], its first n_static_prefix rows) and the
     retrieved ones (ids [H, 1, k] into the offloaded set, weights their softmax among themselves, lse_off theirs).
     Summed over heads; the question and answer tokens that follow the prefix are left out."""
-    n_prefix = layer.n_static_prefix
-    keys = static_k[:, :n_prefix]
-    n_kv = keys.shape[0]
-    group = q.shape[0] // n_kv
-    scores = torch.bmm(q.float().reshape(n_kv, group, -1), keys.float().transpose(1, 2)) * scale  # [H_kv, G, S]
-    shares = torch.exp(scores.reshape(q.shape[0], n_prefix) - lse.to(scores.device).float().reshape(-1, 1))
-    positions = [layer.static_positions()]
-    masses = [shares.sum(0).cpu().numpy()]
-    if ids is not None:
-        share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)  # weights: shares of the retrieved part
-        valid = ids >= 0
-        positions.append((ids[valid] + layer.off_start).numpy())
-        masses.append(share[valid].numpy())
+    n_kv = static_k.shape[0]
+    qg = q.float().reshape(n_kv, q.shape[0] // n_kv, -1)  # [H_kv, G, D]: query head h reads KV head h // G
+    keys = static_k[:, : layer.n_static_prefix].float()
+    lse_g = lse.float().reshape(n_kv, -1, 1)
+    static = torch.exp(torch.baddbmm(-lse_g, qg, keys.mT, alpha=scale)).sum((0, 1)).cpu().numpy()  # [S]
+    positions, masses = [layer.static_prefix_positions], [static]
+    if ids is not None:  # weights: each retrieved key's share of the retrieved part alone
+        ids_np = ids.numpy()
+        valid = ids_np >= 0
+        share = weights.numpy() * np.exp(lse_off.numpy() - lse.float().cpu().numpy())[..., None]
+        positions.append(ids_np[valid] + layer.off_start)
+        masses.append(share[valid])
     trace.add(layer_idx, np.concatenate(positions), np.concatenate(masses))
 
 
