@@ -224,6 +224,10 @@ class DocumentSession:
             self._cache = self._decoding_cache()
             baseline_s = 0.0
             if sources and self._baseline is None:
+                if not isinstance(self._cache, RetrievalCache) and self._cache.get_seq_length() < self.prefix_tokens:
+                    prefill_started = time.perf_counter()  # the document first: its prefill is no part of the baseline
+                    yield from self._prefill_prefix(cancel)
+                    prepare_s += time.perf_counter() - prefill_started
                 baseline_s = yield from self._find_baseline(cancel)
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
             if self.uses_retrieval:
@@ -278,10 +282,7 @@ class DocumentSession:
             if self._cache is None:
                 self._cache = yield from self._open_cache()
             if not isinstance(self._cache, RetrievalCache):
-                done = self._cache.get_seq_length()
-                ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
-                if len(ids):
-                    yield from prefill_steps(model, ids, self._cache, self.prefill_chunk, cancel)
+                yield from self._prefill_prefix(cancel)
             elif not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 yield from self._save_to_store(cancel)
@@ -376,6 +377,13 @@ class DocumentSession:
             return False
         row = self.store.get_cache(self._cache_id)
         return row is not None and row["status"] == "ready"
+
+    def _prefill_prefix(self, cancel: CancelToken | None) -> Iterator[Event]:
+        """Prefill what a full-attention cache (not a RetrievalCache) lacks of the document prefix."""
+        done = self._cache.get_seq_length()
+        ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
+        if len(ids):
+            yield from prefill_steps(self.loaded.model, ids, self._cache, self.prefill_chunk, cancel)
 
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
         """Prefill the whole document prefix with exact attention and build the indexes (resumes after a cancel)."""

@@ -32,12 +32,13 @@ def config(mode: str) -> EngineConfig:
 
 @pytest.fixture
 def computed(monkeypatch):
-    """Counts the baselines computed (engine.citation_baseline.baseline_steps runs)."""
+    """The baselines computed (engine.citation_baseline.baseline_steps runs): the tokens their cache held at the
+    start."""
     calls = []
     real = engine.session.baseline_steps
 
     def counting(*args, **kwargs):
-        calls.append(args[1])
+        calls.append(args[2].get_seq_length())
         return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(engine.session, "baseline_steps", counting)
@@ -55,8 +56,9 @@ def test_the_first_answer_finds_the_baseline_and_later_questions_reuse_it(tiny_l
     session = DocumentSession(tiny_loaded, document(), config(mode))
     chat = session.chat()
     first, stages = answer(chat.ask("When was the light first lit?"))
-    assert len(computed) == 1 and STAGE in stages
+    assert computed == [session.prefix_tokens] and STAGE in stages  # the document was prefilled first, on its own
     assert 0 < first.stats.citation_baseline_s <= first.stats.ttft_s
+    assert first.stats.reused_tokens == 0 and first.stats.prefill_s > 0  # the document's prefill is the answer's
     second, stages = answer(chat.ask("What did the keepers record?"))
     other = session.chat()
     answer(other.ask("When was the storm?"))
