@@ -110,7 +110,8 @@ class SearchStats:
 
 
 class AttentionTrace:
-    """Per decode step, the document positions retrieved and the share of attention they got.
+    """Per decode step, the prefix positions attended (the static set's prefix keys and the retrieved keys) and the
+    share of attention they got (engine.retrieval.trace_step).
 
     Summed over layers and heads; each step keeps its `top` heaviest positions. Feeds citations.
     """
@@ -162,6 +163,7 @@ class RetrievalLayer(CacheLayerMixin):
         self._train_queries: list[torch.Tensor] = []
         self.n_static_prefix = 0  # static tokens that belong to the prefix (sinks + window)
         self.n_static = 0  # all static tokens: prefix part + question/answer tail
+        self.static_prefix_positions: np.ndarray | None = None  # set by install
         self.off_keys: torch.Tensor | None = None  # [H_kv, N_off, D] kv_dtype, CPU
         self.off_values: torch.Tensor | None = None
         self.index: LayerIndex | None = None
@@ -298,6 +300,8 @@ class RetrievalLayer(CacheLayerMixin):
         static_k = torch.cat([keys[:, :n_sink], keys[:, window_start:]], dim=1)
         static_v = torch.cat([values[:, :n_sink], values[:, window_start:]], dim=1)
         self.n_static_prefix = self.n_static = static_k.shape[1]
+        # the prefix positions of the static set's prefix keys, in its order (the sinks, then the window)
+        self.static_prefix_positions = np.concatenate([np.arange(n_sink), np.arange(window_start, self.prefix_len)])
         self.static_k = static_k.to(self.device, model_dtype, copy=True)  # grows with the question and answer
         self.static_v = static_v.to(self.device, model_dtype, copy=True)
         self.off_start = n_sink  # offloaded id i is prefix position off_start + i

@@ -47,7 +47,8 @@ class DocumentSession(Protocol):
     @property
     def document_tokens(self) -> int: ...
 
-    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None) -> Iterator[Event]: ...
+    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None, sources: bool = False
+               ) -> Iterator[Event]: ...
 
     def sources(self, finished: Finished) -> list[Passage]: ...
 
@@ -181,7 +182,7 @@ class Chat:
         self._check_fits(len(history), len(question_ids))
         streamed: list[int] = []
         try:
-            for event in session.answer(prompt_ids, cancel):
+            for event in session.answer(prompt_ids, cancel, sources=self.persist):
                 if isinstance(event, Finished):
                     # a one-off question (persist=False, DocumentSession.ask) leaves the sources to its caller
                     sources = session.sources(event) if self.persist else []

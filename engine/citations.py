@@ -1,23 +1,30 @@
 """Which document passages an answer drew on: attention mass per document token -> ranked passages.
 
 Qt-free and torch-free. Input: for each answer token (decode step), the document token positions the
-model attended to (retrieved keys in RetrievalAttention, the top attention positions in full attention)
-with their attention weight. The weights are summed per position over all steps, positions are mapped
-to character spans of the document text through a token -> char span map, and the mass is pooled per
-passage (a paragraph, or a slice of a long paragraph cut at sentence ends). The top passages come back
+model attended to (in RetrievalAttention the static sinks and window and the retrieved keys, in full attention
+the top attention positions) with their attention weight. The weights are summed per position over all steps,
+positions are mapped to character spans of the document text through a token -> char span map, and the mass is
+pooled per passage (a paragraph, or a slice of a long paragraph cut at sentence ends). The top passages come back
 with their page number and text.
+
+Question-specific ranking. Much of any answer's attention goes to the same places whatever was asked (the
+document's opening, its last paragraphs, passages the model finds salient), so plain shares rank the same
+passages first for every question. Given a `baseline` (the token mass of a question-agnostic answer about the same
+document: engine.citation_baseline), passages are ranked by how much more of this answer's attention they drew
+than of the baseline's: share - baseline share.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.untrusted_text import encode_plain_with_offsets
 
 Step = Iterable[tuple[int, float]]  # (document token position in the prompt, attention weight)
+TokenMass = Mapping[int, float]  # prompt position -> attention mass summed over an answer's steps (token_mass)
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -43,7 +50,8 @@ class SpanMap:
 
 @dataclass(frozen=True)
 class Passage:
-    """A cited stretch of the document: text[start:end], on `page` (1-based), with its share of the mass."""
+    """A cited stretch of the document: text[start:end], on `page` (1-based), with its score (0..1): its share of
+    the answer's attention on the document, or of the attention beyond the baseline's (top_passages)."""
 
     page: int
     start: int
@@ -122,39 +130,57 @@ def token_mass(steps: Iterable[Step]) -> dict[int, float]:
     return mass
 
 
-def top_passages(steps: Iterable[Step], span_map: SpanMap, text: str, page_of: Callable[[int], int],
-                 top_n: int = 5, max_chars: int = 600, min_share: float = 0.02) -> list[Passage]:
-    """The top_n passages of `text` by attention mass over the answer, best first.
+def passage_shares(mass: TokenMass, span_map: SpanMap, passages: Sequence[tuple[int, int]]) -> list[float]:
+    """Each passage's share (0..1, summing to 1 when any mass lands on the document) of the mass on document tokens.
 
-    score: the passage's share of all mass that landed on document tokens (0..1). Passages with less
-    than min_share are left out. Positions outside the document are ignored.
+    passages: split_passages' sorted (start, end) ranges. Positions outside the document are ignored; a token in
+    the gap between two passages counts for the next one.
     """
-    passages = split_passages(text, max_chars)
-    if not passages:
-        return []
     starts = [start for start, _ in passages]
     pooled = [0.0] * len(passages)
-    total = 0.0
-    for position, weight in token_mass(steps).items():
+    for position, weight in mass.items():
         span = span_map.get(position)
         if span is None:
             continue
         index = bisect.bisect_right(starts, span[0]) - 1
         if index < 0:
             continue
-        _, p_end = passages[index]
-        if span[0] >= p_end and index + 1 < len(passages):  # token in the gap between two passages
+        if span[0] >= passages[index][1] and index + 1 < len(passages):  # token in the gap between two passages
             index += 1
         pooled[index] += weight
-        total += weight
-    if total <= 0:
+    total = sum(pooled)
+    return [p / total for p in pooled] if total > 0 else pooled
+
+
+def top_passages(steps: Iterable[Step], span_map: SpanMap, text: str, page_of: Callable[[int], int],
+                 top_n: int = 5, max_chars: int = 600, min_share: float = 0.02,
+                 baseline: TokenMass | None = None) -> list[Passage]:
+    """The top_n passages of `text` by attention mass over the answer, best first.
+
+    Without a baseline: score is the passage's share of all mass that landed on document tokens (0..1).
+    With one (the token mass of a question-agnostic answer, engine.citation_baseline): passages are ranked by their
+    excess share, share - baseline share, and score is the passage's part of all positive excess (0..1): of the
+    attention this answer paid the document beyond what an answer to no particular question pays, the part that
+    went to this passage. Where nothing exceeds the baseline the plain shares are used.
+    Passages scoring less than min_share are left out. Positions outside the document are ignored.
+    """
+    passages = split_passages(text, max_chars)
+    if not passages:
         return []
-    ranked = sorted(range(len(passages)), key=lambda i: pooled[i], reverse=True)
+    shares = passage_shares(token_mass(steps), span_map, passages)
+    if not any(shares):
+        return []
+    scores = shares
+    if baseline is not None:
+        excess = [max(0.0, a - b) for a, b in zip(shares, passage_shares(baseline, span_map, passages), strict=True)]
+        total = sum(excess)
+        if total > 0:
+            scores = [e / total for e in excess]
+    ranked = sorted(range(len(passages)), key=lambda i: scores[i], reverse=True)
     result = []
     for i in ranked[:top_n]:
-        share = pooled[i] / total
-        if share < min_share:
+        if scores[i] < min_share:
             break
         start, end = passages[i]
-        result.append(Passage(page_of(start), start, end, text[start:end], share))
+        result.append(Passage(page_of(start), start, end, text[start:end], scores[i]))
     return result

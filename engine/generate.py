@@ -46,6 +46,7 @@ class GenerationStats:
     stop_reason: str  # "stop_token", "max_new_tokens" or "context_full"
     index_build_s: float = 0.0  # retrieval attention: building the key indexes, summed over layers
     index_wait_s: float = 0.0  # of that, the part not hidden behind the prefill (part of ttft_s)
+    citation_baseline_s: float = 0.0  # finding the document's citation baseline first (part of ttft_s)
 
     @property
     def prefill_tokens(self) -> int:
@@ -66,7 +67,7 @@ class Finished:
     token_ids: list[int]
     text: str
     stats: GenerationStats
-    # RetrievalAttention: per decode step, [(document prompt position, attention share)] retrieved
+    # RetrievalAttention: per decode step, [(prompt prefix position, attention share)] attended (static and retrieved)
     attention_steps: list[list[tuple[int, float]]] | None = None
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from engine.attention import causal_prefill_attention, merge_attention_states, partial_attention
-from engine.cache import WINDOW_ONLY, RetrievalCache, RetrievalLayer
+from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalLayer
 from engine.cpu_decode import SUPPORTED_KV_DTYPES, decode_attention_cpu, retrieved_attention_cpu
 
 RETRIEVAL_ATTENTION = "folio_retrieval"
@@ -50,11 +51,32 @@ def retrieval_attention(module, query: torch.Tensor, key: torch.Tensor, value: t
         o_static, lse_static = static or partial_attention(q, key[0], value[0], scale, causal_tail=q.shape[1])
         o_off, lse_off, weights = offloaded_attention(layer, q, scale, ids)
         o, lse = merge_attention_states(o_static, lse_static, o_off.to(q.device), lse_off.to(q.device))
-    if ids is not None and folio_cache.trace is not None:
-        share = weights * torch.exp(lse_off - lse.cpu()).unsqueeze(-1)  # weights: shares of the retrieved part
-        valid = ids >= 0
-        folio_cache.trace.add(module.layer_idx, (ids[valid] + layer.off_start).numpy(), share[valid].numpy())
+    if folio_cache.trace is not None and q.shape[1] == 1:
+        trace_step(folio_cache.trace, module.layer_idx, layer, q, key[0], scale, lse, ids, lse_off, weights)
     return o.to(query.dtype).transpose(0, 1).unsqueeze(0), None
+
+
+def trace_step(trace: AttentionTrace, layer_idx: int, layer: RetrievalLayer, q: torch.Tensor,
+               static_k: torch.Tensor, scale: float, lse: torch.Tensor, ids: torch.Tensor | None,
+               lse_off: torch.Tensor, weights: torch.Tensor | None) -> None:
+    """Record where a decode query q [H, 1, D] looked in the document prefix (for citations): each prefix key's
+    share of the head's whole attention (exp(score - lse), lse [H, 1] over static + retrieved keys), for the
+    static prefix keys (first n_sink, last n_window: static_k [H_kv, S, D], its first n_static_prefix rows) and the
+    retrieved ones (ids [H, 1, k] into the offloaded set, weights their softmax among themselves, lse_off theirs).
+    Summed over heads; the question and answer tokens that follow the prefix are left out."""
+    n_kv = static_k.shape[0]
+    qg = q.float().reshape(n_kv, q.shape[0] // n_kv, -1)  # [H_kv, G, D]: query head h reads KV head h // G
+    keys = static_k[:, : layer.n_static_prefix].float()
+    lse_g = lse.float().reshape(n_kv, -1, 1)
+    static = torch.exp(torch.baddbmm(-lse_g, qg, keys.mT, alpha=scale)).sum((0, 1)).cpu().numpy()  # [S]
+    positions, masses = [layer.static_prefix_positions], [static]
+    if ids is not None:  # weights: each retrieved key's share of the retrieved part alone
+        ids_np = ids.numpy()
+        valid = ids_np >= 0
+        share = weights.numpy() * np.exp(lse_off.numpy() - lse.float().cpu().numpy())[..., None]
+        positions.append(ids_np[valid] + layer.off_start)
+        masses.append(share[valid])
+    trace.add(layer_idx, np.concatenate(positions), np.concatenate(masses))
 
 
 def search_offloaded(layer: RetrievalLayer, q: torch.Tensor, cache: RetrievalCache) -> torch.Tensor | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch
 from transformers import Cache
@@ -15,10 +15,17 @@ from engine.attention_probe import full_attention_steps
 from engine.cache import WINDOW_ONLY, AttentionTrace, RetrievalCache, RetrievalSettings
 from engine.chat import Chat
 from engine.chat_store import ChatSummary
-from engine.citations import Passage, SpanMap, document_span_map, top_passages
+from engine.citation_baseline import (
+    NEUTRAL_QUESTION,
+    baseline_key,
+    baseline_steps,
+    mass_from_arrays,
+    mass_to_arrays,
+)
+from engine.citations import Passage, SpanMap, Step, TokenMass, document_span_map, token_mass, top_passages
 from engine.config import EngineConfig
 from engine.errors import CancelledError, ChatError, ContextTooLongError, StoreError
-from engine.events import CancelToken
+from engine.events import CancelToken, Progress, run_steps
 from engine.full_cache import growing_cache
 from engine.generate import Event, Finished, SamplingOptions, TokenEvent, generate, prefill_steps
 from engine.index import IndexParams
@@ -84,7 +91,9 @@ class DocumentSession:
         self.cache_save_s = 0.0
         self._saved = False
         self._doc_id: int | None = None
+        self._cache_id: str | None = None  # the document's cache in the library (CacheIdentity.cache_id)
         self._span_map: SpanMap | None = None
+        self._baseline: TokenMass | None = None  # where a question-agnostic answer looks (engine.citation_baseline)
         self._known_ids: list[int] = list(self.prompt.prefix_ids)  # the cache holds _known_ids[:its length]
 
     @property
@@ -205,11 +214,16 @@ class DocumentSession:
         not stored."""
         yield from Chat(self, persist=False).ask(question, cancel)
 
-    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None) -> Iterator[Event]:
+    def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None, sources: bool = False
+               ) -> Iterator[Event]:
         """Stream the answer to a whole prompt (Progress..., TokenEvent..., Finished) that starts with the document
         prefix (engine.prompt builds it). Opens the document's stored cache or prefills the document first. Only
         what the cache does not hold of prompt_ids is prefilled: the cache is cropped back to the longest prefix it
-        shares with prompt_ids (never into the document prefix), less one token so that there is one to prefill."""
+        shares with prompt_ids (never into the document prefix), less one token so that there is one to prefill.
+
+        sources: the answer's sources will be asked for (`sources`): where the document's citation baseline is not
+        known yet, it is found first (from the library, or computed: stage "citation baseline"), its time counted
+        in the answer's time to first token (stats.citation_baseline_s)."""
         tokenizer = self.loaded.tokenizer
         model = self.loaded.model
         model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
@@ -221,9 +235,6 @@ class DocumentSession:
                 self._cache = yield from self._open_cache()
                 self._known_ids = list(self.prompt.prefix_ids)
                 load_s = time.perf_counter() - started if self.cached else 0.0
-            forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
-            if self.uses_retrieval:
-                self._cache.trace = AttentionTrace(self.prefix_tokens)
             prepare_s = 0.0
             if isinstance(self._cache, RetrievalCache) and not self._cache.indexed:
                 yield from self._prefill_document(cancel)
@@ -232,6 +243,16 @@ class DocumentSession:
             elif load_s:
                 prepare_s = load_s
             self._cache = self._decoding_cache()
+            baseline_s = 0.0
+            if sources and self._baseline is None:
+                if not isinstance(self._cache, RetrievalCache) and self._cache.get_seq_length() < self.prefix_tokens:
+                    prefill_started = time.perf_counter()  # the document first: its prefill is no part of the baseline
+                    yield from self._prefill_prefix(cancel)
+                    prepare_s += time.perf_counter() - prefill_started
+                baseline_s = yield from self._find_baseline(cancel)
+            forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
+            if self.uses_retrieval:
+                self._cache.trace = AttentionTrace(self.prefix_tokens)
             self._crop_to_shared(prompt_ids)
             self._known_ids = list(prompt_ids)
             for event in generate(
@@ -248,6 +269,9 @@ class DocumentSession:
                 if isinstance(event, Finished) and prepare_s:
                     event = _with_document_prefill(event, prepare_s, self._cache, self.cache_save_s,
                                                    reused=bool(load_s))
+                if isinstance(event, Finished) and baseline_s:
+                    event = dataclasses.replace(event, stats=dataclasses.replace(
+                        event.stats, ttft_s=event.stats.ttft_s + baseline_s, citation_baseline_s=baseline_s))
                 if isinstance(event, Finished) and self.uses_retrieval:
                     event = dataclasses.replace(event, attention_steps=self._cache.trace.take())
                 yield event
@@ -279,10 +303,7 @@ class DocumentSession:
             if self._cache is None:
                 self._cache = yield from self._open_cache()
             if not isinstance(self._cache, RetrievalCache):
-                done = self._cache.get_seq_length()
-                ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
-                if len(ids):
-                    yield from prefill_steps(model, ids, self._cache, self.prefill_chunk, cancel)
+                yield from self._prefill_prefix(cancel)
             elif not self._cache.indexed:
                 yield from self._prefill_document(cancel)
                 yield from self._save_to_store(cancel)
@@ -294,18 +315,96 @@ class DocumentSession:
             raise
 
     def sources(self, finished: Finished) -> list[Passage]:
-        """The document passages an answer drew on, best first: from the keys retrieval attention retrieved for each
-        answer token (weighted by their attention), or under full attention from one extra pass over the answer with
-        attention weights (which reuses the cached prompt)."""
+        """The document passages an answer drew on, best first (`rank_passages` of its `attention_steps`): ranked
+        by how much more of the answer's attention they drew than of the document's citation baseline (computed now
+        where the answer did not find it first: `answer(..., sources=True)`)."""
+        return self.rank_passages(self.attention_steps(finished))
+
+    def attention_steps(self, finished: Finished) -> list[Step]:
+        """Where each answer token looked in the document: the keys retrieval attention attended at each decode
+        step (the static sinks and window and the retrieved keys, weighted by their attention), or under full
+        attention the top attention positions of one extra pass over the answer (which reuses the cached prompt, so
+        ask before the cache moves on to another prompt)."""
         steps = finished.attention_steps
         if steps is None and not self.uses_retrieval and finished.token_ids:
             steps = full_attention_steps(self.loaded.model, self._cache, finished.stats.prompt_tokens,
                                          finished.token_ids, self.prompt.doc_token_start, self.prompt.doc_token_end)
+        return steps or []
+
+    def rank_passages(self, steps: list[Step], question_specific: bool = True, top_n: int = 5) -> list[Passage]:
+        """The top_n passages by the attention in `steps` (engine.citations.top_passages), best first.
+        question_specific: against the document's citation baseline (found or computed now if not known yet); else
+        by plain shares of the attention."""
         if not steps:
             return []
+        if question_specific and self._baseline is None:
+            run_steps(self.citation_baseline())
         if self._span_map is None:
             self._span_map = document_span_map(self.loaded.tokenizer, self.document.text, self.prompt.doc_token_start)
-        return top_passages(steps, self._span_map, self.document.text, self.document.page_of)
+        return top_passages(steps, self._span_map, self.document.text, self.document.page_of, top_n,
+                            baseline=self._baseline if question_specific else None)
+
+    def citation_baseline(self, cancel: CancelToken | None = None) -> Iterator[Progress]:
+        """Make the document's citation baseline known without answering (Progress events): prepare the document if
+        needed, then find the baseline in the library or compute it (engine.citation_baseline). The cache is left
+        holding the document prefix alone."""
+        if self._baseline is not None:
+            return
+        yield from self.prepare(cancel)  # also sets the model's attention
+        try:
+            yield from self._find_baseline(cancel)
+        except CancelledError:
+            raise
+        except BaseException:
+            self._cache = None
+            raise
+
+    def _find_baseline(self, cancel: CancelToken | None) -> Generator[Progress, None, float]:
+        """Set _baseline from the library, or compute it on the prepared cache; returns the seconds spent
+        (``seconds = yield from ...``). The cache is cropped back to the document prefix either way."""
+        started = time.perf_counter()
+        key = baseline_key(self.attention.mode, self.config)
+        stored = self.store.citation_baseline(self._cache_id, key) if self._library_cache_ready() else None
+        if stored is not None:
+            self._baseline = mass_from_arrays(*stored)
+            return time.perf_counter() - started
+        ids = self.prompt.prefix_ids + self.prompt.question_ids(self.loaded.tokenizer, NEUTRAL_QUESTION)
+        trace = AttentionTrace(self.prefix_tokens) if self.uses_retrieval else None
+        if trace is not None:
+            self._cache.trace = trace
+        self._crop_to_shared(ids)
+        self._known_ids = list(ids)
+        try:
+            steps = yield from baseline_steps(
+                self.loaded.model, ids, self._cache, self.loaded.stop_token_ids,
+                self.loaded.max_positions or 1 << 62, self.prefill_chunk,
+                (self.prompt.doc_token_start, self.prompt.doc_token_end), trace,
+                {"folio_cache": self._cache} if self.uses_retrieval else None, cancel)
+        finally:
+            self._known_ids = list(self.prompt.prefix_ids)
+            if (extra := self._cache.get_seq_length() - self.prefix_tokens) > 0:
+                self._cache.crop(-extra)
+        self._baseline = token_mass(steps)
+        if self._library_cache_ready():
+            try:
+                self.store.save_citation_baseline(self._cache_id, key, *mass_to_arrays(self._baseline))
+            except StoreError as error:
+                self.cache_notices.append(f"citation baseline not saved: {error.problem}")
+        return time.perf_counter() - started
+
+    def _library_cache_ready(self) -> bool:
+        """The library holds this document's cache (ready): what a citation baseline is kept with."""
+        if self.store is None or self._cache_id is None:
+            return False
+        row = self.store.get_cache(self._cache_id)
+        return row is not None and row["status"] == "ready"
+
+    def _prefill_prefix(self, cancel: CancelToken | None) -> Iterator[Event]:
+        """Prefill what a full-attention cache (not a RetrievalCache) lacks of the document prefix."""
+        done = self._cache.get_seq_length()
+        ids = torch.tensor(self.prompt.prefix_ids[done:], dtype=torch.long)
+        if len(ids):
+            yield from prefill_steps(self.loaded.model, ids, self._cache, self.prefill_chunk, cancel)
 
     def _prefill_document(self, cancel: CancelToken | None) -> Iterator[Event]:
         """Prefill the whole document prefix with exact attention and build the indexes (resumes after a cancel)."""
@@ -326,6 +425,7 @@ class DocumentSession:
             self._doc_id = self.store.add_document(self.document, self.prompt.doc_token_end
                                                    - self.prompt.doc_token_start)
             identity = CacheIdentity.of(self.loaded, self.prompt.prefix_ids, settings)
+            self._cache_id = identity.cache_id
             result = yield from load_cache_steps(self.store, self._doc_id, identity, settings, self.loaded)
         except StoreError as error:
             self.cache_notices.append(f"library not used: {error.problem}")

@@ -2,7 +2,8 @@
 
 Layout under the data folder (FOLIO_DATA_DIR, else platformdirs' user data dir for "folio"):
 
-    folio.db                                  documents, caches, indexes, files, settings, migrations
+    folio.db                                  documents, caches, indexes, files, settings, migrations, chats,
+                                              citation baselines
     caches/<cache_id>/prefix_ids.npy          the prompt prefix the K/V belong to
     caches/<cache_id>/layer_NNN_{keys,values,queries}.npy
     caches/<cache_id>/index/<index_id>/layer_NNN_<name>.npy
@@ -172,6 +173,18 @@ CREATE TABLE chat_sources (
     share REAL NOT NULL,
     PRIMARY KEY (chat_id, position, version, rank),
     FOREIGN KEY (chat_id, position, version) REFERENCES chat_answers(chat_id, position, version) ON DELETE CASCADE
+);
+"""),
+    # Citation baselines (engine/citation_baseline.py): where a question-agnostic answer about the document looks,
+    # computed once per cache and attention setting. They go with their cache.
+    (3, "citation baselines", """
+CREATE TABLE citation_baselines (
+    cache_id TEXT NOT NULL REFERENCES caches(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,                    -- sha256 of what made it: attention mode and settings, question, tokens
+    positions BLOB NOT NULL,              -- int32 [n]: prompt positions
+    mass BLOB NOT NULL,                   -- float32 [n]: their attention mass over the neutral answer
+    created_at REAL NOT NULL,
+    PRIMARY KEY (cache_id, key)
 );
 """),
 ]
@@ -469,6 +482,24 @@ class Store:
         row = self.db.execute("SELECT tokens, spans FROM token_spans WHERE document_id = ? AND "
                               "tokenizer_fingerprint = ?", [doc_id, tokenizer_fingerprint]).fetchone()
         return None if row is None else np.frombuffer(row[1], dtype=np.int32).reshape(row[0], 3)
+
+    def save_citation_baseline(self, cache_id: str, key: str, positions: np.ndarray, mass: np.ndarray) -> None:
+        """Keep a cache's citation baseline (positions [n] and their mass [n]) under `key`. Raises StoreError (the
+        cache was removed meanwhile, a full disk)."""
+        with self.transaction() as db:
+            db["citation_baselines"].upsert({
+                "cache_id": cache_id, "key": key, "created_at": time.time(),
+                "positions": np.ascontiguousarray(positions, dtype=np.int32).tobytes(),
+                "mass": np.ascontiguousarray(mass, dtype=np.float32).tobytes()}, pk=("cache_id", "key"))
+
+    def citation_baseline(self, cache_id: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions [n] int32, mass [n] float32) kept for the cache under `key`, or None."""
+        row = self.db.execute("SELECT positions, mass FROM citation_baselines WHERE cache_id = ? AND key = ?",
+                              [cache_id, key]).fetchone()
+        if row is None:
+            return None
+        positions, mass = np.frombuffer(row[0], dtype=np.int32), np.frombuffer(row[1], dtype=np.float32)
+        return (positions, mass) if len(positions) == len(mass) else None
 
     # -- caches and indexes (both "entries": a row, a folder, files) ----------------------------------------
     def cache_dir(self, cache_id: str) -> Path:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from engine.citations import SpanMap, document_span_map, split_passages, token_mass, top_passages
+from engine.citations import SpanMap, document_span_map, passage_shares, split_passages, token_mass, top_passages
 
 TEXT = ("The island is small.\n\nThe lighthouse was built in 1863 by Ingrid Solberg.\n\n"
         "Keepers recorded the weather three times a day.")
@@ -31,12 +31,12 @@ def test_split_passages_paragraphs_and_long_ones_at_sentences():
     assert "".join(long[s:e] for s, e in pieces).replace(" ", "") == long.replace(" ", "")
 
 
-def test_a_long_paragraph_after_the_first_is_cut_at_its_own_sentence_ends():
+def test_split_passages_cuts_a_later_long_paragraph_at_its_sentence_ends():
     long = " ".join(f"Sentence number {i} is here." for i in range(40))
-    text = f"Short intro.\n\n{long}\n\nEnd."
+    text = f"A short first paragraph.\n\n{long}\n\nThe end."
     pieces = [text[s:e] for s, e in split_passages(text, max_chars=120)]
-    assert pieces[0] == "Short intro." and pieces[-1] == "End."
-    assert all(p.startswith("Sentence number ") and p.endswith(" is here.") for p in pieces[1:-1])
+    assert pieces[0] == "A short first paragraph." and pieces[-1] == "The end."
+    assert all(len(p) <= 120 and p.startswith("Sentence") and p.endswith("here.") for p in pieces[1:-1])
     assert " ".join(pieces[1:-1]) == long
 
 
@@ -60,6 +60,40 @@ def test_top_passages_ranks_by_mass_and_maps_pages():
     assert passages[0].page == 1 and passages[1].page == 2
     assert passages[0].score == pytest.approx(0.8 / 0.9)
     assert TEXT[passages[1].start:passages[1].end] == passages[1].text
+
+
+def test_a_baseline_puts_the_questions_own_passage_above_one_every_answer_attends_to():
+    spans = word_spans(TEXT)
+    island, built, weather = (position_of(spans, TEXT, w) for w in ("island", "built", "weather"))
+    # every answer looks at the opening paragraph the most; this one also at the passage that answers it
+    steps = [[(island, 0.6), (built, 0.3), (weather, 0.1)]] * 4
+    baseline = token_mass([[(island, 0.8), (built, 0.1), (weather, 0.1)]] * 8)  # a question-agnostic answer
+
+    plain = top_passages(steps, spans, TEXT, lambda _: 1)
+    assert plain[0].text == "The island is small."
+    specific = top_passages(steps, spans, TEXT, lambda _: 1, baseline=baseline)
+    assert [p.text for p in specific] == ["The lighthouse was built in 1863 by Ingrid Solberg."]
+    assert specific[0].score == pytest.approx(1.0)  # all of the attention beyond the baseline's went there
+
+
+def test_baseline_scores_are_parts_of_the_excess_and_equal_attention_falls_back_to_shares():
+    spans = word_spans(TEXT)
+    island, built, weather = (position_of(spans, TEXT, w) for w in ("island", "built", "weather"))
+    steps = [[(island, 0.2), (built, 0.5), (weather, 0.3)]]
+    baseline = {island: 0.6, built: 0.2, weather: 0.2}
+    passages = top_passages(steps, spans, TEXT, lambda _: 1, baseline=baseline)
+    assert [p.text[:4] for p in passages] == ["The ", "Keep"]
+    assert [p.score for p in passages] == pytest.approx([0.3 / 0.4, 0.1 / 0.4])
+    same = top_passages(steps, spans, TEXT, lambda _: 1, baseline=token_mass(steps))
+    assert [p.score for p in same] == pytest.approx([0.5, 0.3, 0.2])
+
+
+def test_passage_shares_pool_document_tokens_only():
+    spans = word_spans(TEXT)
+    built = position_of(spans, TEXT, "built")
+    passages = split_passages(TEXT)
+    assert passage_shares({built: 2.0, 3: 5.0}, spans, passages) == [0.0, 1.0, 0.0]
+    assert passage_shares({3: 5.0}, spans, passages) == [0.0, 0.0, 0.0]
 
 
 def test_top_passages_empty_and_outside_document():

@@ -181,6 +181,25 @@ def test_needle_suite_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert any(note.startswith("full: ") for note in data["notes"])
 
 
+def test_needle_suite_ranks_the_sources_before_and_after_the_citation_baseline(tmp_path, tiny_model_dir):
+    data = run_suite(tmp_path, "needle", "--model", str(tiny_model_dir), "--tokens", "300", "--depths", "10,50",
+                     "--methods", "full,exact", "--n-sink", "8", "--n-window", "16", "--max-new-tokens", "3",
+                     "--threads", "1", "--sources")
+    cases = [row for row in data["rows"] if row["depth"] != "all"]
+    assert len(cases) == 4 and all(row["baseline_s"] > 0 for row in cases)
+    for row in cases:
+        for when in ("src_before", "src_after"):
+            assert row[when] is None or 1 <= row[when] <= 5
+    summary = {(row["method"], row["over"]): row for row in data["rows"] if row["depth"] == "all"}
+    assert set(summary) == {(m, over) for m in ("full", "exact") for over in ("correct", "all")}
+    for (method, over), row in summary.items():
+        chosen = [r for r in cases if r["method"] == method and (over == "all" or r["passed"])]
+        assert row["answers"] == len(chosen)
+        hits = sum(r["src_after"] is not None and r["src_after"] <= 3 for r in chosen)
+        assert row["top3_after"] == (hits / len(chosen) if chosen else None)
+        assert row["top1_before"] is None or row["top1_before"] <= row["top3_before"]
+
+
 # ----------------------------------------------------------------------------- real model (slow)
 
 

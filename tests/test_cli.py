@@ -24,6 +24,7 @@ def test_ask_json_prints_the_answer_and_stats(tiny_model_dir, tmp_path):
         assert key in out
     assert out["new_tokens"] <= 5 and out["prompt_tokens"] > 20
     assert "prefill:" in result.stderr  # progress goes to stderr
+    assert 0 < out["citation_baseline_s"] <= out["ttft_s"] and "citation baseline:" in result.stderr
 
 
 def test_streams_answer_to_stdout_without_json(tiny_model_dir, tmp_path):

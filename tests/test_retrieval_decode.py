@@ -311,9 +311,14 @@ def test_restored_cache_decodes_exactly_like_the_original(model, method):
             assert torch.equal(got, want)
 
 
-def test_trace_records_retrieved_positions_with_their_attention_share(model):
-    prefix, question = tokens(PREFIX, 0), tokens(QUESTION, 1)
-    settings = RetrievalSettings(method="exact", n_sink=8, n_window=16, top_k=5)
+@pytest.mark.parametrize("route", ["compiled", "device"])
+def test_trace_records_each_prefix_keys_share_of_full_attention(model, route, monkeypatch):
+    """With top_k covering the offloaded set, the trace holds, per decode step, what full attention gives every
+    prefix position (summed over layers and heads): the static sinks and window as well as the retrieved keys."""
+    if route == "device":
+        monkeypatch.setattr("engine.retrieval.SUPPORTED_KV_DTYPES", ())
+    prefix, question, answer = tokens(PREFIX, 0), tokens(QUESTION, 1), torch.tensor([5, 6, 7])
+    settings = RetrievalSettings(method="exact", n_sink=8, n_window=16, top_k=PREFIX, kv_dtype=torch.float32)
     model.set_attn_implementation(RETRIEVAL_ATTENTION)
     cache = RetrievalCache(model.config.num_hidden_layers, PREFIX, torch.device("cpu"), settings)
     kwargs = {"folio_cache": cache}
@@ -321,17 +326,21 @@ def test_trace_records_retrieved_positions_with_their_attention_share(model):
         prefill(model, prefix, cache, chunk=64, forward_kwargs=kwargs)
         list(cache.build_index_steps())
         prefill(model, question, cache, chunk=64, forward_kwargs=kwargs)
-        cache.trace = AttentionTrace(PREFIX)
-        for token in (5, 6, 7):
-            model(input_ids=torch.tensor([[token]]), cache=cache, **kwargs)
-    steps = cache.trace.take()
-    assert len(steps) == 3
-    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    for step in steps:
-        positions = [p for p, _ in step]
-        assert all(8 <= p < PREFIX - 16 for p in positions)  # only offloaded positions are retrieved
-        total = sum(w for _, w in step)
-        assert 0 < total <= n_layers * n_heads + 1e-4  # a share of each head's attention, summed
+        cache.trace = AttentionTrace(PREFIX, top=PREFIX)
+        for token in answer:
+            model(input_ids=token.view(1, 1), cache=cache, **kwargs)
+        steps = cache.trace.take()
+        model.set_attn_implementation("eager")
+        attentions = model(input_ids=torch.cat([prefix, question, answer]).view(1, -1),
+                           output_attentions=True).attentions
+    reference = sum(a[0, :, -len(answer):, :PREFIX].sum(0) for a in attentions)  # [answer, PREFIX]
+    assert len(steps) == len(answer)
+    for step, want in zip(steps, reference, strict=True):
+        got = torch.zeros(PREFIX)
+        for position, weight in step:
+            got[position] += weight
+        assert (got - want).abs().max() <= 1e-4
+        assert got[:8].sum() > 0 and got[PREFIX - 16:].sum() > 0 and got[8:PREFIX - 16].sum() > 0
 
 
 def test_session_answer_carries_the_retrieved_positions_for_citations(tiny_loaded):
@@ -341,5 +350,8 @@ def test_session_answer_carries_the_retrieved_positions_for_citations(tiny_loade
     finished = ask(session, "why?")
     steps = finished.attention_steps
     assert steps and len(steps) <= finished.stats.new_tokens
-    # offloaded prompt positions only: after the 8 sinks, before the 32-token window
-    assert all(8 <= p < session.prefix_tokens - 32 and w > 0 for step in steps for p, w in step)
+    # prompt prefix positions only (the static sinks and window and the retrieved keys), never the question's
+    positions = {p for step in steps for p, w in step if w > 0}
+    assert all(0 <= p < session.prefix_tokens for p in positions)
+    assert any(p >= session.prefix_tokens - 32 for p in positions) and any(8 <= p < session.prefix_tokens - 32
+                                                                           for p in positions)

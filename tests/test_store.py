@@ -250,8 +250,8 @@ def test_deleting_a_document_deletes_its_files(tiny_loaded):
 def test_schema_migrations_are_recorded_once(tmp_path):
     Store(tmp_path / "lib").close()
     store = Store(tmp_path / "lib")
-    assert store.schema_version() == 2
-    assert [row["version"] for row in store.db["migrations"].rows] == [1, 2]
+    assert store.schema_version() == 3
+    assert [row["version"] for row in store.db["migrations"].rows] == [1, 2, 3]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -92,6 +92,7 @@ def ask_command(args: argparse.Namespace) -> int:
             "ttft_s": round(stats.ttft_s, 3), "new_tokens": stats.new_tokens,
             "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "stop_reason": stats.stop_reason,
             "index_build_s": round(stats.index_build_s, 3), "index_wait_s": round(stats.index_wait_s, 3),
+            "citation_baseline_s": round(stats.citation_baseline_s, 3),
             "model_load_s": round(load_s, 2),
             "keys_scanned_fraction": _scanned_fraction(session), "ingest_s": round(ingest_s, 3),
             "cached": session.cached, "cache_bytes": session.cache_bytes or None,
