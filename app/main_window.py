@@ -46,6 +46,8 @@ from app.widgets.model_picker import ModelPicker
 from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
+from app.widgets.status_bar import StatusBar
+from app.widgets.text import rich_text
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
 from app.worker import (
@@ -94,7 +96,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.resize(1280, 820)
-        self.setMinimumSize(QSize(800, 520))
+        self.setMinimumSize(QSize(640, 480))
         self._build()
         self._connect()
         self.welcome.show_model_offer(first_run)
@@ -149,6 +151,7 @@ class MainWindow(QMainWindow):
         right_layout.setContentsMargins(4, 8, 8, 8)
         self.doc_title = QLabel()
         self.doc_title.setObjectName("docTitle")
+        self.doc_title.setWordWrap(True)
         title_row = QHBoxLayout()
         title_row.addWidget(self.doc_title, 1)
         title_row.addWidget(self.new_chat_button)
@@ -169,7 +172,8 @@ class MainWindow(QMainWindow):
         splitter = QSplitter()
         splitter.addWidget(left)
         splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(0, 1)  # a narrow window narrows both sides, the chat less
+        splitter.setStretchFactor(1, 3)
         splitter.setSizes([380, 900])
         splitter.setChildrenCollapsible(False)
         self.splitter = splitter
@@ -188,15 +192,13 @@ class MainWindow(QMainWindow):
         self._update_controls()
 
     def _build_status_bar(self) -> None:
-        bar = self.statusBar()
-        self.model_label = QLabel("Model: loading…")
-        self.device_label = QLabel("")
-        self.memory_label = QLabel("")
-        self.context_label = QLabel("")
-        self.speed_label = QLabel("")
-        for label in (self.model_label, self.device_label, self.memory_label, self.context_label, self.speed_label):
-            label.setContentsMargins(6, 0, 6, 0)
-            bar.addPermanentWidget(label)
+        bar = StatusBar()
+        self.setStatusBar(bar)
+        self.model_label = bar.add_label("Model: loading…")
+        self.device_label = bar.add_label()
+        self.memory_label = bar.add_label()
+        self.context_label = bar.add_label()
+        self.speed_label = bar.add_label()
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -515,8 +517,9 @@ class MainWindow(QMainWindow):
             self.chats_of = doc_id
             self.chat_list.set_chats([], None)
             self.controller.chat(doc_id, "list")  # then the most recent chat opens (_chats_listed)
-        self.doc_title.setText(f"<b>{entry.title}</b> — {entry.pages:,} page{'s' if entry.pages != 1 else ''}, "
-                               f"{entry.tokens:,} tokens" + (" · cached" if entry.cached else ""))
+        pages = f"{entry.pages:,} page{'s' if entry.pages != 1 else ''}"
+        self.doc_title.setText(f"<b>{rich_text(entry.title)}</b> — {pages}, {entry.tokens:,} tokens"
+                               + (" · cached" if entry.cached else ""))
         if self.chat_view is not None and self.chat_view.state is not None:
             self._show_context(self.chat_view.state)
         elif self.model_info and self.model_info.max_positions:
@@ -674,7 +677,7 @@ class MainWindow(QMainWindow):
             self.active_card = None
         mode = f"{answer.attention} attention · " if answer.attention else ""
         self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
-        self.speed_label.setToolTip(answer.attention_reason)
+        self.speed_label.setToolTip("\n".join(filter(None, [self.speed_label.text(), answer.attention_reason])))
         if answer.notice:
             self.error_banner.show_message(answer.notice)
         if self.current_doc and self.library.update(self.current_doc, cached=True, last_used=time.time()):

