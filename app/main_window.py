@@ -506,9 +506,10 @@ class MainWindow(QMainWindow):
         entry = self.library.get(doc_id)
         if entry is None:
             return
-        if doc_id != self.current_doc:  # another document: its own chats replace these
+        if doc_id != self.current_doc:  # another document: its own chats and numbers replace these
             self.cancel_edit()
             self._drop_chat_views()
+            self._show_speed(None)
         self.current_doc = doc_id
         if doc_id not in self.open_in_engine and self.model_info is not None:
             self.open_in_engine.add(doc_id)
@@ -597,6 +598,7 @@ class MainWindow(QMainWindow):
                                       "From the library: loading its saved cache…")
         elif job in ANSWER_JOBS:
             self.progress_panel.hide()
+            self._show_speed(None)  # the earlier answer's numbers are not this one's (nor a stopped one's)
         elif job == SETTINGS:
             self.statusBar().showMessage("Applying the new settings…", 2000)
 
@@ -670,18 +672,26 @@ class MainWindow(QMainWindow):
                 self.progress_panel.finish()
             self.active_card.append(text)
 
-    def _finished(self, _key: str, answer: Answer) -> None:
+    def _finished(self, key: str, answer: Answer) -> None:
         self.last_answer = answer
         if self.active_card is not None:
             self.active_card.finish(answer)
             self.active_card = None
-        mode = f"{answer.attention} attention · " if answer.attention else ""
-        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
-        self.speed_label.setToolTip("\n".join(filter(None, [self.speed_label.text(), answer.attention_reason])))
+        if key in self.chats:  # an answer in the open document (the user may have switched meanwhile)
+            self._show_speed(answer)
         if answer.notice:
             self.error_banner.show_message(answer.notice)
         if self.current_doc and self.library.update(self.current_doc, cached=True, last_used=time.time()):
             self.library_panel.refresh()
+
+    def _show_speed(self, answer: Answer | None) -> None:
+        """The status bar's numbers of `answer` (the open document's latest), or none."""
+        if answer is None:
+            self.speed_label.setText("")
+            return
+        mode = f"{answer.attention} attention · " if answer.attention else ""
+        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        self.speed_label.setToolTip("\n".join(filter(None, [self.speed_label.text(), answer.attention_reason])))
 
     def _chats_listed(self, doc_id: str, chats: list[ChatListing]) -> None:
         if doc_id != self.current_doc:

@@ -80,3 +80,50 @@ def test_the_window_wraps_and_keeps_every_control_in_reach(qtbot, make_window, t
         assert label.width() >= label.minimumSizeHint().width(), label.text()  # not squeezed out of sight
     assert any("press Esc to stop it, then ask again" in label.toolTip() for label in labels)  # the full message
     assert window.speed_label.text() in window.speed_label.toolTip()
+
+
+def test_copied_note_gives_the_numbers_back(qtbot, make_window, document, monkeypatch):
+    from app.widgets import chat_view
+
+    monkeypatch.setattr(chat_view, "NOTE_MS", 30, raising=False)
+    window = make_window()
+    open_and_wait(qtbot, window, document)
+    ask(qtbot, window, "Who was the first head keeper?")
+    card = window.chat_view.last_card
+    qtbot.waitUntil(lambda: card.done and not window.controller.busy, timeout=5000)
+    numbers = card.info.text()
+    assert "tokens/s" in numbers
+    card.copy_button.click()
+    assert card.info.text() == "Copied to the clipboard." and QApplication.clipboard().text() == card.text
+    qtbot.waitUntil(lambda: card.info.text() == numbers, timeout=2000)
+
+
+def test_the_status_bar_shows_only_the_current_documents_speed(qtbot, make_window, document, tmp_path):
+    window = make_window(FakeBackend(step_s=0.01, answer=gui.LONG_ANSWER[:400]))
+    open_and_wait(qtbot, window, document)
+    ask(qtbot, window, "Who was the first head keeper?")
+    qtbot.waitUntil(lambda: window.chat_view.last_card.done and not window.controller.busy, timeout=10000)
+    assert "tokens/s" in window.speed_label.text()
+    other = tmp_path / "other.md"
+    other.write_text("# Other\n\nA second document about puffins and their cliffs.\n", encoding="utf-8")
+    open_and_wait(qtbot, window, other)
+    qtbot.waitUntil(lambda: window.chat_view is not None and not window.controller.busy, timeout=5000)
+    assert window.speed_label.text() == "" and window.speed_label.toolTip() == ""  # not the first document's
+    window.controller.worker.backend.answer = gui.LONG_ANSWER
+    ask(qtbot, window, "Tell me about the puffins")
+    card = window.chat_view.last_card
+    qtbot.waitUntil(lambda: len(card.text) > 20, timeout=5000)
+    window.stop()
+    qtbot.waitUntil(lambda: card.done and not window.controller.busy, timeout=5000)
+    assert window.speed_label.text() == ""  # a stopped answer has no speed, and the earlier one is not this one's
+
+
+def test_a_question_on_a_cached_document_says_it_reads_the_question(qtbot, make_window, document):
+    window = make_window(FakeBackend(step_s=0.02))
+    open_and_wait(qtbot, window, document)
+    details: list[str] = []
+    window.controller.worker.progress.connect(lambda *_: details.append(window.progress_panel.detail.text()))
+    ask(qtbot, window, "Who was the first head keeper?")
+    qtbot.waitUntil(lambda: window.chat_view.last_card.done and not window.controller.busy, timeout=5000)
+    assert details and all(text == "Reading your question" for text in details), details
+    assert "Reading your question" in window.progress_panel.bar.format()

@@ -25,6 +25,7 @@ from app.widgets.text import rich_text
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second
+NOTE_MS = 2500  # how long "Copied to the clipboard." stands in for the answer's numbers
 
 
 class MarkdownView(QTextBrowser):
@@ -151,6 +152,10 @@ class AnswerCard(QFrame):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render)
+        self._note_timer = QTimer(self)  # then the info line gets its numbers back
+        self._note_timer.setSingleShot(True)
+        self._note_timer.timeout.connect(self._end_note)
+        self._info_kept = ""
         self.citations: tuple[Passage, ...] = ()
         self.question_holder: QWidget | None = None
 
@@ -178,6 +183,7 @@ class AnswerCard(QFrame):
     def finish(self, answer: Answer | None = None, note: str = "") -> None:
         """Final render; `answer` brings the exact text, numbers and citations; `note` e.g. 'Stopped.'"""
         self._render_timer.stop()
+        self._note_timer.stop()
         if answer is not None:
             self.text = answer.text or self.text
             self.info.setText(f"{answer.new_tokens:,} tokens · first token {answer.ttft_s:.1f} s · "
@@ -209,7 +215,13 @@ class AnswerCard(QFrame):
 
     def copy(self) -> None:
         QGuiApplication.clipboard().setText(self.text)
+        if not self._note_timer.isActive():
+            self._info_kept = self.info.text()
         self.info.setText("Copied to the clipboard.")
+        self._note_timer.start(NOTE_MS)
+
+    def _end_note(self) -> None:
+        self.info.setText(self._info_kept)
 
 
 class QuestionBubble(QWidget):
