@@ -159,6 +159,11 @@ class FakeBackend:
         if doc_id not in self.prepared:
             self.prepare(doc_id, progress, cancel)
         started = time.perf_counter()
+        words = len(question.split())  # the question is read like the engine reads it after a cached document
+        meter = ProgressMeter("question", words, progress, "tokens")
+        for done in range(words + 1):
+            cancel.raise_if_cancelled()
+            meter.update(done)
         pieces = re.findall(r"\S+\s*", self.answer)
         first = None
         said = ""

@@ -18,6 +18,7 @@ from PySide6.QtCore import QPoint
 from PySide6.QtWidgets import QApplication, QLabel
 
 from app.fake_backend import FakeBackend
+from app.main_window import MainWindow
 from app.widgets.chat_view import CitationItem
 from tests import test_app_gui as gui
 
@@ -122,8 +123,37 @@ def test_a_question_on_a_cached_document_says_it_reads_the_question(qtbot, make_
     window = make_window(FakeBackend(step_s=0.02))
     open_and_wait(qtbot, window, document)
     details: list[str] = []
-    window.controller.worker.progress.connect(lambda *_: details.append(window.progress_panel.detail.text()))
+    shown = window.progress_panel.set_detail
+    window.progress_panel.set_detail = lambda text: (details.append(text), shown(text))
     ask(qtbot, window, "Who was the first head keeper?")
     qtbot.waitUntil(lambda: window.chat_view.last_card.done and not window.controller.busy, timeout=5000)
     assert details and all(text == "Reading your question" for text in details), details
     assert "Reading your question" in window.progress_panel.bar.format()
+
+
+def test_the_progress_panel_and_the_header_give_one_token_count(qtbot, tmp_path, config_dir, tiny_model_dir):
+    import re
+
+    from app.backend import RealBackend
+    from app.settings import AppSettings
+
+    path = tmp_path / "lighthouse.md"
+    path.write_text(gui.DOCUMENT + "\n\n", encoding="utf-8")  # trailing blank lines: not part of the prompt
+    settings = AppSettings().with_changes(model=str(tiny_model_dir), attention="exact", n_sink=4, n_window=16,
+                                          max_new_tokens=4, folder=str(tmp_path / "data"),
+                                          gpu_runtime_auto_download=False)
+    window = MainWindow(RealBackend(), settings, config_dir / "settings.json", gpu_runtime=None)
+    qtbot.addWidget(window)
+    details: list[str] = []
+    shown = window.progress_panel.set_detail
+    window.progress_panel.set_detail = lambda text: (details.append(text), shown(text))
+    try:
+        qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=60_000)
+        for _ in range(2):  # opening it, then opening it again (the document is open in the engine already)
+            details.clear()
+            open_and_wait(qtbot, window, path)
+            [counted] = {int(n.replace(",", "")) for n in re.findall(r"([\d,]+) tokens of", " ".join(details))}
+            assert f"{counted:,} tokens" in window.doc_title.text()
+            assert window.library.entries()[0].tokens == counted
+    finally:
+        window.controller.shutdown()
