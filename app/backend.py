@@ -378,13 +378,15 @@ class RealBackend:
         doc_id = document.sha256
         if doc_id in self.documents:
             session = self._session(doc_id)
-            fit = loaded.fit(session.prefix_tokens, self.config, self.library.root, self.library.budget_bytes,
+            fit = loaded.fit(session.document_tokens, self.config, self.library.root, self.library.budget_bytes,
                              measure_free=False)
             return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
                                   cached=doc_id in self.prepared, warnings=document.warnings)
         progress(Progress("tokenize", 0, 1, "document"))
         check_text_length(document.text, loaded.tokenizer, loaded.max_positions, self.config.max_new_tokens)
-        tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
+        from engine import document_ids
+
+        tokens = len(document_ids(loaded.tokenizer, document.text))  # as the session and the library count them
         used = self.store.used_bytes() if self.store is not None else 0
         fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)
         if not fit.fits:

@@ -59,6 +59,7 @@ _EXPORTS = {
     "read_document": "engine.ingest",
     "supported_suffixes": "engine.ingest",
     "DocumentSession": "engine.session",
+    "document_ids": "engine.prompt",
     # chats
     "Chat": "engine.chat",
     "chat_markdown": "engine.chat",
