@@ -263,6 +263,7 @@ class MainWindow(QMainWindow):
         self.runtime_banner.download_requested.connect(runtime.download)
         self.runtime_banner.cancel_requested.connect(runtime.cancel)
         self.runtime_banner.restart_requested.connect(self.restart_for_gpu)
+        self.runtime_banner.hidden_by_user.connect(self._runtime_banner_hidden)
 
     # -- user actions --------------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -487,11 +488,7 @@ class MainWindow(QMainWindow):
         """Save and apply `settings`: reload the model or mark caches for rebuild where needed."""
         impact = change_impact(self.settings, settings)
         self.settings = settings
-        try:
-            save_settings(settings, self.settings_path)
-        except OSError as error:
-            self.error_banner.show_message(f"The settings could not be saved ({error.strerror}). "
-                                           "They apply until Folio closes.")
+        self._save_settings()
         if impact.reload_model:
             self.open_in_engine.clear()
             self.controller.load_model(settings)
@@ -501,6 +498,13 @@ class MainWindow(QMainWindow):
             for entry in self.library.entries():
                 self.library.update(entry.id, cached=False, cache_bytes=0)
             self.library_panel.refresh()
+
+    def _save_settings(self) -> None:
+        try:
+            save_settings(self.settings, self.settings_path)
+        except OSError as error:
+            self.error_banner.show_message(f"The settings could not be saved ({error.strerror}). "
+                                           "They apply until Folio closes.")
 
     def show_document(self, doc_id: str) -> None:
         entry = self.library.get(doc_id)
@@ -571,7 +575,16 @@ class MainWindow(QMainWindow):
             self.runtime_banner.hide()
             self.statusBar().showMessage(message, 8000)
         else:  # the banner shows the offer and the download as such, everything else as information
-            self.runtime_banner.set_state(state if state in (OFFER, DOWNLOADING) else INFO, message)
+            state = state if state in (OFFER, DOWNLOADING) else INFO
+            self.runtime_banner.set_state(state, message)
+            if state == INFO and message == self.settings.hidden_notice:
+                self.runtime_banner.hide()  # the user hid this line before
+
+    def _runtime_banner_hidden(self, state: str, message: str) -> None:
+        """Hiding a line of information is remembered (a download's progress or an offer come back as they are)."""
+        if state == INFO and message != self.settings.hidden_notice:
+            self.settings = self.settings.with_changes(hidden_notice=message)
+            self._save_settings()
 
     def _runtime_ready(self, _path: str, message: str) -> None:
         self.runtime_banner.set_state(READY, message)
