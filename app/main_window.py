@@ -64,6 +64,8 @@ from app.worker import (
     ModelController,
 )
 
+QUIT_WAIT_MS = 400  # how long closing the window waits for the job in flight to see its cancel flag
+
 
 class MainWindow(QMainWindow):
     def __init__(self, backend: EngineBackend, settings: AppSettings, settings_path: Path | None = None,
@@ -800,10 +802,12 @@ class MainWindow(QMainWindow):
                                      "attention on the document)", 6000)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        """Close at once: cancel what runs and give it QUIT_WAIT_MS to stop. An answer stops at its next token (and
+        is kept); a long prefill chunk or an index build is not waited for: python -m app then ends the process (the
+        library survives a process that ends mid-write)."""
+        self.hide()
         if self.runtime is not None:
-            if self.runtime.busy:
-                self.hide()  # a download stops at its next chunk: do not look frozen meanwhile
-            self.runtime.shutdown()
-        self.models.shutdown()
-        self.controller.shutdown()
+            self.runtime.shutdown()  # a download stops at its next chunk
+        self.models.shutdown(QUIT_WAIT_MS)
+        self.controller.shutdown(QUIT_WAIT_MS)
         super().closeEvent(event)

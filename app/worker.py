@@ -306,11 +306,11 @@ class EngineController(QObject):
         if job == self.current:
             self._next()
 
-    def shutdown(self, wait_ms: int = 5000) -> None:
-        """Cancel what runs and stop the thread (at the next chunk/token)."""
+    def shutdown(self, wait_ms: int = 5000) -> bool:
+        """Cancel what runs and stop the thread (at the next chunk/token); True when it stopped within `wait_ms`."""
         self.cancel()
         self.thread.quit()
-        self.thread.wait(wait_ms)
+        return self.thread.wait(wait_ms)
 
 
 PULL, REMOVE, LIST_MODELS, TOKEN = "pull", "remove_model", "list_models", "hub_token"
@@ -443,7 +443,8 @@ class ModelController(QObject):
         else:
             self.busy_changed.emit(False)
 
-    def shutdown(self, wait_ms: int = 5000) -> None:
+    def shutdown(self, wait_ms: int = 5000) -> bool:
+        """Cancel a download and stop the thread; True when it stopped within `wait_ms`."""
         self.cancel()
         self.thread.quit()
-        self.thread.wait(wait_ms)
+        return self.thread.wait(wait_ms)

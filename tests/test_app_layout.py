@@ -6,6 +6,8 @@ every failed file is reported, and the model load names the model and the device
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -17,6 +19,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPoint
 from PySide6.QtWidgets import QApplication, QLabel
 
+from app.backend import Progress
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
 from app.widgets.chat_view import CitationItem
@@ -157,3 +160,35 @@ def test_the_progress_panel_and_the_header_give_one_token_count(qtbot, tmp_path,
             assert window.library.entries()[0].tokens == counted
     finally:
         window.controller.shutdown()
+
+
+class LongPrefill(FakeBackend):
+    """A document's prefill is one chunk that takes LONG_CHUNK_S and cannot stop midway (as a big prefill chunk or
+    an index build in the engine); the cancel flag is seen after it."""
+
+    LONG_CHUNK_S = 3.0
+
+    def __init__(self) -> None:
+        super().__init__(step_s=0.002)
+        self.in_chunk = threading.Event()
+        self.saw_cancel = False
+
+    def prepare(self, doc_id, progress, cancel):
+        progress(Progress("prefill", 0, 1, "tokens"))
+        self.in_chunk.set()
+        time.sleep(self.LONG_CHUNK_S)
+        self.saw_cancel = cancel.cancelled
+        cancel.raise_if_cancelled()
+        return super().prepare(doc_id, progress, cancel)
+
+
+def test_closing_the_window_cancels_the_work_in_flight_without_waiting_for_it(qtbot, make_window, document):
+    backend = LongPrefill()
+    window = make_window(backend)
+    drop(window, document)
+    qtbot.waitUntil(backend.in_chunk.is_set, timeout=5000)
+    window.close()
+    assert not window.isVisible()
+    assert window.controller.thread.isRunning()  # close() did not wait for the long chunk to end
+    qtbot.waitUntil(lambda: not window.controller.thread.isRunning())  # then the job stopped, and its thread
+    assert backend.saw_cancel and not window.library.entries()[0].cached
