@@ -92,7 +92,7 @@ class MainWindow(QMainWindow):
         self.editing: int | None = None  # the turn being edited (edit and resend), None when asking anew
         self.active_card: AnswerCard | None = None
         self.last_answer: Answer | None = None
-        self.opening: dict[str, float] = {}  # path -> when its open job started
+        self.opening_path = ""  # the file the latest open job reads
         self.open_in_engine: set[str] = set()  # documents the engine has open in this run
         self.setWindowTitle(APP_NAME)
         self.setWindowIcon(app_icon())
@@ -605,7 +605,7 @@ class MainWindow(QMainWindow):
             self.progress_panel.start("Loading the model", f"{engine.model} on {engine.device}")
             self.welcome.model_line.setText(f"Loading the model ({engine.model})…")
         elif job == OPEN:
-            self.opening[args[0]] = time.perf_counter()
+            self.opening_path = args[0]
             self.progress_panel.start(f"Opening {Path(args[0]).name}", "Checking that it fits…")
         elif job == REOPEN:
             entry = self.library.get(args[0])
@@ -762,7 +762,11 @@ class MainWindow(QMainWindow):
             self.context_label.setText(f"{state.tokens_used:,} of {state.context_max:,} tokens")
 
     def _failed(self, job: str, message: str) -> None:
-        self.error_banner.show_message(message)
+        if job == OPEN and self.opening_path:  # one of several files may fail: each is reported, by name
+            name = Path(self.opening_path).name
+            self.error_banner.add_message(message if name in message else f"{name}: {message}")
+        else:
+            self.error_banner.show_message(message)
         if job in ANSWER_JOBS and self.active_card is not None:
             self.active_card.finish(note="No answer: see the message above.")
             self.active_card = None

@@ -17,7 +17,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPoint
-from PySide6.QtWidgets import QApplication, QLabel
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton
 
 from app.backend import Progress
 from app.fake_backend import FakeBackend
@@ -192,3 +192,24 @@ def test_closing_the_window_cancels_the_work_in_flight_without_waiting_for_it(qt
     assert window.controller.thread.isRunning()  # close() did not wait for the long chunk to end
     qtbot.waitUntil(lambda: not window.controller.thread.isRunning())  # then the job stopped, and its thread
     assert backend.saw_cancel and not window.library.entries()[0].cached
+
+
+def test_every_file_that_fails_to_open_is_reported(qtbot, make_window, document, tmp_path):
+    window = make_window()
+    report = tmp_path / "report.docx"
+    report.write_bytes(b"PK\x03\x04 not a text file")
+    binary = tmp_path / "data.txt"
+    binary.write_bytes(b"\x00\x01\x02 binary")
+    empty = tmp_path / "empty.md"
+    empty.write_text("", encoding="utf-8")
+    drop(window, report, binary, document, empty)
+    qtbot.waitUntil(lambda: not window.controller.busy and window.current_doc is not None, timeout=10000)
+    message = window.error_banner.message
+    for name in ("report.docx", "data.txt", "empty.md"):
+        assert name in message, message
+    assert "'.docx' are not supported" in message and "NUL bytes" in message
+    assert [entry.title for entry in window.library.entries()] == ["lighthouse"]  # the good one opened
+    window.error_banner.findChild(QPushButton, "dismissError").click()
+    drop(window, report)  # a later failure starts a new list
+    qtbot.waitUntil(lambda: not window.controller.busy and window.error_banner.isVisible(), timeout=5000)
+    assert "report.docx" in window.error_banner.message and "data.txt" not in window.error_banner.message
