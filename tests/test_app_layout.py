@@ -213,3 +213,21 @@ def test_every_file_that_fails_to_open_is_reported(qtbot, make_window, document,
     drop(window, report)  # a later failure starts a new list
     qtbot.waitUntil(lambda: not window.controller.busy and window.error_banner.isVisible(), timeout=5000)
     assert "report.docx" in window.error_banner.message and "data.txt" not in window.error_banner.message
+
+
+@pytest.mark.parametrize(("answer", "passes"), [
+    ("The first head keeper of the lighthouse was Anders Brekke, who served from 1865 until 1891.", True),
+    ("Anders Brekke's service ran from 1865 to 1891.", True),
+    ("The first head keeper of the lighthouse was Anders Brekke Lund, who served from 1865 until 1891.", False),
+    ("It was Solveig Brekke Lund, from 1923.", False),
+    ("The first head keeper was Anders Brekke.", False),  # how long he served is part of the question
+    ("Brekke served from 1865 until 1891.", False),  # not his full name
+])
+def test_the_self_test_checks_the_whole_fact(qtbot, config_dir, capsys, answer, passes):
+    from app.sample.self_test import run_self_test
+
+    assert run_self_test(timeout_s=60, backend=FakeBackend(step_s=0.002, answer=answer)) == (0 if passes else 1)
+    output = capsys.readouterr()
+    assert ("self-test passed" in output.out) == passes, output.err
+    if not passes:
+        assert "self-test FAILED: the answer" in output.err
