@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 # Only names that do not import torch at module level: app/runtime/startup.py and app/frozen.py run before torch is
@@ -74,6 +75,14 @@ __all__ = [  # the engine names the app may use, besides this module's own
 TokenCallback = Callable[[str], None]
 
 
+def model_words(spec: str) -> str:
+    """A model setting ("default", a catalog id, a hub id, a folder) as a reader knows the model: its catalog name,
+    else the hub id, else the folder's name."""
+    if entry := find_entry(spec):
+        return entry.name
+    return spec if spec.count("/") == 1 and not Path(spec).exists() else Path(spec).name or spec
+
+
 @dataclass(frozen=True)
 class LibraryEntry:
     """One document of the library, as the side panel lists it."""
@@ -97,6 +106,7 @@ class ModelInfo:
     load_s: float = 0.0
     weights: str = "full"  # EngineConfig.weights the model was loaded with
     library_damaged: str = ""  # the library's database is damaged: the message (the window offers a new library)
+    device_words: str = ""  # the device in words: "the CPU", "the GPU (NVIDIA …)"
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,9 @@ class EngineBackend(Protocol):
 
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo: ...
 
+    def describe_device(self, spec: str) -> str:
+        """The device `spec` ("auto", "cpu", "cuda") means here, in words: "the CPU", "the GPU (NVIDIA …)"."""
+
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         """New generation settings; the caller reloads the model where needed (ConfigChange.reload_model)."""
 
@@ -275,8 +288,13 @@ class RealBackend:
         self.unsaved: dict[str, tuple[str, ChatRecord]] = {}
 
     # -- model ---------------------------------------------------------------------------------------
+    def describe_device(self, spec: str) -> str:
+        from engine import describe_device
+
+        return describe_device(spec)
+
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
-        from engine import load_model
+        from engine import describe_device, load_model
 
         self.config = config
         self._drop_sessions()
@@ -287,7 +305,7 @@ class RealBackend:
                             cpu_weights=config.cpu_weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
                          self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights,
-                         self.library_damaged)
+                         self.library_damaged, describe_device(str(self.loaded.device)))
 
     def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""

@@ -92,7 +92,11 @@ class FakeBackend:
         self.loaded = True
         entry = find_entry(config.model)
         name = "FakeLM-1B" if entry is None or entry.bundled else entry.name
-        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged)
+        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged,
+                         "the CPU")
+
+    def describe_device(self, spec: str) -> str:
+        return "the GPU" if spec.startswith("cuda") else "the CPU"
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         self.config, self.library = config, library

@@ -31,6 +31,7 @@ from app.backend import (
     Passage,
     PreparedDocument,
     format_bytes,
+    model_words,
     supported_suffixes,
 )
 from app.library import Library
@@ -93,6 +94,7 @@ class MainWindow(QMainWindow):
         self.active_card: AnswerCard | None = None
         self.last_answer: Answer | None = None
         self.opening_path = ""  # the file the latest open job reads
+        self.loading_model = ""  # the model being loaded, in words
         self.open_in_engine: set[str] = set()  # documents the engine has open in this run
         self.setWindowTitle(APP_NAME)
         self.setWindowIcon(app_icon())
@@ -230,6 +232,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         worker = self.controller.worker
+        worker.model_loading.connect(self._model_loading)
         worker.model_loaded.connect(self._model_loaded)
         worker.progress.connect(self._progress)
         worker.document_opened.connect(self._document_opened)
@@ -601,9 +604,9 @@ class MainWindow(QMainWindow):
     def _job_started(self, job: str, args: tuple) -> None:
         if job == LOAD:
             self.model_label.setText("Model: loading…")
-            engine = args[0].engine
-            self.progress_panel.start("Loading the model", f"{engine.model} on {engine.device}")
-            self.welcome.model_line.setText(f"Loading the model ({engine.model})…")
+            self.loading_model = model_words(args[0].engine.model)
+            self.progress_panel.start("Loading the model", f"Loading {self.loading_model}…")
+            self.welcome.model_line.setText(f"Loading {self.loading_model}…")
         elif job == OPEN:
             self.opening_path = args[0]
             self.progress_panel.start(f"Opening {Path(args[0]).name}", "Checking that it fits…")
@@ -626,12 +629,16 @@ class MainWindow(QMainWindow):
             self.progress_panel.title.setText("<b>Preparing the answer</b>")
             self.progress_panel.set_detail(STAGE_NAMES.get(stage, stage))
 
+    def _model_loading(self, device: str) -> None:
+        self.progress_panel.set_detail(f"Loading {self.loading_model} on {device}")
+        self.welcome.model_line.setText(f"Loading {self.loading_model} on {device}…")
+
     def _model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
         self.model_label.setText(f"Model: {info.name}")
         weights = {"8bit": " · 8-bit weights", "4bit": " · 4-bit weights"}.get(info.weights, "")
         self.device_label.setText(f"{info.device} · {info.dtype}{weights}")
-        self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
+        self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device_words or info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
         self.chats_of = None  # list the chats again: a chat of another model says so

@@ -44,6 +44,7 @@ def user_message(error: BaseException) -> str:
 class EngineWorker(QObject):
     """Lives on the engine thread. Slots run jobs; signals report them. Never touched by widgets directly."""
 
+    model_loading = Signal(str)  # the device the model is being loaded on, in words ("the CPU")
     model_loaded = Signal(object)  # ModelInfo
     progress = Signal(str, int, int, str, float)  # stage, done, total, unit, eta_s (-1: unknown)
     document_opened = Signal(object)  # OpenedDocument: its fit check passed, heavy work follows
@@ -93,6 +94,7 @@ class EngineWorker(QObject):
     @Slot(object, object)
     def load_model(self, settings: AppSettings, _cancel: CancelToken) -> None:
         def work() -> None:
+            self.model_loading.emit(self.backend.describe_device(settings.engine.device))
             self.model_loaded.emit(self.backend.load_model(settings.engine, settings.library, self._progress))
             self._list_library()
 

@@ -38,6 +38,7 @@ _EXPORTS = {
     # models
     "LoadedModel": "engine.model",
     "load_model": "engine.model",
+    "describe_device": "engine.model",
     "ensure_default_model": "engine.default_model",
     "default_model_gguf": "engine.default_model",
     "use_bundled_default_model": "engine.default_model",

@@ -231,3 +231,13 @@ def test_the_self_test_checks_the_whole_fact(qtbot, config_dir, capsys, answer, 
     assert ("self-test passed" in output.out) == passes, output.err
     if not passes:
         assert "self-test FAILED: the answer" in output.err
+
+
+def test_loading_the_model_names_the_model_and_the_device_in_words(qtbot, make_window):
+    window = make_window(FakeBackend(step_s=0.05), wait_loaded=False)
+    assert window.settings.engine.model == "default" and window.settings.engine.device == "auto"
+    detail = window.progress_panel.detail
+    qtbot.waitUntil(lambda: "on the CPU" in detail.text(), timeout=5000)
+    assert detail.text() == "Loading SmolLM2 135M Instruct on the CPU"
+    qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
+    assert window.welcome.model_line.text().startswith("Model ready: FakeLM-1B on the CPU")
