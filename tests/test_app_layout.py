@@ -70,20 +70,31 @@ def test_the_window_wraps_and_keeps_every_control_in_reach(qtbot, make_window, t
     assert view.widget().width() <= viewport.width()
     assert card.sources.isVisible() and card.citations
     assert card.view.document().size().width() <= card.view.viewport().width() + 1  # the answer wraps
+    for item in card.findChildren(CitationItem):  # each source's button: its text ends in "…", not cut off
+        assert item.button.fontMetrics().horizontalAdvance(item.button.text()) < item.button.width()
     for button in (card.copy_button, card.regenerate_button, view.questions[-1].edit_button):
         assert button.isVisible() and button.width() >= button.minimumSizeHint().width(), button.text()
         assert button.mapTo(viewport, QPoint(0, 0)).x() >= 0 and right_edge_in(button, viewport) <= viewport.width()
     for widget in (window.prompt, window.send_button, window.stop_button):
         assert widget.isVisible() and right_edge_in(widget, window) <= window.width()
     bar = window.statusBar()
+    status_bar_fits(bar)
+    assert any("press Esc to stop it, then ask again" in label.toolTip()  # the whole message
+               for label in bar.findChildren(QLabel) if label.isVisible())
+    bar.clearMessage()  # then the numbers, all of them
+    QApplication.processEvents()
+    status_bar_fits(bar)
+    for label in (window.model_label, window.device_label, window.context_label, window.speed_label):
+        assert label.isVisible() and label.text() in label.toolTip(), label.text()
+
+
+def status_bar_fits(bar) -> None:
+    """Each label shown is inside the bar, not squeezed below its least width, and its text (elided) fits."""
     labels = [label for label in bar.findChildren(QLabel) if label.isVisible()]
     assert labels
-    assert {window.model_label, window.device_label, window.context_label, window.speed_label} <= set(labels)
     for label in labels:
         assert right_edge_in(label, bar) <= bar.width() and text_fits(label), label.text()
-        assert label.width() >= label.minimumSizeHint().width(), label.text()  # not squeezed out of sight
-    assert any("press Esc to stop it, then ask again" in label.toolTip() for label in labels)  # the full message
-    assert window.speed_label.text() in window.speed_label.toolTip()
+        assert label.width() >= label.minimumSizeHint().width(), label.text()
 
 
 def test_copied_note_gives_the_numbers_back(qtbot, make_window, document, monkeypatch):

@@ -25,6 +25,7 @@ from app.widgets.text import rich_text
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second
+BUTTON_PADDING = 12  # pixels each side of a citation button's text (the theme's padding and a margin)
 NOTE_MS = 2500  # how long "Copied to the clipboard." stands in for the answer's numbers
 
 
@@ -64,7 +65,8 @@ class CitationItem(QWidget):
         self.passage = passage
         preview = " ".join(passage.text.split())
         preview = preview if len(preview) <= 90 else preview[:88].rstrip() + "…"
-        self.button = QPushButton(f"p. {passage.page}  ·  {passage.score:.0%}   “{preview}”")
+        self.button_text = f"p. {passage.page}  ·  {passage.score:.0%}   “{preview}”"
+        self.button = QPushButton(self.button_text)
         self.button.setObjectName("citationButton")
         self.button.setToolTip(f"Show the passage on page {passage.page}")
         self.button.setCheckable(True)
@@ -84,6 +86,12 @@ class CitationItem(QWidget):
         layout.setSpacing(2)
         layout.addWidget(self.button)
         layout.addWidget(self.text)
+
+    def resizeEvent(self, event) -> None:
+        """The button's text ends in "…" where the card is narrower than it (not cut off mid-letter)."""
+        super().resizeEvent(event)
+        room = self.button.width() - 2 * BUTTON_PADDING
+        self.button.setText(self.button.fontMetrics().elidedText(self.button_text, Qt.TextElideMode.ElideRight, room))
 
     def _toggle(self, shown: bool) -> None:
         self.text.setVisible(shown)

@@ -1,5 +1,6 @@
-"""The status bar: its labels shrink with the window and end in "…" (the tooltip has the whole text), and the
-temporary message (showMessage) is shown the same way, so nothing is clipped at 640 px."""
+"""The status bar: its labels shrink with the window and end in "…" (the tooltip has the whole text), and so does the
+temporary message (showMessage); where the bar is too narrow for both, the labels step aside while the message shows.
+Nothing is clipped at 640 px."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from PySide6.QtGui import QPainter, QPaintEvent
 from PySide6.QtWidgets import QLabel, QStatusBar, QStyle, QStyleOption, QWidget
 
 MIN_CHARACTERS = 6  # an elided label keeps at least about this many characters' width
-MESSAGE_SHARE = 0.6  # a message may take this share of a narrow bar's width from the labels
 SLACK, SIZE_GRIP = 8, 20  # pixels: room for the layout's spacing per label, and for the size grip
 
 
@@ -42,8 +42,9 @@ class ElidedLabel(QLabel):
 
 
 class StatusBar(QStatusBar):
-    """A QStatusBar whose temporary message is an ElidedLabel that takes the room the permanent labels leave
-    (currentMessage, timeouts and clearMessage work as in QStatusBar)."""
+    """A QStatusBar whose temporary message is an ElidedLabel beside the permanent labels; when the bar is too
+    narrow for both, the labels step aside while the message shows (currentMessage, timeouts and clearMessage work
+    as in QStatusBar)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -55,22 +56,20 @@ class StatusBar(QStatusBar):
         self.messageChanged.connect(self._show_message)
 
     def _show_message(self, text: str) -> None:
-        """The message first: it takes up to MESSAGE_SHARE of the bar, the labels shrink (until it times out)."""
         self.message_label.setText(text)
-        self._fit_message()
+        self._make_room()
 
-    def _fit_message(self) -> None:
-        label = self.message_label
-        if not label.text():
-            label.setMinimumWidth(0)
-            return
-        taken = sum(other.minimumSizeHint().width() + SLACK for other in self.labels if other.isVisible())
-        room = self.width() - taken - (SLACK + SIZE_GRIP if self.isSizeGripEnabled() else SLACK)
-        label.setMinimumWidth(max(0, min(label.sizeHint().width(), int(self.width() * MESSAGE_SHARE), room)))
+    def _make_room(self) -> None:
+        """The labels show unless a message is shown and they and it do not fit side by side."""
+        message = self.message_label
+        wanted = sum(label.sizeHint().width() + SLACK for label in [message, *self.labels])
+        crowded = bool(message.text()) and wanted + (SIZE_GRIP if self.isSizeGripEnabled() else 0) > self.width()
+        for label in self.labels:
+            label.setVisible(not crowded)
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
-        self._fit_message()
+        self._make_room()
 
     def add_label(self, text: str = "") -> ElidedLabel:
         """A permanent label after the message, that shrinks (elided) when the window is narrow."""
