@@ -1,6 +1,7 @@
-"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]...` opens the sample
-document in the real window, asks the sample question (then each follow-up in the same chat), waits for the answers
-and their citations, expands the last answer's first citation (unless --collapsed), and saves a PNG."""
+"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]... [--size WxH,...]` opens
+the sample document in the real window, asks the sample question (then each follow-up in the same chat), waits for
+the answers and their citations, expands the last answer's first citation (unless --collapsed), and saves a PNG at
+each size (several sizes: OUT holds {width}, e.g. folio-window-{width}.png)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", default="retrieval", help="attention mode (both give citations)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--follow-up", action="append", default=[], help="a follow-up question (repeatable)")
-    parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT, or several: 1400x900,800x640")
     parser.add_argument("--collapsed", action="store_true", help="leave the citations folded")
     args = parser.parse_args(argv)
+    sizes = [tuple(int(n) for n in size.split("x")) for size in args.size.split(",")]
+    if len(sizes) > 1 and "{width}" not in args.output:
+        parser.error("several sizes need {width} in the output name")
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                           folder=tempfile.mkdtemp(prefix="folio-screenshot-"),
                                           gpu_runtime_auto_download=False)
     window = MainWindow(backend, settings, settings_path=None)
-    window.resize(*(int(n) for n in args.size.split("x")))
+    window.resize(*sizes[0])
     window.show()
 
     follow_ups = list(args.follow_up)
@@ -79,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         chat = window.chat_view
         chat.verticalScrollBar().setValue(chat.verticalScrollBar().maximum())
         app.processEvents()
-        ok = window.grab().save(args.output)
-        print("saved" if ok else "failed", args.output, file=sys.stderr)
-        app.exit(0 if ok else 1)
+        width, _height = sizes.pop(0)
+        output = args.output.format(width=width)
+        ok = window.grab().save(output)
+        print("saved" if ok else "failed", output, file=sys.stderr)
+        if not ok or not sizes:
+            app.exit(0 if ok else 1)
+            return
+        window.resize(*sizes[0])
+        QTimer.singleShot(800, shoot)  # the layout settles at the new size
 
     run = SampleRun(window, answered, timeout_s=args.timeout)
     run.start()
