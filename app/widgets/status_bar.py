@@ -4,7 +4,7 @@ Nothing is clipped at 640 px."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPainter, QPaintEvent
 from PySide6.QtWidgets import QLabel, QStatusBar, QStyle, QStyleOption, QWidget
 
@@ -21,9 +21,12 @@ class ElidedLabel(QLabel):
         self.setTextFormat(Qt.TextFormat.PlainText)
         self.setText(text)
 
+    text_set = Signal()
+
     def setText(self, text: str) -> None:
         super().setText(text)
         self.setToolTip(text)
+        self.text_set.emit()
 
     def shown_text(self) -> str:
         return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
@@ -60,11 +63,15 @@ class StatusBar(QStatusBar):
         self._make_room()
 
     def _make_room(self) -> None:
-        """The labels show unless a message is shown and they and it do not fit side by side."""
+        """The labels show unless a message is shown and they and it do not fit side by side. Where the labels do
+        not fit on their own, the longest give way first (short ones stay whole)."""
         message = self.message_label
-        wanted = sum(label.sizeHint().width() + SLACK for label in [message, *self.labels])
-        crowded = bool(message.text()) and wanted + (SIZE_GRIP if self.isSizeGripEnabled() else 0) > self.width()
-        for label in self.labels:
+        room = self.width() - (SIZE_GRIP if self.isSizeGripEnabled() else 0) - SLACK * (len(self.labels) + 1)
+        widths = [label.sizeHint().width() for label in self.labels]
+        crowded = bool(message.text()) and sum(widths) + message.sizeHint().width() > room
+        level = water_level(widths, room - message.minimumSizeHint().width())
+        for label, width in zip(self.labels, widths, strict=True):
+            label.setMaximumWidth(max(min(width, level), label.minimumSizeHint().width()))
             label.setVisible(not crowded)
 
     def resizeEvent(self, event) -> None:
@@ -77,6 +84,7 @@ class StatusBar(QStatusBar):
         label.setContentsMargins(6, 0, 6, 0)
         self.addPermanentWidget(label)
         self.labels.append(label)
+        label.text_set.connect(self._make_room)
         return label
 
     def paintEvent(self, _event: QPaintEvent) -> None:
@@ -85,3 +93,13 @@ class StatusBar(QStatusBar):
         option = QStyleOption()
         option.initFrom(self)
         self.style().drawPrimitive(QStyle.PrimitiveElement.PE_PanelStatusBar, option, painter, self)
+
+
+def water_level(widths: list[int], room: int) -> int:
+    """The cap that makes `widths`, each cut to at most it, fill `room`: the widest are cut first."""
+    count = len(widths)
+    for width in sorted(widths):
+        if width * count > room:
+            return max(room // count, 0)
+        room, count = room - width, count - 1
+    return max(widths, default=0)
