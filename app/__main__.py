@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = show_unexpected
     window.show()
     window.open_files(args.documents)
-    return app.exec()
+    code = app.exec()
+    # End here, without the interpreter's teardown: it takes seconds (garbage-collecting the model's objects, joining
+    # an index build the window did not wait for), and what is worth keeping is saved: chats after each answer,
+    # settings atomically, and the library survives a process that ends mid-write.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

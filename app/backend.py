@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 # Only names that do not import torch at module level: app/runtime/startup.py and app/frozen.py run before torch is
@@ -82,6 +83,14 @@ __all__ = [  # the engine names the app may use, besides this module's own
 TokenCallback = Callable[[str], None]
 
 
+def model_words(spec: str) -> str:
+    """A model setting ("default", a catalog id, a hub id, a folder) as a reader knows the model: its catalog name,
+    else the hub id, else the folder's name."""
+    if entry := find_entry(spec):
+        return entry.name
+    return spec if spec.count("/") == 1 and not Path(spec).exists() else Path(spec).name or spec
+
+
 @dataclass(frozen=True)
 class LibraryEntry:
     """One document of the library, as the side panel lists it."""
@@ -105,6 +114,7 @@ class ModelInfo:
     load_s: float = 0.0
     weights: str = "full"  # EngineConfig.weights the model was loaded with
     library_damaged: str = ""  # the library's database is damaged: the message (the window offers a new library)
+    device_words: str = ""  # the device in words: "the CPU", "the GPU (NVIDIA …)"
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,9 @@ class EngineBackend(Protocol):
 
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo: ...
 
+    def describe_device(self, spec: str) -> str:
+        """The device `spec` ("auto", "cpu", "cuda") means here, in words: "the CPU", "the GPU (NVIDIA …)"."""
+
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         """New settings; the caller reloads the model where needed (`settings_cost(...).reloads_model`). Open
         documents take what keeps their K/V and index in place; the others are opened again."""
@@ -292,8 +305,13 @@ class RealBackend:
         self.unsaved: dict[str, tuple[str, ChatRecord]] = {}
 
     # -- model ---------------------------------------------------------------------------------------
+    def describe_device(self, spec: str) -> str:
+        from engine import describe_device
+
+        return describe_device(spec)
+
     def load_model(self, config: EngineConfig, library: LibraryConfig, progress: ProgressCallback) -> ModelInfo:
-        from engine import load_model
+        from engine import describe_device, load_model
 
         self.config = config
         self._drop_sessions()
@@ -304,7 +322,7 @@ class RealBackend:
                             cpu_weights=config.cpu_weights)
         return ModelInfo(self.loaded.name, str(self.loaded.device), str(self.loaded.dtype).removeprefix("torch."),
                          self.loaded.max_positions, time.perf_counter() - started, self.loaded.weights,
-                         self.library_damaged)
+                         self.library_damaged, describe_device(str(self.loaded.device)))
 
     def _open_store(self, library: LibraryConfig) -> None:
         """Open (or reopen, when the data folder changed) the document library; without it, caches stay in memory."""
@@ -392,13 +410,15 @@ class RealBackend:
         doc_id = document.sha256
         if doc_id in self.documents:
             session = self._session(doc_id)
-            fit = loaded.fit(session.prefix_tokens, self.config, self.library.root, self.library.budget_bytes,
+            fit = loaded.fit(session.document_tokens, self.config, self.library.root, self.library.budget_bytes,
                              measure_free=False)
             return OpenedDocument(doc_id, document.title, document.pages, session.document_tokens, str(path), fit,
                                   cached=doc_id in self.prepared, warnings=document.warnings)
         progress(Progress("tokenize", 0, 1, "document"))
         check_text_length(document.text, loaded.tokenizer, loaded.max_positions, self.config.max_new_tokens)
-        tokens = len(loaded.tokenizer(document.text, add_special_tokens=False)["input_ids"])
+        from engine import document_ids
+
+        tokens = len(document_ids(loaded.tokenizer, document.text))  # as the session and the library count them
         used = self.store.used_bytes() if self.store is not None else 0
         fit = loaded.fit(tokens, self.config, self.library.root, self.library.budget_bytes, used_disk_bytes=used)
         if not fit.fits:

@@ -94,7 +94,11 @@ class FakeBackend:
         self.loaded = True
         entry = find_entry(config.model)
         name = "FakeLM-1B" if entry is None or entry.bundled else entry.name
-        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged)
+        return ModelInfo(name, "cpu", "float32", self.context, 5 * self.step_s, config.weights, self.library_damaged,
+                         "the CPU")
+
+    def describe_device(self, spec: str) -> str:
+        return "the GPU" if spec.startswith("cuda") else "the CPU"
 
     def apply_settings(self, config: EngineConfig, library: LibraryConfig) -> None:
         cost = settings_cost(self.config, config)
@@ -172,6 +176,11 @@ class FakeBackend:
         if doc_id not in self.prepared:
             self.prepare(doc_id, progress, cancel)
         started = time.perf_counter()
+        words = len(question.split())  # the question is read like the engine reads it after a cached document
+        meter = ProgressMeter("question", words, progress, "tokens")
+        for done in range(words + 1):
+            cancel.raise_if_cancelled()
+            meter.update(done)
         pieces = re.findall(r"\S+\s*", self.answer)
         first = None
         said = ""

@@ -31,6 +31,7 @@ from app.backend import (
     Passage,
     PreparedDocument,
     format_bytes,
+    model_words,
     supported_suffixes,
 )
 from app.library import Library
@@ -47,6 +48,8 @@ from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
 from app.widgets.source_view import SourceView
+from app.widgets.status_bar import StatusBar
+from app.widgets.text import rich_text
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
 from app.worker import (
@@ -65,6 +68,7 @@ from app.worker import (
 
 MIN_CHAT_WIDTH = 560  # opening the source viewer narrows the library panel, down to its minimum, to keep this
 MIN_LIBRARY_WIDTH = 300
+QUIT_WAIT_MS = 400  # how long closing the window waits for the job in flight to see its cancel flag
 
 
 class MainWindow(QMainWindow):
@@ -92,13 +96,14 @@ class MainWindow(QMainWindow):
         self.editing: int | None = None  # the turn being edited (edit and resend), None when asking anew
         self.active_card: AnswerCard | None = None
         self.last_answer: Answer | None = None
-        self.opening: dict[str, float] = {}  # path -> when its open job started
+        self.opening_path = ""  # the file the latest open job reads
+        self.loading_model = ""  # the model being loaded, in words
         self.open_in_engine: set[str] = set()  # documents the engine has open in this run
         self.setWindowTitle(APP_NAME)
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.resize(1280, 820)
-        self.setMinimumSize(QSize(800, 520))
+        self.setMinimumSize(QSize(640, 480))
         self._build()
         self._connect()
         self.welcome.show_model_offer(first_run)
@@ -153,6 +158,7 @@ class MainWindow(QMainWindow):
         right_layout.setContentsMargins(4, 8, 8, 8)
         self.doc_title = QLabel()
         self.doc_title.setObjectName("docTitle")
+        self.doc_title.setWordWrap(True)
         title_row = QHBoxLayout()
         title_row.addWidget(self.doc_title, 1)
         title_row.addWidget(self.new_chat_button)
@@ -176,7 +182,8 @@ class MainWindow(QMainWindow):
         splitter.addWidget(left)
         splitter.addWidget(right)
         splitter.addWidget(self.source_view)
-        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(0, 1)  # a narrow window narrows both sides, the chat less
+        splitter.setStretchFactor(1, 3)
         splitter.setSizes([380, 900, 0])
         splitter.setChildrenCollapsible(False)
         self.splitter = splitter
@@ -195,15 +202,13 @@ class MainWindow(QMainWindow):
         self._update_controls()
 
     def _build_status_bar(self) -> None:
-        bar = self.statusBar()
-        self.model_label = QLabel("Model: loading…")
-        self.device_label = QLabel("")
-        self.memory_label = QLabel("")
-        self.context_label = QLabel("")
-        self.speed_label = QLabel("")
-        for label in (self.model_label, self.device_label, self.memory_label, self.context_label, self.speed_label):
-            label.setContentsMargins(6, 0, 6, 0)
-            bar.addPermanentWidget(label)
+        bar = StatusBar()
+        self.setStatusBar(bar)
+        self.model_label = bar.add_label("Model: loading…")
+        self.device_label = bar.add_label()
+        self.memory_label = bar.add_label()
+        self.context_label = bar.add_label()
+        self.speed_label = bar.add_label()
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -233,6 +238,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         worker = self.controller.worker
+        worker.model_loading.connect(self._model_loading)
         worker.model_loaded.connect(self._model_loaded)
         worker.progress.connect(self._progress)
         worker.document_opened.connect(self._document_opened)
@@ -268,6 +274,7 @@ class MainWindow(QMainWindow):
         self.runtime_banner.download_requested.connect(runtime.download)
         self.runtime_banner.cancel_requested.connect(runtime.cancel)
         self.runtime_banner.restart_requested.connect(self.restart_for_gpu)
+        self.runtime_banner.hidden_by_user.connect(self._runtime_banner_hidden)
 
     # -- user actions --------------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -492,11 +499,7 @@ class MainWindow(QMainWindow):
         """Save and apply `settings`: reload the model or mark caches for rebuild where needed."""
         impact = change_impact(self.settings, settings)
         self.settings = settings
-        try:
-            save_settings(settings, self.settings_path)
-        except OSError as error:
-            self.error_banner.show_message(f"The settings could not be saved ({error.strerror}). "
-                                           "They apply until Folio closes.")
+        self._save_settings()
         if impact.reload_model:
             self.open_in_engine.clear()
             self.controller.load_model(settings)
@@ -507,14 +510,22 @@ class MainWindow(QMainWindow):
                 self.library.update(entry.id, cached=False, cache_bytes=0)
             self.library_panel.refresh()
 
+    def _save_settings(self) -> None:
+        try:
+            save_settings(self.settings, self.settings_path)
+        except OSError as error:
+            self.error_banner.show_message(f"The settings could not be saved ({error.strerror}). "
+                                           "They apply until Folio closes.")
+
     def show_document(self, doc_id: str) -> None:
         entry = self.library.get(doc_id)
         if entry is None:
             return
-        if doc_id != self.current_doc:  # another document: its own chats replace these
+        if doc_id != self.current_doc:  # another document: its own chats and numbers replace these
             self.cancel_edit()
             self._drop_chat_views()
             self.source_view.close_source()
+            self._show_speed(None)
         self.current_doc = doc_id
         if doc_id not in self.open_in_engine and self.model_info is not None:
             self.open_in_engine.add(doc_id)
@@ -523,8 +534,9 @@ class MainWindow(QMainWindow):
             self.chats_of = doc_id
             self.chat_list.set_chats([], None)
             self.controller.chat(doc_id, "list")  # then the most recent chat opens (_chats_listed)
-        self.doc_title.setText(f"<b>{entry.title}</b> — {entry.pages:,} page{'s' if entry.pages != 1 else ''}, "
-                               f"{entry.tokens:,} tokens" + (" · cached" if entry.cached else ""))
+        pages = f"{entry.pages:,} page{'s' if entry.pages != 1 else ''}"
+        self.doc_title.setText(f"<b>{rich_text(entry.title)}</b> — {pages}, {entry.tokens:,} tokens"
+                               + (" · cached" if entry.cached else ""))
         if self.chat_view is not None and self.chat_view.state is not None:
             self._show_context(self.chat_view.state)
         elif self.model_info and self.model_info.max_positions:
@@ -575,7 +587,16 @@ class MainWindow(QMainWindow):
             self.runtime_banner.hide()
             self.statusBar().showMessage(message, 8000)
         else:  # the banner shows the offer and the download as such, everything else as information
-            self.runtime_banner.set_state(state if state in (OFFER, DOWNLOADING) else INFO, message)
+            state = state if state in (OFFER, DOWNLOADING) else INFO
+            self.runtime_banner.set_state(state, message)
+            if state == INFO and message == self.settings.hidden_notice:
+                self.runtime_banner.hide()  # the user hid this line before
+
+    def _runtime_banner_hidden(self, state: str, message: str) -> None:
+        """Hiding a line of information is remembered (a download's progress or an offer come back as they are)."""
+        if state == INFO and message != self.settings.hidden_notice:
+            self.settings = self.settings.with_changes(hidden_notice=message)
+            self._save_settings()
 
     def _runtime_ready(self, _path: str, message: str) -> None:
         self.runtime_banner.set_state(READY, message)
@@ -590,11 +611,11 @@ class MainWindow(QMainWindow):
     def _job_started(self, job: str, args: tuple) -> None:
         if job == LOAD:
             self.model_label.setText("Model: loading…")
-            engine = args[0].engine
-            self.progress_panel.start("Loading the model", f"{engine.model} on {engine.device}")
-            self.welcome.model_line.setText(f"Loading the model ({engine.model})…")
+            self.loading_model = model_words(args[0].engine.model)
+            self.progress_panel.start("Loading the model", f"Loading {self.loading_model}…")
+            self.welcome.model_line.setText(f"Loading {self.loading_model}…")
         elif job == OPEN:
-            self.opening[args[0]] = time.perf_counter()
+            self.opening_path = args[0]
             self.progress_panel.start(f"Opening {Path(args[0]).name}", "Checking that it fits…")
         elif job == REOPEN:
             entry = self.library.get(args[0])
@@ -602,6 +623,7 @@ class MainWindow(QMainWindow):
                                       "From the library: loading its saved cache…")
         elif job in ANSWER_JOBS:
             self.progress_panel.hide()
+            self._show_speed(None)  # the earlier answer's numbers are not this one's (nor a stopped one's)
         elif job == SETTINGS:
             self.statusBar().showMessage("Applying the new settings…", 2000)
 
@@ -614,12 +636,16 @@ class MainWindow(QMainWindow):
             self.progress_panel.title.setText("<b>Preparing the answer</b>")
             self.progress_panel.set_detail(STAGE_NAMES.get(stage, stage))
 
+    def _model_loading(self, device: str) -> None:
+        self.progress_panel.set_detail(f"Loading {self.loading_model} on {device}")
+        self.welcome.model_line.setText(f"Loading {self.loading_model} on {device}…")
+
     def _model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
         self.model_label.setText(f"Model: {info.name}")
         weights = {"8bit": " · 8-bit weights", "4bit": " · 4-bit weights"}.get(info.weights, "")
         self.device_label.setText(f"{info.device} · {info.dtype}{weights}")
-        self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device}, context "
+        self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device_words or info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
         self.chats_of = None  # list the chats again: a chat of another model says so
@@ -675,18 +701,26 @@ class MainWindow(QMainWindow):
                 self.progress_panel.finish()
             self.active_card.append(text)
 
-    def _finished(self, _key: str, answer: Answer) -> None:
+    def _finished(self, key: str, answer: Answer) -> None:
         self.last_answer = answer
         if self.active_card is not None:
             self.active_card.finish(answer)
             self.active_card = None
-        mode = f"{answer.attention} attention · " if answer.attention else ""
-        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
-        self.speed_label.setToolTip(answer.attention_reason)
+        if key in self.chats:  # an answer in the open document (the user may have switched meanwhile)
+            self._show_speed(answer)
         if answer.notice:
             self.error_banner.show_message(answer.notice)
         if self.current_doc and self.library.update(self.current_doc, cached=True, last_used=time.time()):
             self.library_panel.refresh()
+
+    def _show_speed(self, answer: Answer | None) -> None:
+        """The status bar's numbers of `answer` (the open document's latest), or none."""
+        if answer is None:
+            self.speed_label.setText("")
+            return
+        mode = f"{answer.attention} attention · " if answer.attention else ""
+        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        self.speed_label.setToolTip("\n".join(filter(None, [self.speed_label.text(), answer.attention_reason])))
 
     def _chats_listed(self, doc_id: str, chats: list[ChatListing]) -> None:
         if doc_id != self.current_doc:
@@ -742,7 +776,11 @@ class MainWindow(QMainWindow):
             self.context_label.setText(f"{state.tokens_used:,} of {state.context_max:,} tokens")
 
     def _failed(self, job: str, message: str) -> None:
-        self.error_banner.show_message(message)
+        if job == OPEN and self.opening_path:  # one of several files may fail: each is reported, by name
+            name = Path(self.opening_path).name
+            self.error_banner.add_message(message if name in message else f"{name}: {message}")
+        else:
+            self.error_banner.show_message(message)
         if job in ANSWER_JOBS and self.active_card is not None:
             self.active_card.finish(note="No answer: see the message above.")
             self.active_card = None
@@ -793,10 +831,12 @@ class MainWindow(QMainWindow):
         self.source_view.show_passage(entry.source, entry.title, passage)  # sized first: the page fits its width
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        """Close at once: cancel what runs and give it QUIT_WAIT_MS to stop. An answer stops at its next token (and
+        is kept); a long prefill chunk or an index build is not waited for: python -m app then ends the process (the
+        library survives a process that ends mid-write)."""
+        self.hide()
         if self.runtime is not None:
-            if self.runtime.busy:
-                self.hide()  # a download stops at its next chunk: do not look frozen meanwhile
-            self.runtime.shutdown()
-        self.models.shutdown()
-        self.controller.shutdown()
+            self.runtime.shutdown()  # a download stops at its next chunk
+        self.models.shutdown(QUIT_WAIT_MS)
+        self.controller.shutdown(QUIT_WAIT_MS)
         super().closeEvent(event)

@@ -64,6 +64,7 @@ class AppSettings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     library: LibraryConfig = field(default_factory=LibraryConfig)
     gpu_runtime_auto_download: bool = True  # fetch the CUDA runtime when an NVIDIA GPU is found (app.runtime)
+    hidden_notice: str = ""  # the GPU line the user hid ("No NVIDIA GPU found …"): not shown while it says the same
 
     def with_changes(self, **changes) -> AppSettings:
         """A copy with fields replaced by name, wherever they live: `with_changes(top_k=250, folder="/data")`."""

@@ -44,6 +44,7 @@ def user_message(error: BaseException) -> str:
 class EngineWorker(QObject):
     """Lives on the engine thread. Slots run jobs; signals report them. Never touched by widgets directly."""
 
+    model_loading = Signal(str)  # the device the model is being loaded on, in words ("the CPU")
     model_loaded = Signal(object)  # ModelInfo
     progress = Signal(str, int, int, str, float)  # stage, done, total, unit, eta_s (-1: unknown)
     document_opened = Signal(object)  # OpenedDocument: its fit check passed, heavy work follows
@@ -93,6 +94,7 @@ class EngineWorker(QObject):
     @Slot(object, object)
     def load_model(self, settings: AppSettings, _cancel: CancelToken) -> None:
         def work() -> None:
+            self.model_loading.emit(self.backend.describe_device(settings.engine.device))
             self.model_loaded.emit(self.backend.load_model(settings.engine, settings.library, self._progress))
             self._list_library()
 
@@ -307,11 +309,11 @@ class EngineController(QObject):
         if job == self.current:
             self._next()
 
-    def shutdown(self, wait_ms: int = 5000) -> None:
-        """Cancel what runs and stop the thread (at the next chunk/token)."""
+    def shutdown(self, wait_ms: int = 5000) -> bool:
+        """Cancel what runs and stop the thread (at the next chunk/token); True when it stopped within `wait_ms`."""
         self.cancel()
         self.thread.quit()
-        self.thread.wait(wait_ms)
+        return self.thread.wait(wait_ms)
 
 
 PULL, REMOVE, LIST_MODELS, TOKEN = "pull", "remove_model", "list_models", "hub_token"
@@ -444,7 +446,8 @@ class ModelController(QObject):
         else:
             self.busy_changed.emit(False)
 
-    def shutdown(self, wait_ms: int = 5000) -> None:
+    def shutdown(self, wait_ms: int = 5000) -> bool:
+        """Cancel a download and stop the thread; True when it stopped within `wait_ms`."""
         self.cancel()
         self.thread.quit()
-        self.thread.wait(wait_ms)
+        return self.thread.wait(wait_ms)

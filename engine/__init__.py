@@ -41,6 +41,7 @@ _EXPORTS = {
     # models
     "LoadedModel": "engine.model",
     "load_model": "engine.model",
+    "describe_device": "engine.model",
     "ensure_default_model": "engine.default_model",
     "default_model_gguf": "engine.default_model",
     "use_bundled_default_model": "engine.default_model",
@@ -62,6 +63,7 @@ _EXPORTS = {
     "read_document": "engine.ingest",
     "supported_suffixes": "engine.ingest",
     "DocumentSession": "engine.session",
+    "document_ids": "engine.prompt",
     # chats
     "Chat": "engine.chat",
     "chat_markdown": "engine.chat",

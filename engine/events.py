@@ -13,7 +13,10 @@ from engine.errors import CancelledError
 
 @dataclass(frozen=True)
 class Progress:
-    """`done` of `total` `unit`s of `stage` ("download", "convert", "prefill", "index", ...) are done."""
+    """`done` of `total` `unit`s of `stage` ("download", "convert", "prefill", "index", ...) are done.
+
+    "prefill" reads a document (its prompt from the start); "question" reads only what follows a cached prefix: a
+    question, with the earlier turns the cache does not hold yet."""
 
     stage: str
     done: int

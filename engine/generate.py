@@ -115,17 +115,17 @@ class IncrementalText:
 
 
 def prefill_steps(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, chunk: int,
-                  cancel: CancelToken | None = None, forward_kwargs: dict | None = None
+                  cancel: CancelToken | None = None, forward_kwargs: dict | None = None, stage: str = "prefill"
                   ) -> Generator[Progress, None, torch.Tensor]:
     """Run ids [n] through the model into `cache`, `chunk` tokens at a time.
 
-    Yields a Progress event after every chunk and returns the logits [vocab] after the last token
+    Yields a Progress event of `stage` after every chunk and returns the logits [vocab] after the last token
     (``logits = yield from prefill_steps(...)``). Checks `cancel` before every chunk.
     forward_kwargs: extra keywords for every forward (e.g. folio_cache for the retrieval attention).
     """
     if len(ids) == 0:
         raise ValueError("prefill needs at least one token")
-    meter = ProgressMeter("prefill", len(ids), None, "tokens")
+    meter = ProgressMeter(stage, len(ids), None, "tokens")
     yield meter.update(0)
     for start in range(0, len(ids), chunk):
         if cancel:
@@ -179,13 +179,15 @@ def generate(model: PreTrainedModel, prompt_ids: list[int], cache: Cache,
     decode_threads: torch's CPU threads for the decode steps (0: as set), restored after each step.
 
     The cache must hold exactly prompt_ids[:cache.get_seq_length()] (a reused prefix) or nothing.
-    Yields Progress (prefill), one TokenEvent per answer token, then one Finished.
+    Yields Progress ("prefill", or "question" when the cache holds a prefix already), one TokenEvent per answer
+    token, then one Finished.
     Raises CancelledError when `cancel` is set (between prefill chunks and between tokens).
     """
     started = time.perf_counter()
     reused = cache.get_seq_length()
     ids = torch.tensor(prompt_ids[reused:], dtype=torch.long)
-    logits = yield from prefill_steps(model, ids, cache, prefill_chunk, cancel, forward_kwargs)
+    logits = yield from prefill_steps(model, ids, cache, prefill_chunk, cancel, forward_kwargs,
+                                      stage="question" if reused else "prefill")
     prefill_s = time.perf_counter() - started
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
 

@@ -85,6 +85,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def describe_device(spec: str = "auto") -> str:
+    """The device `spec` ("auto", "cpu", "cuda", "cuda:1") means here, in words: "the CPU" or "the GPU (NVIDIA …)"."""
+    try:
+        device = resolve_device(spec)
+    except ModelError:  # a GPU asked for and none here: loading says so
+        return "the GPU"
+    if device.type != "cuda":
+        return "the CPU"
+    return f"the GPU ({torch.cuda.get_device_name(device)})"
+
+
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """"auto": bfloat16 on GPUs that support it, else float16 on GPU; float32 on CPU (fastest there)."""
     if spec != "auto":

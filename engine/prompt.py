@@ -95,13 +95,19 @@ def build_document_prompt(tokenizer: PreTrainedTokenizerBase, document_text: str
     body = document_text.strip()
     doc_start_char = prefix_text.index(body)
     before = _template_ids(tokenizer, prefix_text[:doc_start_char])
-    document = encode_plain(tokenizer, body)
+    document = document_ids(tokenizer, document_text)
     after = _template_ids(tokenizer, prefix_text[doc_start_char + len(body):])
     prefix_ids = before + document + after
     to_question_text, problem = _turn_boundary(tokenizer, merged, to_answer_text)
     to_question = _template_ids(tokenizer, to_question_text) if to_question_text is not None else None
     to_answer = _template_ids(tokenizer, to_answer_text)
     return DocumentPrompt(prefix_ids, len(before), len(before) + len(document), to_answer, to_question, problem)
+
+
+def document_ids(tokenizer: PreTrainedTokenizerBase, document_text: str) -> list[int]:
+    """The document's own token ids as the prompt holds them (its text stripped, as plain text): the one count of a
+    document's tokens (the library, the fit check, the window)."""
+    return encode_plain(tokenizer, document_text.strip())
 
 
 def _template_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

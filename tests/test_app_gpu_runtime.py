@@ -402,3 +402,31 @@ def test_default_spawner_starts_an_independent_process(tmp_path):
             break
         time.sleep(0.1)
     assert out.exists() and out.read_text() == "restarted"
+
+
+def test_hiding_the_no_gpu_line_is_remembered_after_a_restart(qtbot, make_window, options, tmp_path):
+    no_gpu = dataclasses.replace(options, detect=lambda: None)
+    window = make_window(no_gpu)
+    wait_state(qtbot, window, INFO)
+    qtbot.mouseClick(window.runtime_banner.hide_button, Qt.MouseButton.LeftButton)
+    window.close()
+    settings, warning = load_settings(tmp_path / "config" / "settings.json")  # as Folio starts again
+    assert warning is None
+    again = MainWindow(FakeBackend(step_s=0.005), settings, tmp_path / "config" / "settings.json", gpu_runtime=no_gpu)
+    qtbot.addWidget(again)
+    again.show()
+    try:
+        wait_state(qtbot, again, INFO)
+        assert not again.runtime_banner.isVisible()
+    finally:
+        again.close()
+    old = GpuInfo("Tesla K80", "470.57.02", None, "11.4")  # another message: shown again
+    third = MainWindow(FakeBackend(step_s=0.005), settings, tmp_path / "config" / "settings.json",
+                       gpu_runtime=dataclasses.replace(options, detect=lambda: old))
+    qtbot.addWidget(third)
+    third.show()
+    try:
+        wait_state(qtbot, third, INFO)
+        assert third.runtime_banner.isVisible() and "Tesla K80" in third.runtime_banner.message
+    finally:
+        third.close()

@@ -330,3 +330,13 @@ def test_chats_rename_delete_and_list_per_document(tiny_loaded):
     assert session.chat(first.key).title == "Lighting dates"
     with pytest.raises(ChatError):
         first.rename("   ")
+
+
+@pytest.mark.parametrize("attention", ["exact", "full"])
+def test_a_question_on_a_ready_document_reports_reading_the_question_not_the_document(tiny_loaded, attention):
+    session = DocumentSession(tiny_loaded, document(), EngineConfig(**{**EXACT, "attention": attention}))
+    list(session.prepare())
+    chat = session.chat()
+    for question in QUESTIONS[:2]:  # the first question on the prepared document, then a follow-up
+        stages = {e.stage for e in chat.ask(question) if hasattr(e, "stage")}
+        assert stages == {"question"}, question

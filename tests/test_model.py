@@ -63,3 +63,11 @@ def test_hub_id_without_network_fails_with_a_message_not_a_traceback(monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a machine without network sees, instantly
     with pytest.raises(ModelError, match="Could not download 'someone/some-model'.*local model folder"):
         load_model("someone/some-model")
+
+
+def test_the_device_in_words():
+    from engine import describe_device
+
+    assert describe_device("cpu") == "the CPU"
+    expected = f"the GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "the CPU"
+    assert describe_device("auto") == expected

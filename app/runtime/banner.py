@@ -34,6 +34,7 @@ class RuntimeBanner(QFrame):
     download_requested = Signal()  # Download, Resume or Retry
     cancel_requested = Signal()
     restart_requested = Signal()
+    hidden_by_user = Signal(str, str)  # state, message: the user pressed Hide
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -54,7 +55,7 @@ class RuntimeBanner(QFrame):
         self.hide_button = QPushButton("Hide")
         self.hide_button.setObjectName("runtimeHide")
         self.hide_button.setToolTip("Hide this line (a download goes on in the background)")
-        self.hide_button.clicked.connect(self.hide)
+        self.hide_button.clicked.connect(self._hide)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 4, 6, 4)
         layout.addWidget(self.label, 1)
@@ -95,6 +96,10 @@ class RuntimeBanner(QFrame):
     def message(self) -> str:
         """The text shown ("" while hidden)."""
         return self.label.text() if self.isVisible() else ""
+
+    def _hide(self) -> None:
+        self.hide()
+        self.hidden_by_user.emit(self.state, self.headline)
 
     def _cancel(self) -> None:
         self.cancel_button.setEnabled(False)  # until the worker reports the download stopped

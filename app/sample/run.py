@@ -6,6 +6,7 @@ would (through its controller and worker thread), so it checks the whole app, no
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,23 @@ from app.resources import resource_path
 
 SAMPLE_DOCUMENT = "sample.md"
 SAMPLE_QUESTION = "Who was the first head keeper of the lighthouse, and how long did he serve?"
-SAMPLE_EXPECTED = "Brekke"  # the sample's answer: Anders Brekke, 1865 until 1891
+SAMPLE_KEEPER, SAMPLE_YEARS = "Anders Brekke", ("1865", "1891")  # the sample's answer, whole (its § The keepers)
 POLL_MS = 200
+CAPITALISED = r"[A-Z][\w-]*"  # a capitalised word (a name's part)
+
+
+def answer_problem(answer: str) -> str:
+    """Why `answer` does not state the sample's fact, or "": it must name the first head keeper by his full name, and
+    only so (the sample also has a Solveig Brekke Lund), and give both years of his service."""
+    names = [m.group() for m in re.finditer(rf"{CAPITALISED}(?:\s+{CAPITALISED})*", answer)
+             if "Brekke" in m.group().split()]
+    if not names:
+        return f"the answer does not name {SAMPLE_KEEPER}"
+    if wrong := [name for name in names if name != SAMPLE_KEEPER]:
+        return f"the answer names {wrong[0]}; the first head keeper was {SAMPLE_KEEPER}"
+    if missing := [year for year in SAMPLE_YEARS if not re.search(rf"\b{year}\b", answer)]:
+        return f"the answer does not give {' and '.join(missing)} (he served from 1865 until 1891)"
+    return ""
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]... [--pdf] [--source]`
-opens the sample document in the real window (with --pdf: the sample typeset as a PDF), asks the sample question (then
-each follow-up in the same chat), waits for the answers and their citations, expands the last answer's first citation
-(unless --collapsed; with --source it opens on its page in the source viewer), and saves a PNG."""
+"""Dev tool: `python -m app.sample.screenshot OUT.png [--fake-engine] [--follow-up QUESTION]... [--size WxH,...]
+[--pdf] [--source]` opens the sample document in the real window (with --pdf: the sample typeset as a PDF), asks the
+sample question (then each follow-up in the same chat), waits for the answers and their citations, expands the last
+answer's first citation (unless --collapsed; with --source it opens on its page in the source viewer), and saves a PNG
+at each size (several sizes: OUT holds {width}, e.g. folio-window-{width}.png)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", default="retrieval", help="attention mode (both give citations)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--follow-up", action="append", default=[], help="a follow-up question (repeatable)")
-    parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--size", default="1360x860", help="window size, WIDTHxHEIGHT, or several: 1400x900,800x640")
     parser.add_argument("--collapsed", action="store_true", help="leave the citations folded")
     parser.add_argument("--pdf", action="store_true", help="open the sample typeset as a PDF")
     parser.add_argument("--source", action="store_true", help="open the first citation on its page, beside the chat")
     args = parser.parse_args(argv)
+    sizes = [tuple(int(n) for n in size.split("x")) for size in args.size.split(",")]
+    if len(sizes) > 1 and "{width}" not in args.output:
+        parser.error("several sizes need {width} in the output name")
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         document = write_sample_pdf(Path(folder) / "The Lighthouse at Varnholm.pdf")
     window = MainWindow(backend, settings, settings_path=None)
-    window.resize(*(int(n) for n in args.size.split("x")))
+    window.resize(*sizes[0])
     window.show()
 
     follow_ups = list(args.follow_up)
@@ -93,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         chat = window.chat_view
         chat.verticalScrollBar().setValue(chat.verticalScrollBar().maximum())
         app.processEvents()
-        ok = window.grab().save(args.output)
-        print("saved" if ok else "failed", args.output, file=sys.stderr)
-        app.exit(0 if ok else 1)
+        width, _height = sizes.pop(0)
+        output = args.output.format(width=width)
+        ok = window.grab().save(output)
+        print("saved" if ok else "failed", output, file=sys.stderr)
+        if not ok or not sizes:
+            app.exit(0 if ok else 1)
+            return
+        window.resize(*sizes[0])
+        QTimer.singleShot(800, shoot)  # the layout settles at the new size
 
     run = SampleRun(window, answered, timeout_s=args.timeout, document=document)
     run.start()

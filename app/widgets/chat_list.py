@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QHBoxLayout,
+    QGridLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -56,19 +56,41 @@ class ChatListPanel(QWidget):
         self.rename_button.clicked.connect(self._rename_current)
         self.delete_button.clicked.connect(lambda: self._emit_current(self.delete_requested))
         self.export_button.clicked.connect(lambda: self._emit_current(self.export_requested))
-        buttons = QHBoxLayout()
-        buttons.setContentsMargins(0, 0, 0, 0)
-        buttons.setSpacing(4)
-        for button in (self.new_button, self.rename_button, self.delete_button, self.export_button):
-            buttons.addWidget(button)
-        buttons.addStretch(1)
+        self.buttons = QGridLayout()
+        self.buttons.setContentsMargins(0, 0, 0, 0)
+        self.buttons.setSpacing(4)
+        self.columns = 0
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 4, 8)
         layout.addWidget(self.heading)
         layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
+        layout.addLayout(self.buttons)
+        self._place_buttons(len(self.button_list))
+        self.one_row_width = layout.minimumSize().width()
+        self._place_buttons(2)
+        layout.invalidate()
+        self.setMinimumWidth(layout.minimumSize().width())  # two rows of buttons when the window is narrow
         self._updating = False
         self.chats: list[ChatListing] = []
+
+    @property
+    def button_list(self) -> tuple[QPushButton, ...]:
+        return self.new_button, self.rename_button, self.delete_button, self.export_button
+
+    def _place_buttons(self, columns: int) -> None:
+        """The buttons in one row, or two rows of two when the panel is narrower than one row."""
+        if columns == self.columns:
+            return
+        self.columns = columns
+        for position, button in enumerate(self.button_list):
+            self.buttons.addWidget(button, position // columns, position % columns)
+        for column in range(len(self.button_list)):
+            self.buttons.setColumnStretch(column, 0)
+        self.buttons.setColumnStretch(columns, 1)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._place_buttons(len(self.button_list) if self.width() >= self.one_row_width else 2)
 
     def current_key(self) -> str | None:
         items = self.list.selectedItems()

@@ -22,9 +22,12 @@ from PySide6.QtWidgets import (
 
 from app.backend import Answer, ChatState, Passage
 from app.widgets.grounding_notice import GroundingNotice, grounding_notice
+from app.widgets.text import rich_text
 
 PARAGRAPHS = re.compile(r"\n\s*\n")
 RENDER_INTERVAL_MS = 40  # coalesce streamed tokens: re-render the Markdown at most 25 times a second
+BUTTON_PADDING = 12  # pixels each side of a citation button's text (the theme's padding and a margin)
+NOTE_MS = 2500  # how long "Copied to the clipboard." stands in for the answer's numbers
 
 
 class MarkdownView(QTextBrowser):
@@ -63,7 +66,8 @@ class CitationItem(QWidget):
         self.passage = passage
         preview = " ".join(passage.text.split())
         preview = preview if len(preview) <= 90 else preview[:88].rstrip() + "…"
-        self.button = QPushButton(f"p. {passage.page}  ·  {passage.score:.0%}   “{preview}”")
+        self.button_text = f"p. {passage.page}  ·  {passage.score:.0%}   “{preview}”"
+        self.button = QPushButton(self.button_text)
         self.button.setObjectName("citationButton")
         self.button.setToolTip(f"Show the passage on page {passage.page}")
         self.button.setCheckable(True)
@@ -73,7 +77,7 @@ class CitationItem(QWidget):
         self.button.setMinimumWidth(120)
         self.button.toggled.connect(self._toggle)
         self.text = QLabel(f"<b>Page {passage.page}</b> — characters {passage.start:,}–{passage.end:,}<br>"
-                           + "<br><br>".join(_escape(" ".join(p.split())) for p in PARAGRAPHS.split(passage.text)))
+                           + "<br><br>".join(rich_text(" ".join(p.split())) for p in PARAGRAPHS.split(passage.text)))
         self.text.setObjectName("citationText")
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -84,14 +88,16 @@ class CitationItem(QWidget):
         layout.addWidget(self.button)
         layout.addWidget(self.text)
 
+    def resizeEvent(self, event) -> None:
+        """The button's text ends in "…" where the card is narrower than it (not cut off mid-letter)."""
+        super().resizeEvent(event)
+        room = self.button.width() - 2 * BUTTON_PADDING
+        self.button.setText(self.button.fontMetrics().elidedText(self.button_text, Qt.TextElideMode.ElideRight, room))
+
     def _toggle(self, shown: bool) -> None:
         self.text.setVisible(shown)
         if shown:
             self.clicked.emit(self.passage)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class AnswerCard(QFrame):
@@ -155,6 +161,10 @@ class AnswerCard(QFrame):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render)
+        self._note_timer = QTimer(self)  # then the info line gets its numbers back
+        self._note_timer.setSingleShot(True)
+        self._note_timer.timeout.connect(self._end_note)
+        self._info_kept = ""
         self.citations: tuple[Passage, ...] = ()
         self.grounding: GroundingNotice | None = None  # the answer's numbers/names its sources lack, if any
         self.question_holder: QWidget | None = None
@@ -183,6 +193,7 @@ class AnswerCard(QFrame):
     def finish(self, answer: Answer | None = None, note: str = "") -> None:
         """Final render; `answer` brings the exact text, numbers and citations; `note` e.g. 'Stopped.'"""
         self._render_timer.stop()
+        self._note_timer.stop()
         if answer is not None:
             self.text = answer.text or self.text
             self.info.setText(f"{answer.new_tokens:,} tokens · first token {answer.ttft_s:.1f} s · "
@@ -217,7 +228,13 @@ class AnswerCard(QFrame):
 
     def copy(self) -> None:
         QGuiApplication.clipboard().setText(self.text)
+        if not self._note_timer.isActive():
+            self._info_kept = self.info.text()
         self.info.setText("Copied to the clipboard.")
+        self._note_timer.start(NOTE_MS)
+
+    def _end_note(self) -> None:
+        self.info.setText(self._info_kept)
 
 
 class QuestionBubble(QWidget):
@@ -228,7 +245,7 @@ class QuestionBubble(QWidget):
     def __init__(self, question: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.question = question
-        self.label = QLabel(_escape(question).replace("\n", "<br>"))
+        self.label = QLabel(rich_text(question).replace("\n", "<br>"))
         self.label.setObjectName("questionBubble")
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -266,7 +283,7 @@ class ChatView(QScrollArea):
         self.column = QVBoxLayout(body)
         self.column.setContentsMargins(24, 16, 24, 16)
         self.column.setSpacing(10)
-        self.intro = QLabel(f"<h3>{_escape(title)}</h3>Ask anything about this document: Folio reads all of it, "
+        self.intro = QLabel(f"<h3>{rich_text(title)}</h3>Ask anything about this document: Folio reads all of it, "
                             "not snippets, and follow-up questions see the earlier answers. Press Enter to send, "
                             "Shift+Enter for a new line, Esc to stop.")
         self.intro.setObjectName("chatIntro")

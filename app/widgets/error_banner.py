@@ -16,11 +16,13 @@ class ErrorBanner(QFrame):
         self.setObjectName("errorBanner")
         self.label = QLabel()
         self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.PlainText)  # messages name files: never rich text
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.action_button = QPushButton()  # what the message offers to do, when it offers something
         self.action_button.clicked.connect(self._act)
         self._action: Callable[[], None] | None = None
         dismiss = QPushButton("Dismiss")
+        dismiss.setObjectName("dismissError")
         dismiss.clicked.connect(self.hide)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(12, 8, 8, 8)
@@ -36,6 +38,13 @@ class ErrorBanner(QFrame):
         self.action_button.setText(action)
         self.action_button.setVisible(bool(action))
         self.show()
+
+    def add_message(self, message: str) -> None:
+        """Show `message` under the ones shown (several files failing to open are each reported), or on its own when
+        the banner is hidden or offers an action."""
+        shown = self.label.text().split("\n") if self.isVisible() and not self._action else []
+        if message not in shown:
+            self.show_message("\n".join([*shown, message]))
 
     def _act(self) -> None:
         action = self._action

@@ -15,6 +15,7 @@ STAGE_NAMES = {
     "load": "Loading the model",
     "tokenize": "Tokenizing",
     "prefill": "Reading the document (prefill)",
+    "question": "Reading your question",
     "index": "Building the index",
     "saving": "Saving the cache",
 }
