@@ -176,8 +176,10 @@ class MainWindow(QMainWindow):
         left.addWidget(self.chat_list)
         left.setChildrenCollapsible(False)
         left.setSizes([480, 320])
+        self.library_side = left
         self.source_view = SourceView()  # a clicked source on its page, beside the chat
         self.source_view.hide()
+        self.source_view.closed.connect(self.library_side.show)
         splitter = QSplitter()
         splitter.addWidget(left)
         splitter.addWidget(right)
@@ -826,6 +828,10 @@ class MainWindow(QMainWindow):
             source = max(self.source_view.minimumWidth(), right * 9 // 20)
             chat = right - source
             give = max(0, min(MIN_CHAT_WIDTH - chat, left - MIN_LIBRARY_WIDTH))
+            if chat + give < MIN_CHAT_WIDTH:  # a narrow window: the library steps aside until the source is closed,
+                self.library_side.hide()  # and the chat keeps what the source can spare
+                source = max(self.source_view.minimumWidth(), left + right - MIN_CHAT_WIDTH)
+                chat, give = right - source, left
             self.source_view.show()
             self.splitter.setSizes([left - give, chat + give, source])
         self.source_view.show_passage(entry.source, entry.title, passage)  # sized first: the page fits its width

@@ -159,6 +159,17 @@ def test_a_text_file_shows_the_passage_highlighted_in_its_context(qtbot, make_wi
     assert view.text_view.verticalScrollBar().value() > 0
 
 
+def test_in_a_640_px_window_the_library_steps_aside_for_the_source_and_comes_back(qtbot, make_window, text_path):
+    window = make_window()
+    window.resize(640, 480)
+    click_source(qtbot, window, answered(qtbot, window, text_path))
+    chat = window.chat_view
+    assert not window.library_side.isVisible()
+    assert not chat.horizontalScrollBar().isVisible() and chat.widget().width() <= chat.viewport().width()
+    window.source_view.close_source()
+    assert window.library_side.isVisible() and not window.source_view.isVisible()
+
+
 def test_a_vanished_file_says_so_and_still_shows_the_cited_text(qtbot, make_window, pdf_path, tmp_path):
     window = make_window()
     card = answered(qtbot, window, pdf_path)

@@ -3,12 +3,11 @@ cited text with the nearest sentence marked, so the user sees e.g. the answer's 
 
 from __future__ import annotations
 
-import html
-
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
 from app.backend import Passage, UnsupportedFact, unsupported_facts
+from app.widgets.text import rich_text
 
 MAX_SHOWN_PASSAGES = 3
 MAX_CONTEXT = 220  # characters of the passage kept on each side of the nearest sentence
@@ -28,7 +27,7 @@ class GroundingNotice(QFrame):
         super().__init__(parent)
         self.setObjectName("groundingNotice")
         self.facts = facts
-        names = [f"<b>{html.escape(fact.text)}</b>" for fact in facts]
+        names = [f"<b>{rich_text(fact.text)}</b>" for fact in facts]
         verb = "does" if len(names) == 1 else "do"
         self.heading = QLabel(f"⚠ {_join(names)} {verb} not appear in the cited passages — compare:")
         self.heading.setObjectName("groundingHeading")
@@ -82,4 +81,4 @@ def _plain(text: str) -> str:
     words = " ".join(text.split())
     if not words:
         return " " if text else ""
-    return html.escape((" " if text[0].isspace() else "") + words + (" " if text[-1].isspace() else ""), quote=False)
+    return rich_text((" " if text[0].isspace() else "") + words + (" " if text[-1].isspace() else ""))

@@ -136,7 +136,7 @@ class SourceView(QFrame):
         layout.addWidget(self.problem)
         layout.addWidget(self.stack, 1)
         layout.addWidget(self.caption)
-        self.setMinimumWidth(320)
+        self.setMinimumWidth(280)  # beside a chat of 320+ px in a 640 px window
 
     def _button(self, text: str, tip: str, slot) -> QPushButton:
         button = QPushButton(text)
