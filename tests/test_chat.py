@@ -339,4 +339,4 @@ def test_a_question_on_a_ready_document_reports_reading_the_question_not_the_doc
     chat = session.chat()
     for question in QUESTIONS[:2]:  # the first question on the prepared document, then a follow-up
         stages = {e.stage for e in chat.ask(question) if hasattr(e, "stage")}
-        assert stages == {"question"}, question
+        assert stages - {"citation baseline"} == {"question"}, question  # the baseline: once, in the first answer
