@@ -60,14 +60,17 @@ class Chat:
 
     persist: keep the chat: its answers' sources are found, and it is saved in the session's library (when it has
         one).
+    sources: answer with sources in mind (DocumentSession.answer's `sources`); by default when the chat is kept.
     """
 
-    def __init__(self, session: DocumentSession, record: ChatRecord | None = None, persist: bool = True) -> None:
+    def __init__(self, session: DocumentSession, record: ChatRecord | None = None, persist: bool = True,
+                 sources: bool | None = None) -> None:
         loaded = session.loaded
         self.session = session
         self.record = record or ChatRecord(new_key(), DEFAULT_TITLE, loaded.name, loaded.fingerprint,
                                            loaded.tokenizer_fingerprint)
         self.persist = persist
+        self.wants_sources = persist if sources is None else sources
         self.notices: list[str] = []  # what went wrong while saving, for the user
 
     # -- what the chat is -------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ class Chat:
         self._check_fits(len(history), len(question_ids))
         streamed: list[int] = []
         try:
-            for event in session.answer(prompt_ids, cancel, sources=self.persist):
+            for event in session.answer(prompt_ids, cancel, sources=self.wants_sources):
                 if isinstance(event, Finished):
                     # a one-off question (persist=False, DocumentSession.ask) leaves the sources to its caller
                     sources = session.sources(event) if self.persist else []

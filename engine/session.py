@@ -209,10 +209,10 @@ class DocumentSession:
             return []
         return chat_store.list_chats(self.store, doc_id)
 
-    def ask(self, question: str, cancel: CancelToken | None = None) -> Iterator[Event]:
+    def ask(self, question: str, cancel: CancelToken | None = None, sources: bool = False) -> Iterator[Event]:
         """Stream the answer to `question` on its own (Progress..., TokenEvent..., Finished): a one-off chat that is
-        not stored."""
-        yield from Chat(self, persist=False).ask(question, cancel)
+        not stored. sources: as in `answer` (needed for `sources(finished)` under retrieval attention)."""
+        yield from Chat(self, persist=False, sources=sources).ask(question, cancel)
 
     def answer(self, prompt_ids: list[int], cancel: CancelToken | None = None, sources: bool = False
                ) -> Iterator[Event]:
@@ -221,9 +221,10 @@ class DocumentSession:
         what the cache does not hold of prompt_ids is prefilled: the cache is cropped back to the longest prefix it
         shares with prompt_ids (never into the document prefix), less one token so that there is one to prefill.
 
-        sources: the answer's sources will be asked for (`sources`): where the document's citation baseline is not
-        known yet, it is found first (from the library, or computed: stage "citation baseline"), its time counted
-        in the answer's time to first token (stats.citation_baseline_s)."""
+        sources: the answer's sources will be asked for (`sources`): retrieval attention records where each decode
+        step looked (Finished.attention_steps; about 3% of a step, so only then), and where the document's citation
+        baseline is not known yet, it is found first (from the library, or computed: stage "citation baseline"),
+        its time counted in the answer's time to first token (stats.citation_baseline_s)."""
         tokenizer = self.loaded.tokenizer
         model = self.loaded.model
         model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
@@ -252,7 +253,7 @@ class DocumentSession:
                 baseline_s = yield from self._find_baseline(cancel)
             forward_kwargs = {"folio_cache": self._cache} if self.uses_retrieval else None
             if self.uses_retrieval:
-                self._cache.trace = AttentionTrace(self.prefix_tokens)
+                self._cache.trace = AttentionTrace(self.prefix_tokens) if sources else None
             self._crop_to_shared(prompt_ids)
             self._known_ids = list(prompt_ids)
             for event in generate(
@@ -272,7 +273,7 @@ class DocumentSession:
                 if isinstance(event, Finished) and baseline_s:
                     event = dataclasses.replace(event, stats=dataclasses.replace(
                         event.stats, ttft_s=event.stats.ttft_s + baseline_s, citation_baseline_s=baseline_s))
-                if isinstance(event, Finished) and self.uses_retrieval:
+                if isinstance(event, Finished) and self.uses_retrieval and sources:
                     event = dataclasses.replace(event, attention_steps=self._cache.trace.take())
                 yield event
         except CancelledError:
@@ -326,7 +327,9 @@ class DocumentSession:
         attention the top attention positions of one extra pass over the answer (which reuses the cached prompt, so
         ask before the cache moves on to another prompt)."""
         steps = finished.attention_steps
-        if steps is None and not self.uses_retrieval and finished.token_ids:
+        if steps is None and self.uses_retrieval and finished.token_ids:
+            raise ValueError("retrieval attention records an answer's steps only when asked with sources=True")
+        if steps is None and finished.token_ids:
             steps = full_attention_steps(self.loaded.model, self._cache, finished.stats.prompt_tokens,
                                          finished.token_ids, self.prompt.doc_token_start, self.prompt.doc_token_end)
         return steps or []

@@ -83,3 +83,33 @@ def config_dir(tmp_path, monkeypatch):
     path = tmp_path / "config"
     monkeypatch.setenv("FOLIO_CONFIG_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, config_dir):
+    """make_window(backend=None, size=None, first_run=False, wait_loaded=True): the app's MainWindow on a fake
+    backend (FakeBackend(step_s=0.005) unless given), shown (resized to `size`), its library in tmp_path, its model
+    loaded unless wait_loaded is False; shut down after the test."""
+    from app.fake_backend import FakeBackend
+    from app.main_window import MainWindow
+    from app.settings import AppSettings
+
+    windows = []
+
+    def make(backend=None, size: tuple[int, int] | None = None, first_run: bool = False, wait_loaded: bool = True):
+        settings = AppSettings().with_changes(folder=str(tmp_path / "data"))
+        window = MainWindow(backend or FakeBackend(step_s=0.005), settings, config_dir / "settings.json",
+                            first_run=first_run)
+        qtbot.addWidget(window)
+        if size is not None:
+            window.resize(*size)
+        window.show()
+        windows.append(window)
+        if wait_loaded:
+            qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
+        return window
+
+    yield make
+    for window in windows:
+        window.models.shutdown()
+        window.controller.shutdown()

@@ -20,7 +20,7 @@ from app.main_window import MainWindow
 from app.settings import AppSettings
 from tests import test_app_gui as gui
 
-make_window, document = gui.make_window, gui.document  # the window's fixtures
+document = gui.document  # the window's document fixture
 ask, open_and_wait = gui.ask, gui.open_and_wait
 
 

@@ -18,32 +18,13 @@ from PySide6.QtWidgets import QApplication
 
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
-from app.settings import AppSettings, load_settings
+from app.settings import load_settings
 from app.widgets.settings_dialog import SettingsDialog
 
 DOCUMENT = ("# The Lighthouse\n\nThe lighthouse on Varnholm was designed by Ingrid Solberg in 1861.\n\n"
             "The first head keeper was Anders Holm, who served for thirty-one years.\n\n"
             "Puffins nest on the northern cliffs in summer.\n")
 LONG_ANSWER = " ".join(f"word{i}" for i in range(400))
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path, config_dir):
-    windows = []
-
-    def make(backend: FakeBackend | None = None, wait_loaded: bool = True) -> MainWindow:
-        settings = AppSettings().with_changes(folder=str(tmp_path / "data"))
-        window = MainWindow(backend or FakeBackend(step_s=0.005), settings, config_dir / "settings.json")
-        qtbot.addWidget(window)
-        window.show()
-        windows.append(window)
-        if wait_loaded:
-            qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
-        return window
-
-    yield make
-    for window in windows:
-        window.controller.shutdown()
 
 
 @pytest.fixture

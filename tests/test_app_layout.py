@@ -25,7 +25,7 @@ from app.main_window import MainWindow
 from app.widgets.chat_view import CitationItem
 from tests import test_app_gui as gui
 
-make_window, document = gui.make_window, gui.document  # the window's fixtures
+document = gui.document  # the window's document fixture
 ask, open_and_wait, drop = gui.ask, gui.open_and_wait, gui.drop
 
 LONG_URL = "https://example.org/" + "/".join(f"section-{i}-of-a-very-long-address" for i in range(6)) + "/index.html"

@@ -17,7 +17,7 @@ from PySide6.QtCore import Qt
 from app.backend import format_bytes
 from tests import test_app_gui as gui
 
-make_window, document = gui.make_window, gui.document  # the window's fixtures
+document = gui.document  # the window's document fixture
 ask, open_and_wait = gui.ask, gui.open_and_wait
 
 SIZE = 4  # the library panel's column

@@ -17,29 +17,9 @@ from PySide6.QtWidgets import QPushButton
 
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
-from app.settings import AppSettings, load_settings
+from app.settings import load_settings
 from app.widgets.model_picker import ModelPicker
 from app.widgets.settings_dialog import SettingsDialog
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path, config_dir):
-    windows = []
-
-    def make(backend: FakeBackend | None = None, first_run: bool = False) -> MainWindow:
-        settings = AppSettings().with_changes(folder=str(tmp_path / "data"))
-        window = MainWindow(backend or FakeBackend(step_s=0.005), settings, config_dir / "settings.json",
-                            first_run=first_run)
-        qtbot.addWidget(window)
-        window.show()
-        windows.append(window)
-        qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
-        return window
-
-    yield make
-    for window in windows:
-        window.models.shutdown()
-        window.controller.shutdown()
 
 
 def open_picker(qtbot, window: MainWindow) -> ModelPicker:

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import QApplication
 
 from app.fake_backend import FakeBackend
 from app.main_window import MainWindow
-from app.settings import AppSettings
 from app.widgets.chat_view import CitationItem
 
 CITED = "The lighthouse keeper Anders Brekke first lit the lamp in 1865, after two winters of work."
@@ -34,23 +33,10 @@ QUESTION = "Which keeper first lit the lamp?"
 
 
 @pytest.fixture
-def make_window(qtbot, tmp_path, config_dir):
-    windows = []
-
-    def make(answer: str | None = None) -> MainWindow:
-        backend = FakeBackend(step_s=0.002, **({"answer": answer} if answer else {}))
-        window = MainWindow(backend, AppSettings().with_changes(folder=str(tmp_path / "data")),
-                            config_dir / "settings.json")
-        qtbot.addWidget(window)
-        window.resize(1400, 900)
-        window.show()
-        windows.append(window)
-        qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
-        return window
-
-    yield make
-    for window in windows:
-        window.controller.shutdown()
+def make_source_window(make_window):
+    """A 1400 x 900 window whose fake answers (`answer`) cite the document."""
+    return lambda answer=None: make_window(FakeBackend(step_s=0.002, **({"answer": answer} if answer else {})),
+                                           size=(1400, 900))
 
 
 @pytest.fixture
@@ -100,8 +86,8 @@ def yellow(view, rect) -> float:
     return sum(c.red() > 200 and c.green() > 160 and c.blue() < 90 for c in pixels) / len(pixels)
 
 
-def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtbot, make_window, pdf_path):
-    window = make_window()
+def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtbot, make_source_window, pdf_path):
+    window = make_source_window()
     card = answered(qtbot, window, pdf_path)
     click_source(qtbot, window, card)
     view = window.source_view
@@ -121,8 +107,8 @@ def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtb
     assert view.title.text() == "varnholm"  # the document's title
 
 
-def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_window, pdf_path):
-    window = make_window()
+def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_source_window, pdf_path):
+    window = make_source_window()
     click_source(qtbot, window, answered(qtbot, window, pdf_path))
     view = window.source_view
     fitted = view.image.width()
@@ -146,8 +132,8 @@ def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_window, pdf_path):
     assert view.page == 2 and all(yellow(view, h) > 0.3 for h in view.highlights)
 
 
-def test_a_text_file_shows_the_passage_highlighted_in_its_context(qtbot, make_window, text_path):
-    window = make_window()
+def test_a_text_file_shows_the_passage_highlighted_in_its_context(qtbot, make_source_window, text_path):
+    window = make_source_window()
     click_source(qtbot, window, answered(qtbot, window, text_path))
     view = window.source_view
     assert view.stack.currentWidget() is view.text_view and not view.page_label.isVisible()
@@ -159,8 +145,8 @@ def test_a_text_file_shows_the_passage_highlighted_in_its_context(qtbot, make_wi
     assert view.text_view.verticalScrollBar().value() > 0
 
 
-def test_in_a_640_px_window_the_library_steps_aside_for_the_source_and_comes_back(qtbot, make_window, text_path):
-    window = make_window()
+def test_in_a_640_px_window_the_library_steps_aside_for_the_source_and_comes_back(qtbot, make_source_window, text_path):
+    window = make_source_window()
     window.resize(640, 480)
     click_source(qtbot, window, answered(qtbot, window, text_path))
     chat = window.chat_view
@@ -170,8 +156,8 @@ def test_in_a_640_px_window_the_library_steps_aside_for_the_source_and_comes_bac
     assert window.library_side.isVisible() and not window.source_view.isVisible()
 
 
-def test_a_vanished_file_says_so_and_still_shows_the_cited_text(qtbot, make_window, pdf_path, tmp_path):
-    window = make_window()
+def test_a_vanished_file_says_so_and_still_shows_the_cited_text(qtbot, make_source_window, pdf_path, tmp_path):
+    window = make_source_window()
     card = answered(qtbot, window, pdf_path)
     pdf_path.rename(tmp_path / "moved.pdf")
     click_source(qtbot, window, card)
@@ -184,8 +170,8 @@ def test_a_vanished_file_says_so_and_still_shows_the_cited_text(qtbot, make_wind
     assert not view.isVisible()
 
 
-def test_an_answer_with_a_year_its_sources_lack_shows_the_cited_text_to_compare(qtbot, make_window, text_path):
-    window = make_window(answer="Anders Brekke first lit the lamp in 1863.")
+def test_an_answer_with_a_year_its_sources_lack_shows_the_cited_text_to_compare(qtbot, make_source_window, text_path):
+    window = make_source_window(answer="Anders Brekke first lit the lamp in 1863.")
     card = answered(qtbot, window, text_path)
     qtbot.waitUntil(lambda: card.grounding is not None and card.grounding.isVisible(), timeout=2000)
     assert "1863" in card.grounding.heading.text() and "does not appear in the cited passages" in \
@@ -194,16 +180,16 @@ def test_an_answer_with_a_year_its_sources_lack_shows_the_cited_text_to_compare(
     assert "1865" in quote.text() and "Anders Brekke first lit" in quote.text()
 
 
-def test_a_grounded_answer_shows_no_notice(qtbot, make_window, text_path):
-    window = make_window(answer="Anders Brekke first lit the lamp in 1865.")
+def test_a_grounded_answer_shows_no_notice(qtbot, make_source_window, text_path):
+    window = make_source_window(answer="Anders Brekke first lit the lamp in 1865.")
     card = answered(qtbot, window, text_path)
     assert card.citations and card.grounding is None
 
 
-def test_the_cited_text_in_the_notice_is_escaped(qtbot, make_window, tmp_path):
+def test_the_cited_text_in_the_notice_is_escaped(qtbot, make_source_window, tmp_path):
     path = tmp_path / "markup.md"
     path.write_text("Intro.\n\nThe keeper <b>Anders Brekke</b> lit the lamp in 1865 <img src=x>.\n", encoding="utf-8")
-    window = make_window(answer="Anders Brekke lit the lamp in 1863.")
+    window = make_source_window(answer="Anders Brekke lit the lamp in 1863.")
     card = answered(qtbot, window, path)
     [quote] = card.grounding.quotes
     assert "&lt;b&gt;Anders Brekke&lt;/b&gt;" in quote.text() and "<img" not in quote.text()

@@ -347,7 +347,7 @@ def test_session_answer_carries_the_retrieved_positions_for_citations(tiny_loade
     text = "the keepers recorded the weather three times a day " * 30
     config = EngineConfig(attention="exact", n_sink=8, n_window=32, top_k=16, max_new_tokens=6)
     session = DocumentSession(tiny_loaded, document(text), config)
-    finished = ask(session, "why?")
+    finished = [e for e in session.ask("why?", sources=True) if isinstance(e, Finished)][-1]
     steps = finished.attention_steps
     assert steps and len(steps) <= finished.stats.new_tokens
     # prompt prefix positions only (the static sinks and window and the retrieved keys), never the question's
@@ -355,3 +355,15 @@ def test_session_answer_carries_the_retrieved_positions_for_citations(tiny_loade
     assert all(0 <= p < session.prefix_tokens for p in positions)
     assert any(p >= session.prefix_tokens - 32 for p in positions) and any(8 <= p < session.prefix_tokens - 32
                                                                            for p in positions)
+
+
+def test_an_answer_without_sources_in_mind_pays_no_trace_and_decodes_the_same(tiny_loaded):
+    text = "the keepers recorded the weather three times a day " * 30
+    config = EngineConfig(attention="exact", n_sink=8, n_window=32, top_k=16, max_new_tokens=6)
+    session = DocumentSession(tiny_loaded, document(text), config)
+    plain = ask(session, "why?")
+    assert plain.attention_steps is None and session.cache.trace is None
+    with pytest.raises(ValueError, match="sources=True"):
+        session.sources(plain)
+    traced = [e for e in session.ask("why?", sources=True) if isinstance(e, Finished)][-1]
+    assert traced.token_ids == plain.token_ids and session.sources(traced)

@@ -70,6 +70,6 @@ def test_sources_point_at_the_document_for_both_attentions(tiny_loaded):
     for attention in ("full", "exact"):
         session = DocumentSession(tiny_loaded, document(text), EngineConfig(attention=attention, n_sink=2,
                                                                               n_window=4, max_new_tokens=4))
-        finished = answer(session, "When was it lit?")
+        finished = [e for e in session.ask("When was it lit?", sources=True) if isinstance(e, Finished)][-1]
         sources = session.sources(finished)
         assert sources and all(p.text in text and 0 < p.score <= 1 for p in sources), attention
