@@ -39,7 +39,6 @@ from engine import (
     ModelError,
     ModelFit,
     ModelShape,
-    PageImage,
     Passage,
     PdfPages,
     Progress,
@@ -47,7 +46,6 @@ from engine import (
     ProgressMeter,
     SpanMap,
     StoreError,
-    TextExcerpt,
     UnsupportedFact,
     card,
     check_text_length,
@@ -74,8 +72,8 @@ if TYPE_CHECKING:
 __all__ = [  # the engine names the app may use, besides this module's own
     "CPU_WEIGHTS", "DTYPES", "GIB", "MAX_ANSWER_TOKENS", "WEIGHTS", "CancelToken", "CancelledError", "ChatError",
     "Document", "EngineConfig", "FitReport", "FolioError", "LibraryConfig", "Machine", "ModelChoice", "ModelError",
-    "ModelFit", "ModelShape", "PageImage", "Passage", "PdfPages", "Progress", "ProgressCallback", "ProgressMeter",
-    "SpanMap", "TextExcerpt", "UnsupportedFact", "card", "default_model_gguf", "estimate_fit", "find_entry",
+    "ModelFit", "ModelShape", "Passage", "PdfPages", "Progress", "ProgressCallback", "ProgressMeter",
+    "SpanMap", "UnsupportedFact", "card", "default_model_gguf", "estimate_fit", "find_entry",
     "format_bytes", "gated_error", "is_pdf", "model_choices", "read_document", "supported_suffixes", "text_excerpt",
     "top_passages", "unsupported_facts", "use_bundled_default_model",
 ]
@@ -155,6 +153,10 @@ class Answer:
     notice: str = ""  # e.g. "chat not saved: ..."
     attention: str = ""  # the mode that answered ("full", "retrieval", ...)
     attention_reason: str = ""  # why that mode (engine.attention_mode)
+
+    @property
+    def speed_words(self) -> str:
+        return f"first token {self.ttft_s:.1f} s · {self.decode_tokens_per_s:.1f} tokens/s"
 
     @property
     def context_used(self) -> int:

@@ -44,12 +44,12 @@ from app.widgets.chat_view import AnswerCard, ChatView
 from app.widgets.error_banner import ErrorBanner
 from app.widgets.library_panel import LibraryPanel
 from app.widgets.model_picker import ModelPicker
-from app.widgets.progress_panel import STAGE_NAMES, ProgressPanel
+from app.widgets.progress_panel import ProgressPanel, stage_words
 from app.widgets.prompt_edit import PromptEdit
 from app.widgets.settings_dialog import SettingsDialog
 from app.widgets.source_view import SourceView
 from app.widgets.status_bar import StatusBar
-from app.widgets.text import rich_text
+from app.widgets.text import rich_text, source_share_words
 from app.widgets.theme import app_icon
 from app.widgets.welcome import WelcomePage
 from app.worker import (
@@ -95,7 +95,6 @@ class MainWindow(QMainWindow):
         self.chats_of: str | None = None  # the document whose chats the chat list shows
         self.editing: int | None = None  # the turn being edited (edit and resend), None when asking anew
         self.active_card: AnswerCard | None = None
-        self.last_answer: Answer | None = None
         self.opening_path = ""  # the file the latest open job reads
         self.loading_model = ""  # the model being loaded, in words
         self.open_in_engine: set[str] = set()  # documents the engine has open in this run
@@ -636,7 +635,7 @@ class MainWindow(QMainWindow):
         self.progress_panel.update_progress(stage, done, total, unit, eta_s)
         if answering:
             self.progress_panel.title.setText("<b>Preparing the answer</b>")
-            self.progress_panel.set_detail(STAGE_NAMES.get(stage, stage))
+            self.progress_panel.set_detail(stage_words(stage))
 
     def _model_loading(self, device: str) -> None:
         self.progress_panel.set_detail(f"Loading {self.loading_model} on {device}")
@@ -644,10 +643,11 @@ class MainWindow(QMainWindow):
 
     def _model_loaded(self, info: ModelInfo) -> None:
         self.model_info = info
-        self.model_label.setText(f"Model: {info.name}")
+        name = self.loading_model or info.name  # in words, as while loading
+        self.model_label.setText(f"Model: {name}")
         weights = {"8bit": " · 8-bit weights", "4bit": " · 4-bit weights"}.get(info.weights, "")
         self.device_label.setText(f"{info.device} · {info.dtype}{weights}")
-        self.welcome.model_line.setText(f"Model ready: {info.name} on {info.device_words or info.device}, context "
+        self.welcome.model_line.setText(f"Model ready: {name} on {info.device_words or info.device}, context "
                                         f"{info.max_positions:,} tokens")
         self.statusBar().showMessage(f"Model loaded in {info.load_s:.1f} s", 4000)
         self.chats_of = None  # list the chats again: a chat of another model says so
@@ -704,7 +704,6 @@ class MainWindow(QMainWindow):
             self.active_card.append(text)
 
     def _finished(self, key: str, answer: Answer) -> None:
-        self.last_answer = answer
         if self.active_card is not None:
             self.active_card.finish(answer)
             self.active_card = None
@@ -721,7 +720,7 @@ class MainWindow(QMainWindow):
             self.speed_label.setText("")
             return
         mode = f"{answer.attention} attention · " if answer.attention else ""
-        self.speed_label.setText(f"{mode}first token {answer.ttft_s:.1f} s · {answer.decode_tokens_per_s:.1f} tokens/s")
+        self.speed_label.setText(f"{mode}{answer.speed_words}")
         self.speed_label.setToolTip("\n".join(filter(None, [self.speed_label.text(), answer.attention_reason])))
 
     def _chats_listed(self, doc_id: str, chats: list[ChatListing]) -> None:
@@ -818,8 +817,7 @@ class MainWindow(QMainWindow):
             self.chat_view.set_idle(not busy)
 
     def _passage_clicked(self, passage: Passage) -> None:
-        self.statusBar().showMessage(f"Passage on page {passage.page} ({passage.score:.0%} of the answer's "
-                                     "attention on the document)", 6000)
+        self.statusBar().showMessage(f"Passage on page {passage.page} ({source_share_words(passage.score)})", 6000)
         entry = self.library.get(self.current_doc or "")
         if entry is None:
             return

@@ -154,10 +154,9 @@ def save_settings(settings: AppSettings, path: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ChangeImpact:
-    """What applying new settings costs: the engine's part by part (SettingsCost), and every field changed."""
+    """What applying new settings costs: the engine's part by part (SettingsCost)."""
 
     cost: SettingsCost
-    changed: tuple[str, ...]
 
     @property
     def reload_model(self) -> bool:
@@ -178,8 +177,4 @@ class ChangeImpact:
 
 
 def change_impact(old: AppSettings, new: AppSettings) -> ChangeImpact:
-    cost = settings_cost(old.engine, new.engine)
-    own = tuple(f.name for f in fields(LibraryConfig) if getattr(old.library, f.name) != getattr(new.library, f.name))
-    if old.gpu_runtime_auto_download != new.gpu_runtime_auto_download:
-        own += ("gpu_runtime_auto_download",)
-    return ChangeImpact(cost, cost.changed + own)
+    return ChangeImpact(settings_cost(old.engine, new.engine))

@@ -19,6 +19,7 @@ from collections.abc import Generator
 import numpy as np
 from transformers import Cache, PreTrainedModel
 
+from engine.attention_mode import FULL
 from engine.attention_probe import full_attention_steps
 from engine.cache import AttentionTrace
 from engine.citations import TokenMass
@@ -37,7 +38,7 @@ def baseline_key(mode: str, config: EngineConfig) -> str:
     """What decides a baseline besides its cache (whose id covers the model, the document and the dtypes): the
     attention mode that made it and, for the retrieval family, the settings that choose the keys it attends."""
     key = {"mode": mode, "question": NEUTRAL_QUESTION, "tokens": NEUTRAL_TOKENS, "version": VERSION}
-    if mode != "full":
+    if mode != FULL:
         key |= {name: getattr(config, name) for name in RETRIEVAL_FIELDS}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

@@ -37,7 +37,6 @@ from engine.events import CancelToken, Progress, ProgressMeter
 from engine.model import LoadedModel
 from engine.retrieval import attention_scale
 from engine.store import Store, disk_full_error
-from engine.units import format_bytes
 
 LAYOUT_VERSION = 2  # 2: one prefill query in 8 to 16 trains the index (was: at most 2,048)
 INDEX_VERSION = 2  # 2: each layer's index files include its attention curves (engine.index.budget)
@@ -321,10 +320,6 @@ def _raise_write_error(store: Store, error: BaseException, needed: int, what: st
         raise StoreError(f"The {what} could not be written ({error}); the library is unchanged.",
                          "Check that the data folder is writable.") from error
     raise error
-
-
-def describe_bytes(n_bytes: int, tokens: int) -> str:
-    return f"{format_bytes(n_bytes)} ({n_bytes / max(tokens, 1):,.0f} bytes/token)"
 
 
 # -- helpers ------------------------------------------------------------------------------------------------

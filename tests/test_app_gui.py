@@ -95,7 +95,7 @@ def test_ask_streams_a_markdown_answer_with_citations_and_stats(qtbot, make_wind
     assert "of 8,192 tokens" in window.context_label.text()
     assert "tokens/s" in window.speed_label.text() and "first token" in window.speed_label.text()
     assert window.memory_label.text() == "1.2 GiB RAM"
-    assert window.model_label.text() == "Model: FakeLM-1B" and window.device_label.text().startswith("cpu")
+    assert window.model_label.text() == "Model: SmolLM2 135M Instruct" and window.device_label.text().startswith("cpu")
     card.copy_button.click()
     assert QApplication.clipboard().text() == card.text
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()

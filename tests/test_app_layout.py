@@ -253,4 +253,16 @@ def test_loading_the_model_names_the_model_and_the_device_in_words(qtbot, make_w
     qtbot.waitUntil(lambda: "on the CPU" in detail.text(), timeout=5000)
     assert detail.text() == "Loading SmolLM2 135M Instruct on the CPU"
     qtbot.waitUntil(lambda: window.model_info is not None and not window.controller.busy, timeout=5000)
-    assert window.welcome.model_line.text().startswith("Model ready: FakeLM-1B on the CPU")
+    # the same words once it is loaded (the engine's name for the bundled model is its folder's)
+    assert window.welcome.model_line.text().startswith("Model ready: SmolLM2 135M Instruct on the CPU")
+    assert window.model_label.text() == "Model: SmolLM2 135M Instruct"
+
+
+def test_every_stage_of_preparing_an_answer_is_in_words_and_titles_stay_plain_text(qtbot):
+    from app.widgets.progress_panel import ProgressPanel, stage_words
+
+    assert stage_words("citation baseline") == "Preparing the sources (once per document)"
+    panel = ProgressPanel()
+    qtbot.addWidget(panel)
+    panel.start("Opening <i>notes</i>.md")  # a file's name is the user's text, never markup
+    assert "&lt;i&gt;notes&lt;/i&gt;" in panel.title.text()

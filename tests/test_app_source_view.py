@@ -105,6 +105,9 @@ def test_a_clicked_source_opens_its_pdf_page_with_the_cited_text_highlighted(qtb
     assert all(yellow(view, c) > 0.3 for c in cited)  # painted on the page as shown
     assert yellow(view, elsewhere[0]) == 0
     assert view.title.text() == "varnholm"  # the document's title
+    # its score is its part of what the answer drew beyond the question-agnostic baseline, and says so
+    assert f"page 2, {passage.score:.0%} of what this answer drew from the document beyond a plain summary" in \
+        view.caption.text()
 
 
 def test_the_pdf_page_zooms_and_pages_turn(qtbot, make_source_window, pdf_path):

@@ -34,7 +34,7 @@ def answer_problem(answer: str) -> str:
     if not any(name.startswith(SAMPLE_KEEPER) for name in names):  # "Anders Brekke Lund": the bundled 135M model's
         return f"the answer names {names[0]}; the first head keeper was {SAMPLE_KEEPER}"  # slip, kept (see tests)
     if missing := [year for year in SAMPLE_YEARS if not re.search(rf"\b{year}\b", answer)]:
-        return f"the answer does not give {' and '.join(missing)} (he served from 1865 until 1891)"
+        return f"the answer does not give {' and '.join(missing)} (he served from {' until '.join(SAMPLE_YEARS)})"
     return ""
 
 

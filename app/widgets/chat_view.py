@@ -196,8 +196,7 @@ class AnswerCard(QFrame):
         self._note_timer.stop()
         if answer is not None:
             self.text = answer.text or self.text
-            self.info.setText(f"{answer.new_tokens:,} tokens · first token {answer.ttft_s:.1f} s · "
-                              f"{answer.decode_tokens_per_s:.1f} tokens/s")
+            self.info.setText(f"{answer.new_tokens:,} tokens · {answer.speed_words}")
             if answer.stop_reason == "cancelled":
                 note = note or "Stopped."
             self.set_citations(answer.citations)

@@ -26,7 +26,6 @@ class GroundingNotice(QFrame):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("groundingNotice")
-        self.facts = facts
         names = [f"<b>{rich_text(fact.text)}</b>" for fact in facts]
         verb = "does" if len(names) == 1 else "do"
         self.heading = QLabel(f"⚠ {_join(names)} {verb} not appear in the cited passages — compare:")

@@ -6,6 +6,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from app.backend import format_bytes
+from app.widgets.text import rich_text
 
 STAGE_NAMES = {
     "download": "Downloading the model",
@@ -18,6 +19,7 @@ STAGE_NAMES = {
     "question": "Reading your question",
     "index": "Building the index",
     "saving": "Saving the cache",
+    "citation baseline": "Preparing the sources (once per document)",
 }
 # Counts that mean nothing to a reader: a layer-by-layer prefill counts tokens times layers (the bar's percent says it)
 UNITS_WITHOUT_COUNTS = {"token-layers"}
@@ -34,8 +36,13 @@ def format_eta(seconds: float) -> str:
     return f"about {minutes // 60} h {minutes % 60:02d} min left"
 
 
+def stage_words(stage: str) -> str:
+    """An engine stage as the reader sees it."""
+    return STAGE_NAMES.get(stage, stage.capitalize())
+
+
 def describe(stage: str, done: int, total: int, unit: str, eta_s: float) -> str:
-    name = STAGE_NAMES.get(stage, stage.capitalize())
+    name = stage_words(stage)
     parts = [name]
     if unit == "bytes":
         parts.append(f"{format_bytes(done)} of {format_bytes(total)}")
@@ -79,7 +86,7 @@ class ProgressPanel(QFrame):
         self.hide()
 
     def start(self, title: str, detail: str = "") -> None:
-        self.title.setText(f"<b>{title}</b>")
+        self.title.setText(f"<b>{rich_text(title)}</b>")
         self.detail.setText(detail)
         self.detail.setVisible(bool(detail))
         self.stage, self.percent = "", 0

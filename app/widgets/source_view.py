@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.backend import FolioError, Passage, PdfPages, is_pdf, text_excerpt
+from app.widgets.text import source_share_words
 
 ZOOM_STEP = 1.25
 MIN_ZOOM, MAX_ZOOM = 0.25, 6.0  # pixels per PDF point
@@ -156,8 +157,8 @@ class SourceView(QFrame):
         self.title.setToolTip(path)
         self.problem.hide()
         where = f"page {passage.page}, " if is_pdf(path) else ""
-        self.caption.setText(f"Highlighted: the passage the answer cites ({where}{passage.score:.0%} of its "
-                             "attention on the document).")
+        self.caption.setText(f"Highlighted: the passage the answer cites ({where}"
+                             f"{source_share_words(passage.score)}).")
         if is_pdf(path):
             self._show_pdf()
         else:

@@ -17,5 +17,11 @@ def rich_text(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def source_share_words(score: float) -> str:
+    """A source's score (engine.citations.top_passages: its part of the answer's attention to the document beyond
+    what a plain summary draws) in words."""
+    return f"{score:.0%} of what this answer drew from the document beyond a plain summary"
+
+
 def _pieces(word: str) -> list[str]:
     return [word[start : start + PIECE] for start in range(0, len(word), PIECE)]
