@@ -4,11 +4,16 @@ Writing: `<name>.tmp` is written (hashing the bytes as they go), flushed and fsy
 to `<name>`; `sync_folder` makes the renames durable. A reader never sees a half-written `<name>`.
 Reading: size, sha256 (when asked), dtype and shape are checked against the FileRecord made at write
 time before the array is used; any difference raises DamagedFileError with a reason for people.
+A file whose identity as the file system sees it (`file_identity`) is the one recorded when its sha256 was last
+checked is not hashed again: a write of any kind changes the identity (as engine/fingerprint.py relies on for model
+weights), so a reopen reads no byte it does not use. The one blind spot, shared with every stat-based check (git's
+included), is a change within the same timestamp tick as Folio's own write of the file.
 Never pickles: allow_pickle=False everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-HASH_CHUNK = 8 << 20
 TMP_SUFFIX = ".tmp"
 MMAP_MIN_BYTES = 1 << 16
 
@@ -29,21 +33,31 @@ class DamagedFileError(Exception):
 
 @dataclass(frozen=True)
 class FileRecord:
-    """What was written: name (relative to its folder), size in bytes, sha256 of the bytes, dtype, shape."""
+    """What was written: name (relative to its folder), size in bytes, sha256 of the bytes, dtype, shape, and the
+    file's identity when its sha256 was last checked (None: hash it at the next check)."""
 
     name: str
     bytes: int
     sha256: str
     dtype: str
     shape: tuple[int, ...]
+    identity: str | None = None
 
     def to_row(self, owner: str) -> dict:
         return {"owner": owner, "name": self.name, "bytes": self.bytes, "sha256": self.sha256,
-                "dtype": self.dtype, "shape": json.dumps(list(self.shape))}
+                "dtype": self.dtype, "shape": json.dumps(list(self.shape)), "identity": self.identity}
 
     @classmethod
     def from_row(cls, row: dict) -> FileRecord:
-        return cls(row["name"], int(row["bytes"]), row["sha256"], row["dtype"], tuple(json.loads(row["shape"])))
+        return cls(row["name"], int(row["bytes"]), row["sha256"], row["dtype"], tuple(json.loads(row["shape"])),
+                   row.get("identity"))
+
+
+def file_identity(path: Path) -> str:
+    """The file as the file system sees it: device, inode, size, modification and change time. Any write changes it
+    (a program can set the modification time back, not the change time)."""
+    info = os.stat(path)
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 class _HashingWriter:
@@ -85,7 +99,8 @@ def write_array(folder: Path, name: str, array: np.ndarray) -> FileRecord:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return FileRecord(name, writer.size, writer.digest.hexdigest(), array.dtype.str, tuple(array.shape))
+    return FileRecord(name, writer.size, writer.digest.hexdigest(), array.dtype.str, tuple(array.shape),
+                      file_identity(final))
 
 
 
@@ -101,11 +116,9 @@ def sync_folder(folder: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 of the file's bytes (hex)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_size(folder: Path, record: FileRecord) -> None:
@@ -121,20 +134,27 @@ def check_size(folder: Path, record: FileRecord) -> None:
         raise DamagedFileError(f"{record.name} has {size:,} bytes instead of {record.bytes:,}")
 
 
-def verify_files(folder: Path, records: list[FileRecord], full_hash: bool = True, threads: int = 4) -> None:
-    """Check every file's size, and (full_hash) its sha256, in parallel; raise DamagedFileError on the first bad."""
+def verify_files(folder: Path, records: list[FileRecord], full_hash: bool = True, threads: int = 4
+                 ) -> list[FileRecord]:
+    """Check every file's size, and (full_hash) its sha256, in parallel; raise DamagedFileError on the first bad.
+
+    A file whose identity is its record's is not hashed (see the module's docstring). Returns the records hashed now,
+    with the identity they were checked at: what the caller stores so that the next check skips them.
+    """
     for record in records:
         check_size(folder, record)
     if not full_hash:
-        return
+        return []
+    stale = [record for record in records if record.identity != file_identity(folder / record.name)]
 
-    def check(record: FileRecord) -> None:
+    def check(record: FileRecord) -> FileRecord:
+        identity = file_identity(folder / record.name)
         if file_sha256(folder / record.name) != record.sha256:
             raise DamagedFileError(f"{record.name} does not match its checksum (its content changed)")
+        return dataclasses.replace(record, identity=identity)
 
-    with ThreadPoolExecutor(max(1, min(threads, len(records)))) as pool:
-        for _ in pool.map(check, records):
-            pass
+    with ThreadPoolExecutor(max(1, min(threads, len(stale) or 1))) as pool:
+        return list(pool.map(check, stale))
 
 
 def load_array(folder: Path, record: FileRecord) -> np.ndarray:

@@ -19,6 +19,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from engine.arrays import file_identity, file_sha256
 from engine.default_model import cache_dir
 from engine.weights import weight_files
 
@@ -43,11 +44,6 @@ def model_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the vocabulary, special tokens and chat template: what turns text into prompt ids."""
     digest = hashlib.sha256()
@@ -62,18 +58,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def _weight_sha256(weight: Path, remembered: dict[str, dict]) -> tuple[int, str]:
     """(size, sha256) of one weight file: remembered, the hub's blob name, or hashed now (and remembered)."""
     resolved = weight.resolve()
-    info = resolved.stat()
-    key = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+    key, size = file_identity(resolved), resolved.stat().st_size
     entry = remembered.get(str(resolved))
     if entry is not None and entry.get("key") == key:
-        return info.st_size, entry["sha256"]
+        return size, entry["sha256"]
     first_sight = entry is None
     if first_sight and resolved.parent.name == "blobs" and HUB_BLOB.match(resolved.name):
         sha = resolved.name
     else:
         sha = file_sha256(resolved)
     remembered[str(resolved)] = {"key": key, "sha256": sha}
-    return info.st_size, sha
+    return size, sha
 
 
 def _remembered_path() -> Path:

@@ -13,8 +13,9 @@ Files: per layer `layer_NNN_keys.npy`, `_values.npy` ([H_kv, T, D], kv_dtype), `
 ([H, Nq, D] float16), plus `prefix_ids.npy` (int32 [T]); per index and layer
 `layer_NNN_<name>.npy` for each array of `RetrievalLayer.index_arrays()` (the index's `to_arrays()` and the
 attention curves).
-Verification on open: size, dtype and shape of every file used, and the full sha256 of each (hashed in
-parallel threads, cheap next to reading the files).
+Verification on open: size, dtype and shape of every file used, and the full sha256 of each file changed since
+its last check (in parallel threads; a file whose identity on disk is the one recorded at its write or last check
+is not hashed again: engine/arrays.py).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
         if row["n_layers"] != n_layers or row["prefix_tokens"] != identity.prefix_tokens:
             raise DamagedFileError("its sizes do not match the model and document")
         verify_started = time.perf_counter()
-        verify_files(folder, needed, full_hash)
+        store.remember_identities(cache_id, verify_files(folder, needed, full_hash))
         result.verify_s = time.perf_counter() - verify_started
         prefix_ids = load_array(folder, records[PREFIX_FILE])
         if prefix_ids.shape != (identity.prefix_tokens,):
@@ -183,7 +184,7 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
     if cache is None:
         if index_ready:  # the index was damaged: rebuild it from the saved queries
             result.notices.append(notice)
-            prefixes = _with_queries(store, folder, records, prefixes, result)
+            prefixes = _with_queries(store, cache_id, folder, records, prefixes, result)
             if prefixes is None:
                 store.delete_cache(cache_id)
                 return result
@@ -205,11 +206,11 @@ def load_cache_steps(store: Store, doc_id: int, identity: CacheIdentity, setting
     return result
 
 
-def _with_queries(store: Store, folder, records, prefixes, result) -> list[PrefixArrays] | None:
+def _with_queries(store: Store, cache_id: str, folder, records, prefixes, result) -> list[PrefixArrays] | None:
     """The prefixes with their saved queries added (needed to rebuild a damaged index); None if damaged."""
     try:
         names = [_record(records, _layer_file(n, "queries")) for n in range(len(prefixes))]
-        verify_files(folder, names)
+        store.remember_identities(cache_id, verify_files(folder, names))
         return [dataclasses.replace(p, queries=_tensor(load_array(folder, r))) for p, r in zip(prefixes, names,
                                                                                              strict=True)]
     except DamagedFileError as error:
@@ -225,7 +226,7 @@ def _load_index(store: Store, cache_id: str, index_id: str, n_layers: int, full_
         records = store.files(index_id)
         if not folder.is_dir():
             raise DamagedFileError("its folder is missing")
-        verify_files(folder, records, full_hash)
+        store.remember_identities(index_id, verify_files(folder, records, full_hash))
         arrays: list[dict[str, np.ndarray]] = [{} for _ in range(n_layers)]
         for record in records:
             layer, name = _parse_layer_file(record.name)

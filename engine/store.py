@@ -187,6 +187,10 @@ CREATE TABLE citation_baselines (
     PRIMARY KEY (cache_id, key)
 );
 """),
+    # A file's identity when its sha256 was last checked (engine/arrays.py): a reopen hashes only what changed since.
+    (4, "file identities", """
+ALTER TABLE files ADD COLUMN identity TEXT;  -- device:inode:size:mtime_ns:ctime_ns; NULL: hash at the next open
+"""),
 ]
 
 
@@ -522,6 +526,18 @@ class Store:
     def files(self, owner: str) -> list[FileRecord]:
         return [FileRecord.from_row(row) for row in
                 self.db.query("SELECT * FROM files WHERE owner = ? ORDER BY name", [owner])]
+
+    def remember_identities(self, owner: str, records: list[FileRecord]) -> None:
+        """Store the identities the files were just hashed at, so that the next open does not hash them again. A
+        library that cannot be written now (a full disk) only costs the same hashes at the next open."""
+        if not records:
+            return
+        try:
+            with self.transaction() as db:
+                db.conn.executemany("UPDATE files SET identity = ? WHERE owner = ? AND name = ?",
+                                    [(r.identity, owner, r.name) for r in records])
+        except StoreError:
+            pass
 
     def claim(self, table: str, row: dict) -> str:
         """Insert a 'writing' row for an entry about to be written. Returns "claimed", or "ready" /

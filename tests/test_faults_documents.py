@@ -202,3 +202,25 @@ def test_a_text_far_longer_than_the_context_is_refused_before_it_is_tokenized(ti
     text = "the keepers recorded the weather three times a day. " * 400_000  # 20.8 MB
     with pytest.raises(ContextTooLongError, match=r"at least [\d,]+ tokens.*at most 2,048"):
         DocumentSession(loaded, Document(text, "big", None, "0" * 64), EngineConfig(attention="exact"))
+
+
+def test_a_text_too_short_to_be_refused_is_checked_without_reading_the_vocabulary(tiny_loaded):
+    """Reading a 49K-entry vocabulary costs tens of milliseconds of every reopen; a text that no vocabulary could make
+    too long needs none of it. A text at the limit still reads it, and one far over still fails."""
+    from engine.errors import ContextTooLongError
+    from engine.sizing import NORMALIZER_MARGIN, check_text_length
+
+    class CountedVocabulary:
+        def __init__(self, tokenizer):
+            self.tokenizer, self.reads = tokenizer, 0
+
+        def get_vocab(self):
+            self.reads += 1
+            return self.tokenizer.get_vocab()
+
+    tokenizer = CountedVocabulary(tiny_loaded.tokenizer)
+    check_text_length("x" * (NORMALIZER_MARGIN * 1_000), tokenizer, max_positions=2_048, reserved=48)
+    assert tokenizer.reads == 0
+    with pytest.raises(ContextTooLongError):
+        check_text_length("x" * 10_000_000, tokenizer, max_positions=2_048, reserved=48)
+    assert tokenizer.reads == 1

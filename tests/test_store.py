@@ -151,6 +151,45 @@ def test_a_damaged_cache_is_reported_removed_and_rebuilt_and_the_rest_is_untouch
     assert other.cached and other.cache_notice is None
 
 
+def test_a_reopen_hashes_only_the_files_written_to_since_their_last_check(tiny_loaded, monkeypatch):
+    """The reopen's fixed cost: a stored cache is hashed once, not at every open, and any write is caught."""
+    from engine import arrays
+
+    config = dataclasses.replace(CONFIG, attention="retrieval", search_effort=32)
+    first = ask(open_session(tiny_loaded, config=config))
+    hashed: list[str] = []
+    real = arrays.file_sha256
+    monkeypatch.setattr(arrays, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    session = open_session(tiny_loaded, config=config)
+    assert ask(session).token_ids == first.token_ids and session.cached
+    assert hashed == []  # every file is as Folio wrote it
+    keys = cache_folder(Store()) / "layer_001_keys.npy"
+    keys.write_bytes(keys.read_bytes())  # the same bytes, written again: hashed, still valid
+    session = open_session(tiny_loaded, config=config)
+    assert ask(session).token_ids == first.token_ids and session.cached and session.cache_notice is None
+    assert hashed == ["layer_001_keys.npy"]
+    ask(open_session(tiny_loaded, config=config))
+    assert hashed == ["layer_001_keys.npy"]  # its new identity was remembered
+
+
+def test_a_library_from_before_file_identities_hashes_each_file_once(tiny_loaded, monkeypatch):
+    from engine import arrays
+
+    first = ask(open_session(tiny_loaded))
+    store = Store()
+    with store.transaction() as db:
+        db.execute("UPDATE files SET identity = NULL")  # as migration 4 leaves a library's existing files
+    hashed: list[str] = []
+    real = arrays.file_sha256
+    monkeypatch.setattr(arrays, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    session = open_session(tiny_loaded)
+    assert ask(session).token_ids == first.token_ids and session.cached
+    assert "layer_000_keys.npy" in hashed and "prefix_ids.npy" in hashed
+    hashed.clear()
+    ask(open_session(tiny_loaded))
+    assert hashed == []
+
+
 def test_a_damaged_index_alone_is_rebuilt_from_the_stored_queries(tiny_loaded):
     first = ask(open_session(tiny_loaded))
     store = Store()
@@ -250,8 +289,8 @@ def test_deleting_a_document_deletes_its_files(tiny_loaded):
 def test_schema_migrations_are_recorded_once(tmp_path):
     Store(tmp_path / "lib").close()
     store = Store(tmp_path / "lib")
-    assert store.schema_version() == 3
-    assert [row["version"] for row in store.db["migrations"].rows] == [1, 2, 3]
+    assert store.schema_version() == 4
+    assert [row["version"] for row in store.db["migrations"].rows] == [1, 2, 3, 4]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
