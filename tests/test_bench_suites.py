@@ -200,6 +200,47 @@ def test_needle_suite_ranks_the_sources_before_and_after_the_citation_baseline(t
         assert row["top1_before"] is None or row["top1_before"] <= row["top3_before"]
 
 
+# ----------------------------------------------------------------------------- peers
+
+
+def _fake_answer(spec: dict, work) -> dict:
+    return {"prompt_tokens": len(spec["ids"]), "ttft_s": 1.0, "new_tokens": 3, "decode_tokens_per_s": 10.0,
+            "wall_s": 1.2, "answer": "seven", "token_ids": [5, 6, 7], "peak_rss_gib": 0.5}
+
+
+def test_a_peer_that_crashes_is_reported_with_its_signal_and_the_others_still_give_rows(tmp_path, monkeypatch):
+    """The llama.cpp child dying on an illegal instruction (a native build using AMX where the machine cannot run it)
+    must not cost the Folio rows already measured, and the note must name the signal and the fix."""
+    from engine.bench import peers_suite
+
+    def run_child(spec: dict, work) -> dict:
+        if spec["tool"] == peers_suite.LLAMA:
+            raise peers_suite.ChildFailed(peers_suite.child_failure_message(spec["tool"], -4, "llama_context: ...\n"))
+        return _fake_answer(spec, work)
+
+    monkeypatch.setattr(peers_suite, "have_llama_cpp", lambda: True)
+    monkeypatch.setattr(peers_suite, "default_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(peers_suite, "trained_positions", lambda: 8192)
+    monkeypatch.setattr(peers_suite, "document_prompt", lambda tokens, long: ("text", "q?", list(range(tokens)), 90))
+    monkeypatch.setattr(peers_suite, "_run_child", run_child)
+    data = run_suite(tmp_path, "peers", "--tokens", "100,200", "--folio-modes", "full", "--cpu-weights", "int8",
+                     "--runs", "2")
+    assert [(row["tool"], row["prompt_tokens"], row["runs"]) for row in data["rows"]] == [
+        ("folio full (int8)", 100, 2), ("folio full (int8)", 200, 2)]
+    assert all("decode_vs_llama" not in row for row in data["rows"])
+    failures = [note for note in data["notes"] if "llama.cpp" in note and "SIGILL" in note]
+    assert len(failures) == 2  # once per document: it is tried again on the next one
+    assert "GGML_NATIVE=OFF" in failures[0] and "llama_context: ..." in failures[0]
+
+
+def test_a_peer_that_exits_with_an_error_is_named_with_its_exit_status():
+    from engine.bench.peers_suite import child_failure_message
+
+    message = child_failure_message("folio retrieval (int8)", 1, "Traceback ...\nMemoryError\n")
+    assert "folio retrieval (int8)" in message and "exit status 1" in message and "MemoryError" in message
+    assert "GGML_NATIVE" not in message
+
+
 # ----------------------------------------------------------------------------- real model (slow)
 
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -177,6 +178,37 @@ def child_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------------------ the parent
 
 
+class ChildFailed(RuntimeError):
+    """One tool's run ended without a result; the message says how and what to do."""
+
+
+# llama.cpp's default build (GGML_NATIVE) compiles for the building CPU; a virtual machine may report AMX (or another
+# extension) in cpuid and still refuse it, and the first matmul then dies on an illegal instruction.
+PORTABLE_LLAMA_BUILD = ("CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
+                        "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON' pip install --force-reinstall --no-cache-dir "
+                        "--no-deps --no-binary llama-cpp-python 'llama-cpp-python>=0.3.36,<0.4' (drop the AVX512 "
+                        "flags on a CPU without them)")
+
+
+def child_failure_message(tool: str, returncode: int, stderr: str) -> str:
+    """What a failed run says: the tool, how its process ended (exit status or signal) and its last stderr lines."""
+    if returncode < 0:
+        try:
+            how = f"was stopped by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was stopped by signal {-returncode}"
+    else:
+        how = f"ended with exit status {returncode}" if returncode else "ended without printing a result"
+    message = f"{tool} run failed: its process {how}."
+    if returncode == -signal.SIGILL and tool == LLAMA:
+        message += (" llama.cpp was built for instructions this machine does not run (a native build on a virtual "
+                    f"machine that reports AMX, for one). Rebuild it without them: {PORTABLE_LLAMA_BUILD}.")
+    elif returncode == -signal.SIGKILL:
+        message += " It was probably killed for memory: run fewer or shorter documents, or close other programs."
+    tail = "\n".join(stderr.strip().splitlines()[-8:])
+    return message + (f" Its last output:\n{tail}" if tail else "")
+
+
 def _run_child(spec: dict, work: Path) -> dict:
     path = work / "spec.json"
     path.write_text(json.dumps(spec))
@@ -185,23 +217,28 @@ def _run_child(spec: dict, work: Path) -> dict:
                             text=True, env=env, timeout=6 * 3600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode or not lines:
-        raise RuntimeError(f"{spec['tool']} run failed: {result.stderr[-3000:]}")
+        raise ChildFailed(child_failure_message(spec["tool"], result.returncode, result.stderr))
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def trained_positions() -> int:
+    """The default model's trained context (max_position_embeddings): what the long rows stretch RoPE from."""
+    from transformers import AutoConfig
+
+    from engine.model import resolve_model_path
+
+    return AutoConfig.from_pretrained(resolve_model_path("default")).max_position_embeddings
 
 
 def run(args: argparse.Namespace, report: Report) -> None:
     import tempfile
-
-    from transformers import AutoConfig
-
-    from engine.model import resolve_model_path
 
     llama = have_llama_cpp()
     if not llama:
         print(MISSING, file=sys.stderr, flush=True)
         report.note(MISSING)
     gguf = str(Path(args.gguf) if args.gguf else default_gguf()) if llama else ""
-    trained = AutoConfig.from_pretrained(resolve_model_path("default")).max_position_embeddings
+    trained = trained_positions()
     weights = [w for w in args.cpu_weights.split(",") if w]
     cases = [(int(t), [m for m in args.folio_modes.split(",") if m], False) for t in args.tokens.split(",") if t]
     cases += [(int(t), [m for m in args.long_modes.split(",") if m], True) for t in args.long.split(",") if t]
@@ -211,20 +248,29 @@ def run(args: argparse.Namespace, report: Report) -> None:
             scale = rope_scale_for(len(ids) + args.max_new_tokens, trained)
             tools = [*(f"folio {m} ({w})" for m in modes for w in weights), *([LLAMA] if llama else [])]
             results: dict[str, list[dict]] = {tool: [] for tool in tools}
+            failed: set[str] = set()
             for run_number in range(args.runs):
                 for tool in tools:
+                    if tool in failed:
+                        continue
                     mode, _, cpu_weights = tool.removeprefix("folio ").partition(" (")
                     spec = {"tool": tool, "mode": mode, "cpu_weights": cpu_weights.rstrip(")"), "ids": ids,
                             "gguf": gguf,
                             "text": text, "question": question,
                             "threads": args.threads, "decode_threads": args.decode_threads,
                             "max_new_tokens": args.max_new_tokens, "rope_scale": scale}
-                    result = _run_child(spec, Path(work))
+                    try:
+                        result = _run_child(spec, Path(work))
+                    except ChildFailed as failure:  # the other tools' rows still count; this one is tried next case
+                        failed.add(tool)
+                        report.note(f"{tokens} tokens, run {run_number + 1}: {failure}")
+                        continue
                     results[tool].append(result)
                     print(f"  {tokens} tokens, run {run_number + 1}: {tool}: ttft {result['ttft_s']:.2f} s, decode "
                           f"{result['decode_tokens_per_s']:.1f} tok/s, peak {result['peak_rss_gib']:.2f} GiB",
                           flush=True)
-            _add_rows(report, results, len(ids), doc_tokens, scale, long)
+            _add_rows(report, {tool: runs for tool, runs in results.items() if runs}, len(ids), doc_tokens, scale,
+                      long)
     report.note(f"threads: {args.threads} for the prefill, {args.decode_threads} for decoding, for both tools (torch "
                 "threads and EngineConfig.decode_threads; llama.cpp n_threads_batch and n_threads); "
                 f"greedy, at most {args.max_new_tokens} new tokens; medians over --runs alternating fresh processes")
