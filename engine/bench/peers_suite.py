@@ -107,23 +107,15 @@ def run_folio(spec: dict) -> dict:
     ids, mode, cpu_weights, threads, max_new_tokens, rope_scale}; the session's prompt must be `ids`."""
     import torch
 
+    from engine.bench.gemma import stretched_rope_overrides
     from engine.bench.needle_suite import text_document
     from engine.config import EngineConfig
     from engine.generate import Finished
-    from engine.model import load_model
+    from engine.model import load_model, resolve_model_path
     from engine.session import DocumentSession
 
     torch.set_num_threads(spec["threads"])
-    overrides = None
-    if spec["rope_scale"] > 1:
-        from transformers import AutoConfig
-
-        from engine.model import resolve_model_path
-
-        config = AutoConfig.from_pretrained(resolve_model_path("default"))
-        overrides = {"rope_parameters": dict(config.rope_parameters) | {"rope_type": "linear",
-                                                                        "factor": float(spec["rope_scale"])},
-                     "max_position_embeddings": config.max_position_embeddings * spec["rope_scale"]}
+    overrides = stretched_rope_overrides(resolve_model_path("default"), spec["rope_scale"])
     loaded = load_model("default", "cpu", "float32", config_overrides=overrides, cpu_weights=spec["cpu_weights"])
     config = EngineConfig(attention=spec["mode"], max_new_tokens=spec["max_new_tokens"],
                           decode_threads=spec["decode_threads"])

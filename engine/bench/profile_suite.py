@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-weights", default=EngineConfig.cpu_weights, help="decode: EngineConfig.cpu_weights")
     parser.add_argument("--document", default="", help="decode: a document file (default: resources/sample.md)")
     parser.add_argument("--methods", default="full,retrieval", help="decode: attention modes")
+    parser.add_argument("--rope-scale", type=float, default=1.0,
+                        help="decode: stretch the model's RoPE linearly by this much, for a document past its trained "
+                        "context (as the peers suite's long rows do)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--tokens", type=int, default=4000, help="reopen: document length in tokens")
@@ -90,15 +93,17 @@ def grouped_times(profile: cProfile.Profile) -> tuple[dict[str, float], list[tup
 def _decode_part(args: argparse.Namespace, report: Report) -> None:
     import torch
 
+    from engine.bench.gemma import stretched_rope_overrides
     from engine.bench.needle_suite import text_document
     from engine.config import EngineConfig
-    from engine.model import load_model
+    from engine.model import load_model, resolve_model_path
     from engine.session import DocumentSession
 
     torch.set_num_threads(args.threads)
     path = Path(args.document) if args.document else Path(__file__).resolve().parents[2] / "resources" / "sample.md"
     document = text_document(path.read_text(encoding="utf-8"), path.stem)
-    loaded = load_model(args.model, "cpu", "float32", cpu_weights=args.cpu_weights)
+    loaded = load_model(args.model, "cpu", "float32", cpu_weights=args.cpu_weights,
+                        config_overrides=stretched_rope_overrides(resolve_model_path(args.model), args.rope_scale))
     question = "Who was the first head keeper of the lighthouse, and when did he serve?"
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         config = EngineConfig(attention=method, max_new_tokens=args.max_new_tokens, decode_threads=args.threads)
