@@ -230,6 +230,7 @@ class DocumentSession:
         model.set_attn_implementation(RETRIEVAL_ATTENTION if self.uses_retrieval else FULL_ATTENTION)
         options = SamplingOptions(self.config.max_new_tokens, self.config.temperature, self.config.top_p)
         started = time.perf_counter()
+        answering = False  # from the question's tokens on, the cache holds a prefix of _known_ids between steps
         try:
             load_s = 0.0
             if self._cache is None:
@@ -256,6 +257,7 @@ class DocumentSession:
                 self._cache.trace = AttentionTrace(self.prefix_tokens) if sources else None
             self._crop_to_shared(prompt_ids)
             self._known_ids = list(prompt_ids)
+            answering = True
             for event in generate(
                 model, prompt_ids, self._cache,
                 decode_text=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -278,6 +280,10 @@ class DocumentSession:
                 yield event
         except CancelledError:
             raise  # cancelling happens between chunks/tokens/layers: the cache holds a prefix of _known_ids
+        except GeneratorExit:  # the caller stopped reading: it happens at a yield, between steps
+            if not answering:  # the document's preparation may have work in flight: start it over
+                self._cache = None
+            raise
         except BaseException:
             self._cache = None  # a failure mid-forward may leave layers out of step: start over
             raise

@@ -27,6 +27,22 @@ def test_second_question_prefills_only_its_own_tokens(tiny_loaded):
     assert again.token_ids == first.token_ids  # the reused prefix gives the same answer
 
 
+@pytest.mark.parametrize("attention", ["full", "retrieval"])
+def test_a_caller_that_stops_reading_keeps_the_document_ready(tiny_loaded, attention):
+    """Leaving the events unread after the answer (or mid-answer, as a caller that has what it needs may) closes the
+    generator between steps: the document's cache stays, so the next question prefills only itself."""
+    session = DocumentSession(tiny_loaded, document("the quick brown fox " * 60),
+                              EngineConfig(attention=attention, max_new_tokens=8))
+    for event in session.ask("what jumps?"):
+        if isinstance(event, Finished):
+            break  # the generator is closed while it waits at its last yield
+    events = session.ask("Is it lazy?")
+    next(events)  # one event, then dropped mid-answer
+    events.close()
+    third = answer(session, "what jumps?")
+    assert third.stats.reused_tokens == session.prefix_tokens
+
+
 def test_a_document_longer_than_the_context_is_refused_with_counts(tiny_loaded):
     long_text = "lighthouse keepers recorded the weather " * 400
     with pytest.raises(ContextTooLongError, match=r"need [\d,]+ tokens .* at most 2,048") as info:

@@ -139,12 +139,17 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
         total = sum(groups.values()) or 1.0
         wall_ms = 1e3 / plain.stats.decode_tokens_per_s if plain.stats.decode_tokens_per_s else float("nan")
         profiled_ms = profiled.stats.decode_s * 1e3 / tokens
+        search = getattr(session.cache, "stats", None)  # retrieval: what its searches scanned and retrieved
+        retrieval_columns = {} if not (search and search.searches) else {
+            "scanned_fraction": round(search.scanned_fraction, 5),
+            "retrieved_per_search": round(search.retrieved_per_search, 1)}
         for group in [g for g, _ in GROUPS] + [OTHER]:
             seconds = groups.get(group, 0.0)
             report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=group,
                        ms_per_token=round(seconds * 1e3 / tokens, 3), share=round(seconds / total, 4),
                        decode_ms_per_token=round(wall_ms, 2), profiled_ms_per_token=round(profiled_ms, 2),
-                       new_tokens=plain.stats.new_tokens, same_answer=plain.token_ids == profiled.token_ids)
+                       new_tokens=plain.stats.new_tokens, same_answer=plain.token_ids == profiled.token_ids,
+                       **retrieval_columns)
         if args.top:
             print(f"top functions by own time ({method}, {tokens} decode steps):")
             for own, name in top[: args.top]:
