@@ -208,14 +208,18 @@ def test_decode_profile_groups_a_token_and_says_what_retrieval_searched(tmp_path
     document.write_text(" ".join(f"Line {n} of the keeper's log notes the weather." for n in range(100)))
     data = run_suite(tmp_path, "profile", "--part", "decode", "--model", str(tiny_model_dir), "--document",
                      str(document), "--methods", "full,retrieval", "--max-new-tokens", "6", "--compare-threads", "",
-                     "--rope-scale", "2", "--top", "0", "--threads", "1")
+                     "--rope-scale", "2", "--top", "0", "--threads", "1", "--compare-shares", "1,0", "--repeats", "1")
     rows = {(row["method"], row["group"]): row for row in data["rows"]}
     assert {group for _, group in rows} >= {"weights' matmuls", "attention", "index search", "python around them"}
     assert rows[("full", "attention")]["prompt_tokens"] > 2048  # past the tiny model's 2,048 positions: stretched
     retrieval = rows[("retrieval", "index search")]
     assert retrieval["ms_per_token"] > 0 and 0 < retrieval["scanned_fraction"] <= 1
     assert retrieval["retrieved_per_search"] >= 1 and "retrieved_per_search" not in rows[("full", "attention")]
-    assert sum(row["share"] for (method, _), row in rows.items() if method == "retrieval") == pytest.approx(1, abs=0.01)
+    assert sum(row["share"] for (method, _), row in rows.items()
+               if method == "retrieval" and "share" in row) == pytest.approx(1, abs=0.01)
+    every_key, fixed = rows[("retrieval", "decode, attention share 1")], rows[("retrieval", "decode, attention share 0")]
+    assert fixed["retrieved_per_search"] <= 100 < every_key["retrieved_per_search"]  # top_k 100 against every key
+    assert every_key["scanned_fraction"] == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- peers

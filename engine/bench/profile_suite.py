@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-threads", default="2/1,1/1,1/2",
                         help="decode: also time whole answers with these decode threads, torch/search (search: a "
                         "retrieval step's heads), alternating ('' none)")
+    parser.add_argument("--compare-shares", default="",
+                        help="decode, retrieval: also time answers at these attention shares on the same prepared "
+                        "document, alternating (e.g. 0.9,0: the budget against a fixed top-k)")
     parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count; weights: per format")
     parser.add_argument("--formats", default=",".join(WEIGHT_FORMATS), help="weights: float32 first, then others")
     parser.add_argument("--profile-formats", default="", help="weights: also profile one answer of each of these "
@@ -125,6 +128,7 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
                 answers[variant] = finished.token_ids
         session.config = config
         _set_search_threads(session, 1)
+        _compare_shares(session, question, plain, args, report, method)
         for variant, times in per_variant.items():
             steps = max(plain.stats.new_tokens - 1, 1)
             report.add(method=method, prompt_tokens=plain.stats.prompt_tokens,
@@ -157,6 +161,40 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
     report.note("ms_per_token: the group's own time under cProfile from the first answer token to the last, per "
                 "decode step; decode_ms_per_token: the wall clock of the same answer's decode without the profiler; "
                 "profiled_ms_per_token: with it (the difference is the profiler's overhead)")
+
+
+def _compare_shares(session, question: str, plain, args: argparse.Namespace, report: Report, method: str) -> None:
+    """Rows "decode, attention share X": answers alternating between --compare-shares on the same indexes
+    (RetrievalCache.use_search_settings), each with the keys its searches scanned and retrieved; the default's
+    settings are restored after."""
+    shares = [float(x) for x in args.compare_shares.split(",") if x]
+    cache = session.cache
+    if not shares or not hasattr(cache, "use_search_settings"):
+        return
+    default = cache.settings
+    times: dict[float, list[float]] = {share: [] for share in shares}
+    searched: dict[float, list[tuple[int, int, int, int]]] = {share: [] for share in shares}
+    answers: dict[float, list[int]] = {}
+    for _ in range(args.repeats):
+        for share in shares:
+            cache.use_search_settings(dataclasses.replace(default, attention_share=share))
+            before = dataclasses.replace(cache.stats)
+            finished = _answer(session, question)
+            after = cache.stats
+            times[share].append(finished.stats.decode_s)
+            searched[share].append((after.scanned - before.scanned, after.indexed - before.indexed,
+                                    after.retrieved - before.retrieved, after.searches - before.searches))
+            answers[share] = finished.token_ids
+    cache.use_search_settings(default)
+    steps = max(plain.stats.new_tokens - 1, 1)
+    for share in shares:
+        scanned, indexed, retrieved, searches = (sum(column) for column in zip(*searched[share], strict=True))
+        report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, attention share {share:g}",
+                   same_answer=answers[share] == plain.token_ids,
+                   decode_ms_per_token=round(sorted(times[share])[len(times[share]) // 2] * 1e3 / steps, 2),
+                   decode_ms_range=f"{min(times[share]) * 1e3 / steps:.1f}–{max(times[share]) * 1e3 / steps:.1f}",
+                   scanned_fraction=round(scanned / max(indexed, 1), 5),
+                   retrieved_per_search=round(retrieved / max(searches, 1), 1))
 
 
 def _set_search_threads(session, threads: int) -> None:
