@@ -208,7 +208,8 @@ def test_decode_profile_groups_a_token_and_says_what_retrieval_searched(tmp_path
     document.write_text(" ".join(f"Line {n} of the keeper's log notes the weather." for n in range(100)))
     data = run_suite(tmp_path, "profile", "--part", "decode", "--model", str(tiny_model_dir), "--document",
                      str(document), "--methods", "full,retrieval", "--max-new-tokens", "6", "--compare-threads", "",
-                     "--rope-scale", "2", "--top", "0", "--threads", "1", "--compare-shares", "1,0", "--repeats", "1")
+                     "--rope-scale", "2", "--top", "0", "--threads", "1", "--compare-shares", "1,1:150,0",
+                     "--repeats", "1")
     rows = {(row["method"], row["group"]): row for row in data["rows"]}
     assert {group for _, group in rows} >= {"weights' matmuls", "attention", "index search", "python around them"}
     assert rows[("full", "attention")]["prompt_tokens"] > 2048  # past the tiny model's 2,048 positions: stretched
@@ -219,7 +220,9 @@ def test_decode_profile_groups_a_token_and_says_what_retrieval_searched(tmp_path
                if method == "retrieval" and "share" in row) == pytest.approx(1, abs=0.01)
     every_key = rows[("retrieval", "decode, attention share 1")]
     fixed = rows[("retrieval", "decode, attention share 0")]
+    capped = rows[("retrieval", "decode, attention share 1:150")]
     assert fixed["retrieved_per_search"] <= 100 < every_key["retrieved_per_search"]  # top_k 100 against every key
+    assert 100 <= capped["retrieved_per_search"] <= 150 < every_key["retrieved_per_search"]
     assert every_key["scanned_fraction"] == pytest.approx(1.0)
 
 

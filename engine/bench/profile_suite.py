@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "retrieval step's heads), alternating ('' none)")
     parser.add_argument("--compare-shares", default="",
                         help="decode, retrieval: also time answers at these attention shares on the same prepared "
-                        "document, alternating (e.g. 0.9,0: the budget against a fixed top-k)")
+                        "document, alternating; SHARE or SHARE:CAP (a budget_cap in keys), e.g. 0.9,0.9:1000,0 (0: a "
+                        "fixed top-k)")
     parser.add_argument("--repeats", type=int, default=3, help="decode: answers per thread count; weights: per format")
     parser.add_argument("--formats", default=",".join(WEIGHT_FORMATS), help="weights: float32 first, then others")
     parser.add_argument("--profile-formats", default="", help="weights: also profile one answer of each of these "
@@ -164,20 +165,22 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
 
 
 def _compare_shares(session, question: str, plain, args: argparse.Namespace, report: Report, method: str) -> None:
-    """Rows "decode, attention share X": answers alternating between --compare-shares on the same indexes
+    """Rows "decode, attention share X[:CAP]": answers alternating between --compare-shares on the same indexes
     (RetrievalCache.use_search_settings), each with the keys its searches scanned and retrieved; the default's
     settings are restored after."""
-    shares = [float(x) for x in args.compare_shares.split(",") if x]
+    shares = [x for x in args.compare_shares.split(",") if x]
     cache = session.cache
     if not shares or not hasattr(cache, "use_search_settings"):
         return
     default = cache.settings
-    times: dict[float, list[float]] = {share: [] for share in shares}
-    searched: dict[float, list[tuple[int, int, int, int]]] = {share: [] for share in shares}
-    answers: dict[float, list[int]] = {}
+    times: dict[str, list[float]] = {share: [] for share in shares}
+    searched: dict[str, list[tuple[int, int, int, int]]] = {share: [] for share in shares}
+    answers: dict[str, list[int]] = {}
     for _ in range(args.repeats):
         for share in shares:
-            cache.use_search_settings(dataclasses.replace(default, attention_share=share))
+            value, _, cap = share.partition(":")
+            cache.use_search_settings(dataclasses.replace(default, attention_share=float(value),
+                                                          budget_cap=int(cap or default.budget_cap)))
             before = dataclasses.replace(cache.stats)
             finished = _answer(session, question)
             after = cache.stats
@@ -189,7 +192,7 @@ def _compare_shares(session, question: str, plain, args: argparse.Namespace, rep
     steps = max(plain.stats.new_tokens - 1, 1)
     for share in shares:
         scanned, indexed, retrieved, searches = (sum(column) for column in zip(*searched[share], strict=True))
-        report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, attention share {share:g}",
+        report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, attention share {share}",
                    same_answer=answers[share] == plain.token_ids,
                    decode_ms_per_token=round(sorted(times[share])[len(times[share]) // 2] * 1e3 / steps, 2),
                    decode_ms_range=f"{min(times[share]) * 1e3 / steps:.1f}–{max(times[share]) * 1e3 / steps:.1f}",
