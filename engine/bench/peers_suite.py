@@ -106,7 +106,8 @@ def document_prompt(tokens: int, long: bool) -> tuple[str, str, list[int], int]:
 
 def run_folio(spec: dict) -> dict:
     """One Folio answer in this process, through DocumentSession (the app's path, no library): spec {text, question,
-    ids, mode, cpu_weights, threads, max_new_tokens, rope_scale}; the session's prompt must be `ids`."""
+    ids, mode, cpu_weights, threads, decode_threads, max_new_tokens, rope_scale, attention_share}; the session's
+    prompt must be `ids`."""
     import torch
 
     from engine.bench.gemma import stretched_rope_overrides

@@ -134,9 +134,7 @@ def _decode_part(args: argparse.Namespace, report: Report) -> None:
             steps = max(plain.stats.new_tokens - 1, 1)
             report.add(method=method, prompt_tokens=plain.stats.prompt_tokens,
                        group=f"decode, torch/search threads {variant}",
-                       same_answer=answers[variant] == plain.token_ids,
-                       decode_ms_per_token=round(sorted(times)[len(times) // 2] * 1e3 / steps, 2),
-                       decode_ms_range=f"{min(times) * 1e3 / steps:.1f}–{max(times) * 1e3 / steps:.1f}")
+                       same_answer=answers[variant] == plain.token_ids, **_per_token(times, steps))
         profile = cProfile.Profile()
         profiled = _answer(session, question, profile)
         tokens = max(profiled.stats.new_tokens - 1, 1)
@@ -174,30 +172,39 @@ def _compare_shares(session, question: str, plain, args: argparse.Namespace, rep
         return
     default = cache.settings
     times: dict[str, list[float]] = {share: [] for share in shares}
-    searched: dict[str, list[tuple[int, int, int, int]]] = {share: [] for share in shares}
+    searched = {share: [0, 0, 0, 0] for share in shares}  # keys scanned, indexed, retrieved; searches
     answers: dict[str, list[int]] = {}
     for _ in range(args.repeats):
         for share in shares:
             value, _, cap = share.partition(":")
             cache.use_search_settings(dataclasses.replace(default, attention_share=float(value),
                                                           budget_cap=int(cap or default.budget_cap)))
-            before = dataclasses.replace(cache.stats)
+            before = _counts(cache.stats)
             finished = _answer(session, question)
-            after = cache.stats
+            searched[share] = [total + now - then for total, now, then in
+                               zip(searched[share], _counts(cache.stats), before, strict=True)]
             times[share].append(finished.stats.decode_s)
-            searched[share].append((after.scanned - before.scanned, after.indexed - before.indexed,
-                                    after.retrieved - before.retrieved, after.searches - before.searches))
             answers[share] = finished.token_ids
     cache.use_search_settings(default)
     steps = max(plain.stats.new_tokens - 1, 1)
     for share in shares:
-        scanned, indexed, retrieved, searches = (sum(column) for column in zip(*searched[share], strict=True))
+        scanned, indexed, retrieved, searches = searched[share]
         report.add(method=method, prompt_tokens=plain.stats.prompt_tokens, group=f"decode, attention share {share}",
-                   same_answer=answers[share] == plain.token_ids,
-                   decode_ms_per_token=round(sorted(times[share])[len(times[share]) // 2] * 1e3 / steps, 2),
-                   decode_ms_range=f"{min(times[share]) * 1e3 / steps:.1f}–{max(times[share]) * 1e3 / steps:.1f}",
+                   same_answer=answers[share] == plain.token_ids, **_per_token(times[share], steps),
                    scanned_fraction=round(scanned / max(indexed, 1), 5),
                    retrieved_per_search=round(retrieved / max(searches, 1), 1))
+
+
+def _counts(stats) -> tuple[int, int, int, int]:
+    """A SearchStats' running counts: keys scanned, keys indexed, keys retrieved, searches."""
+    return stats.scanned, stats.indexed, stats.retrieved, stats.searches
+
+
+def _per_token(times: list[float], steps: int) -> dict[str, float | str]:
+    """Row columns for answers' decode times (seconds for `steps` steps each): the median and the range, per step."""
+    ordered = sorted(times)
+    return {"decode_ms_per_token": round(ordered[len(ordered) // 2] * 1e3 / steps, 2),
+            "decode_ms_range": f"{ordered[0] * 1e3 / steps:.1f}–{ordered[-1] * 1e3 / steps:.1f}"}
 
 
 def _set_search_threads(session, threads: int) -> None:
